@@ -1,0 +1,376 @@
+//! Run configuration: [`RunConfig`] and its ordered [`StageConfig`]s, loaded from TOML.
+//!
+//! Every field has a default, so a config file only says what differs. Loading refuses unknown keys and
+//! wrong types with the field path; [`RunConfig::validate`] returns *every* remaining problem at once, each
+//! with its field path and a fix.
+
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use validate::ConfigIssue;
+
+/// A whole run: what to train on, which model, and the ordered stages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// Human-readable run name; also the prefix of the run directory's name.
+    pub name: String,
+    /// Seed of every random stream of the run (initial weights, data order, noise, timesteps, dropout).
+    pub seed: u64,
+    /// `auto` (CUDA when built with it and available, else CPU), `cpu`, or `cuda:N`.
+    pub device: String,
+    /// Threads for candle's CPU kernels; 0 = every core.
+    pub threads: usize,
+    /// The dataset.
+    pub dataset: DatasetConfig,
+    /// The model.
+    pub model: ModelConfig,
+    /// Checkpoint retention and the NaN guard, shared by all stages.
+    pub checkpoints: CheckpointConfig,
+    /// Stages, trained in order on one global step axis.
+    pub stages: Vec<StageConfig>,
+}
+
+/// The training data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatasetConfig {
+    /// Dataset kind; only the procedural `shapes` task for now.
+    pub kind: DatasetKind,
+    /// Variant of the shapes task.
+    pub variant: ShapesVariant,
+    /// Fewest objects per image (≥ 1).
+    pub min_objects: usize,
+    /// Most objects per image (≤ the model's layout slots).
+    pub max_objects: usize,
+    /// Images in one epoch of the training set.
+    pub train_size: usize,
+    /// Fraction of the training set that is used, in (0, 1].
+    pub subset_fraction: f64,
+    /// Seed of the dataset's content (separate from the run seed, so runs can share data).
+    pub seed: u64,
+}
+
+/// Which dataset a run trains on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetKind {
+    /// The built-in procedural shapes task.
+    Shapes,
+}
+
+/// Variants of the procedural shapes task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShapesVariant {
+    /// Filled shapes of random colours on a plain random background.
+    Plain,
+    /// As `plain`, with light pixel noise on the background.
+    Noisy,
+}
+
+/// The model and its size preset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Size preset.
+    pub preset: ModelPreset,
+    /// Whether the blocks carry the gated spatial (layout) adapter.
+    pub adapter: bool,
+}
+
+/// Size presets of the built-in denoiser (see `shared/reference/dit_reference.py`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelPreset {
+    /// 226,802 parameters with the adapter: tests.
+    Tiny,
+    /// 896,788 parameters: the demo on a laptop CPU.
+    Small,
+    /// 2,298,294 parameters.
+    Base,
+}
+
+/// Checkpoint retention and the NaN guard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Newest checkpoints kept on disk (older ones are pruned; the best one is always kept). ≥ 1.
+    pub keep_last: usize,
+    /// A run fails after this many consecutive steps with a non-finite loss or gradient. ≥ 1.
+    pub max_bad_steps: u32,
+}
+
+/// One stage of the curriculum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StageConfig {
+    /// Stage name, unique within the run.
+    pub name: String,
+    /// Optimizer steps this stage trains (> 0).
+    pub steps: u64,
+    /// What trains: `"all"`, `"adapter"`, `"base"`, or a list of name globs such as `["blocks.*.adapter_*"]`.
+    pub trainable: Trainable,
+    /// Images per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches accumulated into one optimizer step.
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Learning-rate schedule.
+    pub schedule: ScheduleConfig,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this value; 0 = no clipping.
+    pub grad_clip: f64,
+    /// Decay of the exponential moving average of the weights; 0 = no EMA.
+    pub ema_decay: f64,
+    /// Probability of replacing the class label by the null class (classifier-free guidance).
+    pub class_dropout: f64,
+    /// Probability of dropping the whole layout (every slot empty) for an image.
+    pub layout_dropout: f64,
+    /// Log metrics every this many steps.
+    pub log_every: u64,
+    /// Evaluate every this many steps; 0 = never.
+    pub eval_every: u64,
+    /// Save a checkpoint every this many steps (and at the end of the stage); 0 = only at the end.
+    pub save_every: u64,
+    /// Save a fixed-seed sample grid every this many steps; 0 = only with checkpoints.
+    pub sample_every: u64,
+    /// Stop the stage early when a metric stops improving.
+    pub early_stopping: Option<EarlyStoppingConfig>,
+    /// Start this stage from another run's checkpoint directory (weights only).
+    pub warm_start: Option<PathBuf>,
+}
+
+/// Which parameters a stage trains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Trainable {
+    /// `"all"`, `"adapter"` or `"base"`.
+    Group(TrainableGroup),
+    /// Parameter-name globs; a parameter trains when any glob matches it.
+    Globs(Vec<String>),
+}
+
+/// Named groups of parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainableGroup {
+    /// Every parameter.
+    All,
+    /// Only the spatial adapter (`blocks.*.adapter_*`).
+    Adapter,
+    /// Everything but the adapter.
+    Base,
+}
+
+/// A learning-rate schedule: linear warmup, then constant / cosine / linear decay to `floor × lr`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Shape after warmup.
+    pub kind: ScheduleKind,
+    /// Steps of linear warmup from 0 at the start of the stage.
+    pub warmup_steps: u64,
+    /// Final rate as a fraction of `lr`, in [0, 1].
+    pub floor: f64,
+}
+
+/// Shapes of a learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// Constant at `lr`.
+    Constant,
+    /// Half-cosine from `lr` to `floor × lr`.
+    Cosine,
+    /// Straight line from `lr` to `floor × lr`.
+    Linear,
+}
+
+/// Early stopping: stop the stage when `metric` has not improved by `min_delta` for `patience` evaluations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EarlyStoppingConfig {
+    /// Metric name: `loss`, `fid`, `top1`, `top2`, `top3` or `iou`.
+    pub metric: String,
+    /// Whether lower (`min`) or higher (`max`) is better.
+    pub mode: MetricMode,
+    /// Evaluations without improvement before the stage stops (≥ 1).
+    pub patience: u32,
+    /// Smallest change that counts as an improvement (≥ 0).
+    pub min_delta: f64,
+}
+
+/// Direction in which a metric improves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricMode {
+    /// Lower is better.
+    Min,
+    /// Higher is better.
+    Max,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            name: "run".to_string(),
+            seed: 0,
+            device: "auto".to_string(),
+            threads: 0,
+            dataset: DatasetConfig::default(),
+            model: ModelConfig::default(),
+            checkpoints: CheckpointConfig::default(),
+            stages: Vec::new(),
+        }
+    }
+}
+
+impl Default for DatasetConfig {
+    fn default() -> Self {
+        Self {
+            kind: DatasetKind::Shapes,
+            variant: ShapesVariant::Plain,
+            min_objects: 1,
+            max_objects: 3,
+            train_size: 50_000,
+            subset_fraction: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self { preset: ModelPreset::Small, adapter: true }
+    }
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self { keep_last: 3, max_bad_steps: 5 }
+    }
+}
+
+impl Default for StageConfig {
+    fn default() -> Self {
+        Self {
+            name: "stage".to_string(),
+            steps: 100,
+            trainable: Trainable::Group(TrainableGroup::All),
+            batch_size: 32,
+            grad_accum: 1,
+            lr: 1e-3,
+            schedule: ScheduleConfig::default(),
+            weight_decay: 0.0,
+            grad_clip: 1.0,
+            ema_decay: 0.0,
+            class_dropout: 0.1,
+            layout_dropout: 0.0,
+            log_every: 10,
+            eval_every: 0,
+            save_every: 0,
+            sample_every: 0,
+            early_stopping: None,
+            warm_start: None,
+        }
+    }
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self { kind: ScheduleKind::Constant, warmup_steps: 0, floor: 0.0 }
+    }
+}
+
+impl Default for EarlyStoppingConfig {
+    fn default() -> Self {
+        Self { metric: "loss".to_string(), mode: MetricMode::Min, patience: 5, min_delta: 0.0 }
+    }
+}
+
+impl ModelPreset {
+    /// The preset's name as written in configs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tiny => "tiny",
+            Self::Small => "small",
+            Self::Base => "base",
+        }
+    }
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or did not match the schema (typo'd key, wrong type, unknown preset...).
+    #[error("{origin}: {path}: {message}")]
+    Parse {
+        /// File name or `<string>`.
+        origin: String,
+        /// Field path such as `stages[1].lr`, or `(top level)`.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The config parsed but breaks rules; every problem is listed.
+    #[error("{origin}: {} problem(s):\n{}", issues.len(), issues.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// File name or `<string>`.
+        origin: String,
+        /// Every problem found.
+        issues: Vec<ConfigIssue>,
+    },
+}
+
+impl RunConfig {
+    /// Parses TOML without validating; errors name the field path.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let parse_error = |path: String, message: String| ConfigError::Parse {
+            origin: origin.to_string(),
+            path,
+            message,
+        };
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|e| parse_error("(syntax)".to_string(), e.to_string().trim().to_string()))?;
+        serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { "(top level)".to_string() } else { path };
+            let message = e.inner().message().trim().to_string();
+            parse_error(path, message)
+        })
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let origin = path.display().to_string();
+        let config = Self::from_toml_str(&text, &origin)?;
+        config.validate().map_err(|issues| ConfigError::Invalid { origin, issues })?;
+        Ok(config)
+    }
+
+    /// The config as TOML, every default filled in.
+    pub fn to_toml_string(&self) -> anyhow::Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+
+    /// Total optimizer steps of the plan (sum over stages).
+    pub fn total_steps(&self) -> u64 {
+        self.stages.iter().map(|s| s.steps).sum()
+    }
+}

@@ -1,0 +1,25 @@
+//! Wick: a training workbench for candle.
+//!
+//! The library holds everything; `src/main.rs` only parses the command line. Data flow of a run:
+//!
+//! ```text
+//! RunConfig (TOML, validated) ──▶ run::RunDir::create(runs/<id>/: run.toml, state.json)
+//!                              └─▶ train::spawn(config, run dir) ─ thread "trainer-<id>"
+//! trainer: for each stage, for each step: batch ◀─ data prefetch thread (pure function of seed + cursor)
+//!          forward → loss → backward → (accumulate) → NaN guard → clip → AdamW → schedule → EMA
+//!          every log_every: TrainEvent::Metrics; every save_every / stage end: atomic checkpoint
+//!          commands (pause, resume, stop, save-now) polled at step boundaries
+//!    ══ unbounded channel (never blocks the trainer) ══▶ recorder thread: appends metrics.jsonl,
+//!          events.jsonl, rewrites state.json atomically, then forwards every event
+//!    ══ unbounded channel ══▶ consumer: the CLI's progress bar (later: the GUI's RunStore)
+//! A run on disk loads back through run::RunDir: the disk is the truth.
+//! ```
+
+pub mod bench;
+pub mod build_info;
+pub mod config;
+pub mod data;
+pub mod logging;
+pub mod model;
+pub mod run;
+pub mod train;

@@ -21,5 +21,6 @@ pub mod config;
 pub mod data;
 pub mod logging;
 pub mod model;
+pub mod monitor;
 pub mod run;
 pub mod train;

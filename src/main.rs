@@ -1,1 +1,255 @@
-fn main(){}
+//! The `wick` command: parses arguments and hands over to the library.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use wick::config::{ConfigError, ModelPreset, RunConfig};
+use wick::run::{RunDir, TrainEvent};
+use wick::train::{self, TrainOptions};
+
+/// Wick: a training workbench for candle. Without a subcommand it trains the demo curriculum.
+#[derive(Parser)]
+#[command(name = "wick", version = VERSION, about)]
+struct Cli {
+    /// Folder holding the runs.
+    #[arg(long, global = true, default_value = "runs")]
+    runs_dir: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a run from a config file (TOML) and train it to the end.
+    Train {
+        /// The run config, e.g. assets/presets/smoke.toml.
+        config: PathBuf,
+        /// Run name (default: the config's `name`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Stop (with a checkpoint) after this global step.
+        #[arg(long)]
+        stop_at: Option<u64>,
+    },
+    /// Continue a run from its newest intact checkpoint.
+    Resume {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// Stop (with a checkpoint) after this global step.
+        #[arg(long)]
+        stop_at: Option<u64>,
+    },
+    /// Check every checkpoint of a run against its manifest (sizes and sha256).
+    Verify {
+        /// The run directory (or a single checkpoint directory).
+        run_dir: PathBuf,
+    },
+    /// Run the denoiser of a checkpoint on saved inputs (x, t, y, boxes, box_classes) and write `v`.
+    Predict {
+        /// Checkpoint directory (holding model.safetensors) or the weights file.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Input safetensors.
+        #[arg(long)]
+        input: PathBuf,
+        /// Output safetensors.
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Time forward + backward + AdamW on fixed random batches; prints one JSON line.
+    Bench {
+        /// Model preset: tiny, small or base.
+        #[arg(long, default_value = "small")]
+        preset: String,
+        /// Images per step.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Timed steps.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Untimed warm-up steps.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// CPU threads (0 = every core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+}
+
+/// `wick --version`: crate version, git hash, cargo features.
+const VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (", env!("WICK_GIT_HASH"), ", features: [", env!("WICK_FEATURES"), "])");
+
+/// Exit code for a config that cannot be used.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    wick::logging::init("warn");
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let code = if e.downcast_ref::<ConfigError>().is_some() { EXIT_CONFIG } else { 1 };
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        None => {
+            let preset = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/presets/demo.toml");
+            eprintln!("wick: no subcommand — training the demo curriculum ({}) headless", preset.display());
+            train_new(&preset, &cli.runs_dir, None, None)
+        }
+        Some(Command::Train { config, name, stop_at }) => train_new(&config, &cli.runs_dir, name, stop_at),
+        Some(Command::Resume { run_dir, stop_at }) => {
+            let dir = RunDir::open(&run_dir)?;
+            let config = dir.config()?;
+            set_threads(config.threads);
+            watch(train::start(dir, TrainOptions { resume: true, stop_at_step: stop_at, ..Default::default() })?)
+        }
+        Some(Command::Verify { run_dir }) => verify(&run_dir),
+        Some(Command::Predict { checkpoint, input, output }) => {
+            wick::model::predict_file(&checkpoint, &input, &output)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Bench { preset, batch, steps, warmup, threads }) => {
+            let preset: ModelPreset = serde_json::from_value(serde_json::Value::String(preset.clone()))
+                .map_err(|_| anyhow::anyhow!("--preset {preset}: expected tiny, small or base"))?;
+            set_threads(threads);
+            let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+            let options = wick::bench::BenchOptions { preset, batch, steps, warmup, threads };
+            let report = wick::bench::run_bench(&options, &candle_core::Device::Cpu)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Sizes candle's CPU thread pool (it reads RAYON_NUM_THREADS); 0 leaves every core in use.
+fn set_threads(threads: usize) {
+    if threads > 0 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // Set before any compute thread starts, while this process is single-threaded.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+}
+
+fn train_new(config_path: &Path, runs_dir: &Path, name: Option<String>, stop_at: Option<u64>) -> Result<ExitCode> {
+    let config = RunConfig::load(config_path)?;
+    set_threads(config.threads);
+    let name = name.unwrap_or_else(|| config.name.clone());
+    let dir = RunDir::create(runs_dir, &name, &config)?;
+    eprintln!("run directory: {}", dir.root().display());
+    watch(train::start(dir, TrainOptions { stop_at_step: stop_at, ..Default::default() })?)
+}
+
+/// Follows a trainer's events until it ends, with a progress bar on a terminal and plain lines otherwise.
+/// Ctrl-C is not intercepted: the process dies, and `wick resume` continues from the newest checkpoint.
+fn watch(handle: train::TrainerHandle) -> Result<ExitCode> {
+    let dir = handle.run_dir().clone();
+    let total = dir.config()?.total_steps();
+    let on_terminal = std::io::stderr().is_terminal();
+    let bar = if on_terminal {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})")
+                .context("progress bar template")?
+                .progress_chars("=> "),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let say = |line: String| match &bar {
+        Some(bar) => bar.println(line),
+        None => eprintln!("{line}"),
+    };
+    let mut last_plain = Instant::now() - Duration::from_secs(60);
+    let mut outcome = ExitCode::FAILURE;
+    for event in handle.events.iter() {
+        match &event {
+            TrainEvent::Metrics(m) => {
+                let loss = m.loss.map_or("non-finite".to_string(), |l| format!("{l:.4}"));
+                match &bar {
+                    Some(bar) => {
+                        bar.set_position(m.step);
+                        bar.set_prefix(m.stage.clone());
+                        bar.set_message(format!("loss {loss} lr {:.2e} gate {:.4}", m.lr, m.gate_mean));
+                    }
+                    None if last_plain.elapsed() >= Duration::from_secs(2) || m.step == total => {
+                        last_plain = Instant::now();
+                        eprintln!(
+                            "step {}/{} [{}] loss {loss} lr {:.2e} grad {:.3} gate {:.4} {:.0} img/s",
+                            m.step,
+                            total,
+                            m.stage,
+                            m.lr,
+                            m.grad_norm.unwrap_or(f64::NAN),
+                            m.gate_mean,
+                            m.samples_per_s
+                        );
+                    }
+                    None => {}
+                }
+            }
+            TrainEvent::Started { step, total_steps, .. } => {
+                if let Some(bar) = &bar {
+                    bar.set_length(*total_steps);
+                    bar.set_position(*step);
+                    bar.reset_eta();
+                }
+                say(event.message());
+            }
+            TrainEvent::CheckpointPruned { .. } => {}
+            TrainEvent::Finished { .. } | TrainEvent::Stopped { .. } => {
+                outcome = ExitCode::SUCCESS;
+                say(event.message());
+            }
+            TrainEvent::Failed { message, .. } => say(format!("FAILED: {message}")),
+            _ => say(event.message()),
+        }
+    }
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    handle.join();
+    eprintln!("run directory: {}", dir.root().display());
+    Ok(outcome)
+}
+
+/// `wick verify`: every checkpoint of a run (or one checkpoint directory) against its manifest.
+fn verify(path: &Path) -> Result<ExitCode> {
+    let dirs: Vec<PathBuf> = if path.join(wick::run::checkpoint::MANIFEST).is_file() {
+        vec![path.to_path_buf()]
+    } else {
+        let run = RunDir::open(path)?;
+        run.checkpoints()?.into_iter().map(|c| c.dir).collect()
+    };
+    if dirs.is_empty() {
+        println!("{}: no checkpoints", path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut bad = 0;
+    for dir in &dirs {
+        let problems = wick::run::verify_checkpoint(dir);
+        if problems.is_empty() {
+            println!("ok   {}", dir.display());
+        } else {
+            bad += 1;
+            println!("BAD  {}", dir.display());
+            for problem in problems {
+                println!("     {problem}");
+            }
+        }
+    }
+    println!("{} checkpoint(s) checked, {} bad", dirs.len(), bad);
+    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

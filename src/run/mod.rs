@@ -1,1 +1,20 @@
-//! TODO
+//! The run directory: the contract between trainer, command line and GUI.
+//!
+//! ```text
+//! runs/<run-id>/
+//!   run.toml  state.json  metrics.jsonl  evals.jsonl  events.jsonl  log.txt
+//!   checkpoints/step-00000400/{model,ema,optimizer}.safetensors trainer.json manifest.json
+//! ```
+//! Every rewrite is atomic (temporary file, fsync, rename); a checkpoint is sealed by its manifest.
+
+pub mod atomic;
+pub mod checkpoint;
+pub mod dir;
+pub mod events;
+pub mod recorder;
+pub mod state;
+
+pub use checkpoint::{verify_checkpoint, CheckpointEntry, VerifyProblem};
+pub use dir::{scan_runs, RunDir};
+pub use events::{EventRecord, MetricsRecord, TrainEvent};
+pub use state::{LedgerEntry, RunState, RunStatus};

@@ -1,0 +1,206 @@
+//! What the trainer reports: [`TrainEvent`] and the records written to metrics.jsonl and events.jsonl.
+
+use serde::{Deserialize, Serialize};
+
+/// One logged training step: a line of metrics.jsonl.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsRecord {
+    /// Global step after this step was applied (1-based).
+    pub step: u64,
+    /// Stage name.
+    pub stage: String,
+    /// Seconds of training so far in this run (summed over sessions: resumes continue the clock).
+    pub wall_secs: f64,
+    /// Training loss of the step (mean over micro-batches); `None` when it was not finite.
+    pub loss: Option<f64>,
+    /// Learning rate used for the step.
+    pub lr: f64,
+    /// Global L2 norm of the trainable parameters' gradients before clipping; `None` when not finite.
+    pub grad_norm: Option<f64>,
+    /// Each adapter block's raw gate value.
+    pub gates: Vec<f64>,
+    /// Mean of |gate| over the blocks (0 without adapter).
+    pub gate_mean: f64,
+    /// Training throughput over the last logging interval.
+    pub samples_per_s: f64,
+    /// Resident memory of the process, when known.
+    pub rss_bytes: Option<u64>,
+    /// GPU memory in use, when known.
+    pub gpu_mem_bytes: Option<u64>,
+}
+
+/// Everything the trainer reports, in order. Metrics go to metrics.jsonl; all others to events.jsonl.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TrainEvent {
+    /// The trainer started (fresh or resumed) and knows its plan.
+    Started {
+        /// Global step training starts from.
+        step: u64,
+        /// Steps in the whole plan.
+        total_steps: u64,
+        /// Whether this continues from a checkpoint.
+        resumed_from: Option<String>,
+        /// Human-readable summary.
+        message: String,
+    },
+    /// A stage began.
+    StageStarted {
+        /// Global step of the stage's first step.
+        step: u64,
+        /// Stage name.
+        stage: String,
+        /// Stage index in the plan.
+        index: usize,
+        /// Planned end step (exclusive).
+        end_step: u64,
+        /// Human-readable summary (what trains, how many parameters).
+        message: String,
+    },
+    /// A stage ended (all its steps done).
+    StageFinished {
+        /// Global step after the stage's last step.
+        step: u64,
+        /// Stage name.
+        stage: String,
+        /// Human-readable summary.
+        message: String,
+    },
+    /// Metrics of a logged step.
+    Metrics(MetricsRecord),
+    /// A checkpoint is complete on disk.
+    CheckpointSaved {
+        /// Global step of the checkpoint.
+        step: u64,
+        /// Stage name.
+        stage: String,
+        /// Checkpoint directory name, e.g. `step-00000400`.
+        checkpoint: String,
+        /// Total size of its files.
+        bytes: u64,
+        /// Human-readable summary.
+        message: String,
+    },
+    /// A checkpoint was deleted by the `keep_last` policy.
+    CheckpointPruned {
+        /// Global step when pruned.
+        step: u64,
+        /// Checkpoint directory name.
+        checkpoint: String,
+        /// Why.
+        message: String,
+    },
+    /// A step produced a non-finite loss or gradient and was not applied.
+    NanDetected {
+        /// Global step of the bad step.
+        step: u64,
+        /// Stage name.
+        stage: String,
+        /// Bad steps in a row so far.
+        consecutive: u32,
+        /// What was non-finite.
+        message: String,
+    },
+    /// A recoverable problem worth a user's attention (e.g. a box normalised).
+    Warning {
+        /// Global step.
+        step: u64,
+        /// What happened.
+        message: String,
+    },
+    /// Training paused at a step boundary.
+    Paused {
+        /// Global step.
+        step: u64,
+        /// Human-readable summary.
+        message: String,
+    },
+    /// Training resumed after a pause.
+    Resumed {
+        /// Global step.
+        step: u64,
+        /// Human-readable summary.
+        message: String,
+    },
+    /// Training stopped on request, with a checkpoint; the run can be resumed.
+    Stopped {
+        /// Global step.
+        step: u64,
+        /// Human-readable summary.
+        message: String,
+    },
+    /// Every stage is done.
+    Finished {
+        /// Final global step.
+        step: u64,
+        /// Human-readable summary.
+        message: String,
+    },
+    /// The run failed; `message` says why.
+    Failed {
+        /// Global step when it failed.
+        step: u64,
+        /// The reason.
+        message: String,
+    },
+}
+
+impl TrainEvent {
+    /// Global step the event refers to.
+    pub fn step(&self) -> u64 {
+        match self {
+            Self::Metrics(m) => m.step,
+            Self::Started { step, .. }
+            | Self::StageStarted { step, .. }
+            | Self::StageFinished { step, .. }
+            | Self::CheckpointSaved { step, .. }
+            | Self::CheckpointPruned { step, .. }
+            | Self::NanDetected { step, .. }
+            | Self::Warning { step, .. }
+            | Self::Paused { step, .. }
+            | Self::Resumed { step, .. }
+            | Self::Stopped { step, .. }
+            | Self::Finished { step, .. }
+            | Self::Failed { step, .. } => *step,
+        }
+    }
+
+    /// Whether the run's trainer ends after this event.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Self::Stopped { .. } | Self::Finished { .. } | Self::Failed { .. })
+    }
+
+    /// The event's message (for metrics, a one-line summary).
+    pub fn message(&self) -> String {
+        match self {
+            Self::Metrics(m) => format!(
+                "step {} loss {} lr {:.3e}",
+                m.step,
+                m.loss.map_or("non-finite".to_string(), |l| format!("{l:.5}")),
+                m.lr
+            ),
+            Self::Started { message, .. }
+            | Self::StageStarted { message, .. }
+            | Self::StageFinished { message, .. }
+            | Self::CheckpointSaved { message, .. }
+            | Self::CheckpointPruned { message, .. }
+            | Self::NanDetected { message, .. }
+            | Self::Warning { message, .. }
+            | Self::Paused { message, .. }
+            | Self::Resumed { message, .. }
+            | Self::Stopped { message, .. }
+            | Self::Finished { message, .. }
+            | Self::Failed { message, .. } => message.clone(),
+        }
+    }
+}
+
+/// A line of events.jsonl: the event with the wall-clock time it was recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Seconds since the Unix epoch.
+    pub unix_secs: f64,
+    /// The event.
+    #[serde(flatten)]
+    pub event: TrainEvent,
+}

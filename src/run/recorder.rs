@@ -1,0 +1,186 @@
+//! The recorder: the only writer of a run's logs and state while it trains. It receives every
+//! [`TrainEvent`] from the trainer, appends it to metrics.jsonl / events.jsonl, keeps state.json current
+//! (atomic rewrites), and forwards the event to whoever watches (CLI progress bar, GUI).
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use crossbeam_channel::{Receiver, Sender};
+
+use super::atomic::JsonlAppender;
+use super::dir::RunDir;
+use super::events::{EventRecord, TrainEvent};
+use super::state::{unix_now_secs, RunState, RunStatus};
+use crate::build_info::BuildInfo;
+
+/// Called after each forwarded event (the GUI passes `ctx.request_repaint`).
+pub type Notify = Arc<dyn Fn() + Send + Sync>;
+
+/// Least time between two state.json rewrites caused by metrics alone.
+const STATE_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+
+struct Recorder {
+    dir: RunDir,
+    state: RunState,
+    planned_steps: Vec<u64>,
+    metrics: JsonlAppender,
+    events: JsonlAppender,
+    last_state_write: Instant,
+}
+
+/// Starts the recorder thread for `dir`. It ends when the trainer's sender is dropped; if that happens
+/// without a final event (stopped / finished / failed), it records the run as failed.
+pub fn spawn_recorder(
+    dir: RunDir,
+    input: Receiver<TrainEvent>,
+    output: Sender<TrainEvent>,
+    notify: Option<Notify>,
+) -> Result<JoinHandle<()>> {
+    let config = dir.config()?;
+    let state = dir.read_state()?;
+    let metrics = JsonlAppender::open(&dir.metrics_path())?;
+    let events = JsonlAppender::open(&dir.events_path())?;
+    let mut recorder = Recorder {
+        planned_steps: config.stages.iter().map(|s| s.steps).collect(),
+        dir,
+        state,
+        metrics,
+        events,
+        last_state_write: Instant::now(),
+    };
+    let name = format!("recorder-{}", recorder.dir.id());
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            crate::logging::bind_thread_to_run_log(&recorder.dir.log_path());
+            let mut ended = false;
+            for event in input.iter() {
+                ended |= event.is_terminal();
+                if let Err(e) = recorder.record(&event) {
+                    tracing::error!("cannot record {:?} in {}: {e:#}", event.message(), recorder.dir.root().display());
+                }
+                // The watcher may be gone (CLI exited, window closed): recording goes on regardless.
+                let _ = output.send(event);
+                if let Some(notify) = &notify {
+                    notify();
+                }
+            }
+            if !ended {
+                let event = TrainEvent::Failed {
+                    step: recorder.state.global_step,
+                    message: "the trainer ended without a final status (it may have panicked); \
+                              see log.txt — the run can be resumed from its newest checkpoint"
+                        .to_string(),
+                };
+                if let Err(e) = recorder.record(&event) {
+                    tracing::error!("cannot record the failure: {e:#}");
+                }
+                let _ = output.send(event);
+                if let Some(notify) = &notify {
+                    notify();
+                }
+            }
+        })
+        .context("cannot start the recorder thread")
+}
+
+impl Recorder {
+    fn record(&mut self, event: &TrainEvent) -> Result<()> {
+        let mut write_state = true;
+        match event {
+            TrainEvent::Metrics(m) => {
+                self.metrics.append(m)?;
+                self.state.global_step = m.step;
+                self.state.last_loss = m.loss;
+                self.state.wall_secs = m.wall_secs;
+                write_state = self.last_state_write.elapsed() >= STATE_WRITE_INTERVAL;
+                tracing::debug!(target: "wick::metrics", "{}", event.message());
+            }
+            other => {
+                self.events.append(&EventRecord { unix_secs: unix_now_secs(), event: other.clone() })?;
+                self.events.sync()?;
+                self.apply(other);
+                match other {
+                    TrainEvent::Failed { .. } => tracing::error!("{}", other.message()),
+                    TrainEvent::NanDetected { .. } | TrainEvent::Warning { .. } => {
+                        tracing::warn!("{}", other.message())
+                    }
+                    _ => tracing::info!("{}", other.message()),
+                }
+            }
+        }
+        if write_state || event.is_terminal() {
+            if event.is_terminal() {
+                self.metrics.sync()?;
+            }
+            self.state.updated_unix_secs = unix_now_secs();
+            self.dir.write_state(&self.state)?;
+            self.last_state_write = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: &TrainEvent) {
+        let state = &mut self.state;
+        match event {
+            TrainEvent::Started { step, .. } => {
+                state.status = RunStatus::Running;
+                state.global_step = *step;
+                state.pid = Some(std::process::id());
+                state.message = None;
+                state.build = Some(BuildInfo::current());
+            }
+            TrainEvent::StageStarted { step, stage, index, .. } => {
+                state.stage = stage.clone();
+                state.stage_index = *index;
+                state.global_step = *step;
+                self.replan(*index, *step);
+            }
+            TrainEvent::StageFinished { step, .. } => {
+                let index = state.stage_index;
+                if let Some(entry) = state.stages.get_mut(index) {
+                    entry.end_step = *step;
+                    entry.finished = true;
+                }
+                self.replan(index + 1, *step);
+            }
+            TrainEvent::CheckpointSaved { checkpoint, .. } => state.last_checkpoint = Some(checkpoint.clone()),
+            TrainEvent::Paused { .. } => state.status = RunStatus::Paused,
+            TrainEvent::Resumed { .. } => state.status = RunStatus::Running,
+            TrainEvent::Stopped { step, message } => {
+                state.status = RunStatus::Stopped;
+                state.global_step = *step;
+                state.message = Some(message.clone());
+            }
+            TrainEvent::Finished { step, .. } => {
+                state.status = RunStatus::Finished;
+                state.global_step = *step;
+            }
+            TrainEvent::Failed { message, .. } => {
+                state.status = RunStatus::Failed;
+                state.message = Some(message.clone());
+            }
+            TrainEvent::Metrics(_)
+            | TrainEvent::CheckpointPruned { .. }
+            | TrainEvent::NanDetected { .. }
+            | TrainEvent::Warning { .. } => {}
+        }
+    }
+
+    /// Lays stages `from..` out consecutively from `start_step` with their planned lengths.
+    fn replan(&mut self, from: usize, start_step: u64) {
+        let mut start = start_step;
+        for (index, entry) in self.state.stages.iter_mut().enumerate().skip(from) {
+            let steps = self.planned_steps.get(index).copied().unwrap_or(0);
+            entry.start_step = start;
+            if !entry.finished || index == from {
+                entry.end_step = start + steps;
+                entry.finished = false;
+            }
+            start = entry.end_step;
+        }
+        self.state.total_steps = self.state.stages.last().map_or(0, |e| e.end_step);
+    }
+}

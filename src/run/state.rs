@@ -1,0 +1,138 @@
+//! state.json: where a run stands, rewritten atomically by the recorder.
+
+use serde::{Deserialize, Serialize};
+
+use crate::build_info::BuildInfo;
+
+/// Life cycle of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Created, not started yet.
+    Created,
+    /// A trainer is working on it (or was, when it died: see [`RunState::effective_status`]).
+    Running,
+    /// Paused at a step boundary.
+    Paused,
+    /// Every stage finished.
+    Finished,
+    /// Stopped on request with a checkpoint; resumable.
+    Stopped,
+    /// Failed; the message says why.
+    Failed,
+    /// Its process died without saying so (found `running` on disk with no live trainer); resumable.
+    Interrupted,
+}
+
+impl RunStatus {
+    /// Lower-case name as written in state.json.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Finished => "finished",
+            Self::Stopped => "stopped",
+            Self::Failed => "failed",
+            Self::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// One stage on the global step axis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// Stage name.
+    pub name: String,
+    /// First global step of the stage.
+    pub start_step: u64,
+    /// Global step after its last step (exclusive end): planned until the stage finishes, then actual.
+    pub end_step: u64,
+    /// Whether the stage has finished.
+    pub finished: bool,
+}
+
+/// The content of state.json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunState {
+    /// Life-cycle status.
+    pub status: RunStatus,
+    /// Current stage name.
+    pub stage: String,
+    /// Current stage index.
+    pub stage_index: usize,
+    /// Steps applied so far on the global axis.
+    pub global_step: u64,
+    /// Steps in the whole plan (changes when a stage stops early).
+    pub total_steps: u64,
+    /// Each stage's [start, end) on the global step axis.
+    pub stages: Vec<LedgerEntry>,
+    /// Newest complete checkpoint's directory name.
+    pub last_checkpoint: Option<String>,
+    /// Loss of the newest logged step.
+    pub last_loss: Option<f64>,
+    /// Seconds of training over all sessions.
+    pub wall_secs: f64,
+    /// Process id of the trainer that last wrote this state (to tell a dead `running` run).
+    pub pid: Option<u32>,
+    /// Why the run failed or stopped.
+    pub message: Option<String>,
+    /// When the run was created, seconds since the Unix epoch.
+    pub created_unix_secs: f64,
+    /// When this state was written, seconds since the Unix epoch.
+    pub updated_unix_secs: f64,
+    /// The binary that wrote this state.
+    pub build: Option<BuildInfo>,
+}
+
+impl Default for RunState {
+    fn default() -> Self {
+        Self {
+            status: RunStatus::Created,
+            stage: String::new(),
+            stage_index: 0,
+            global_step: 0,
+            total_steps: 0,
+            stages: Vec::new(),
+            last_checkpoint: None,
+            last_loss: None,
+            wall_secs: 0.0,
+            pid: None,
+            message: None,
+            created_unix_secs: 0.0,
+            updated_unix_secs: 0.0,
+            build: None,
+        }
+    }
+}
+
+impl RunState {
+    /// The status a reader should show: a `running` or `paused` state whose process is gone is `interrupted`.
+    pub fn effective_status(&self) -> RunStatus {
+        match self.status {
+            RunStatus::Running | RunStatus::Paused => match self.pid {
+                Some(pid) if pid == std::process::id() || process_alive(pid) => self.status,
+                _ => RunStatus::Interrupted,
+            },
+            other => other,
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn process_alive(pid: u32) -> bool {
+    // On Linux a live process has /proc/<pid>; elsewhere we cannot tell cheaply, so assume alive.
+    if cfg!(target_os = "linux") {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        true
+    }
+}

@@ -1,0 +1,148 @@
+//! The `wick` command line as a user runs it: config errors, verify, and resume after `kill -9`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::tiny_two_stage;
+use wick::run::RunDir;
+
+fn wick() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wick"));
+    command.env("WICK_LOG", "warn");
+    command
+}
+
+fn run(args: &[&str]) -> Output {
+    wick().args(args).output().expect("wick runs")
+}
+
+fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn the_run(runs: &Path) -> RunDir {
+    let dirs: Vec<PathBuf> = runs.read_dir().unwrap().flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    RunDir::open(&dirs[0]).unwrap()
+}
+
+#[test]
+fn config_errors_name_their_field_and_exit_non_zero() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[[stages]]\nname = \"a\"\nlrr = 0.1\n", "stages[0]", "lrr"),
+        ("[[stages]]\nname = \"a\"\nsteps = \"ten\"\n", "stages[0].steps", "ten"),
+        ("[model]\npreset = \"huge\"\n[[stages]]\nname = \"a\"\n", "model.preset", "huge"),
+        ("[[stages]]\nname = \"a\"\nsteps = 0\n", "stages[0].steps", "would train no steps"),
+        ("[[stages]]\nname = \"a\"\nlr = -1.0\n", "stages[0].lr", "lr"),
+    ];
+    for (text, path, word) in cases {
+        let config = write_config(tmp.path(), text);
+        let out = run(&["train", config.to_str().unwrap(), "--runs-dir", tmp.path().join("runs").to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "config {text:?}: {stderr}");
+        assert!(stderr.contains(path) && stderr.contains(word), "config {text:?} gave: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    assert!(!tmp.path().join("runs").exists() || tmp.path().join("runs").read_dir().unwrap().next().is_none());
+}
+
+#[test]
+fn verify_passes_then_names_the_corrupted_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), &tiny_two_stage(3, 3).to_toml_string().unwrap());
+    let runs = tmp.path().join("runs");
+    let out = run(&["train", config.to_str().unwrap(), "--runs-dir", runs.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = the_run(&runs);
+    let out = run(&["verify", dir.root().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let target = dir.checkpoints().unwrap()[1].dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&target).unwrap();
+    bytes[100] ^= 0x80;
+    std::fs::write(&target, bytes).unwrap();
+    let out = run(&["verify", dir.root().to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains(target.to_str().unwrap()), "{stdout}");
+}
+
+/// Kills `wick train` with SIGKILL at several instants, resumes each time, and checks every logged loss
+/// against an uninterrupted run, bit for bit.
+#[test]
+fn kill_9_at_any_instant_then_resume_logs_the_same_losses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = tiny_two_stage(16, 12);
+    config.stages[0].save_every = 2;
+    config.stages[1].save_every = 2;
+    let config_path = write_config(tmp.path(), &config.to_toml_string().unwrap());
+
+    let reference_runs = tmp.path().join("reference");
+    let out = run(&["train", config_path.to_str().unwrap(), "--runs-dir", reference_runs.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reference: std::collections::HashMap<u64, Option<u64>> =
+        common::loss_bits(&the_run(&reference_runs)).into_iter().collect();
+    assert_eq!(reference.len(), 28);
+
+    let runs = tmp.path().join("killed");
+    let mut child = wick()
+        .args(["train", config_path.to_str().unwrap(), "--runs-dir", runs.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill after varied delays once the run has begun logging; then resume and kill again.
+    let delays_ms = [0u64, 37, 5, 90, 13, 61];
+    let mut kills = 0;
+    for delay in delays_ms {
+        let start = Instant::now();
+        while !first_metrics_exist(&runs) && start.elapsed() < Duration::from_secs(120) {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(delay));
+        if child.try_wait().unwrap().is_some() {
+            break; // finished before we could kill it
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        let dir = the_run(&runs);
+        child = wick()
+            .args(["resume", dir.root().to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "final resume failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(kills >= 2, "the run finished before it could be killed twice");
+
+    let dir = the_run(&runs);
+    let logged = common::loss_bits(&dir);
+    assert!(logged.len() >= 28);
+    for (step, bits) in &logged {
+        assert_eq!(reference.get(step), Some(bits), "step {step} logged a different loss after a kill");
+    }
+    let steps: std::collections::BTreeSet<u64> = logged.iter().map(|(s, _)| *s).collect();
+    assert_eq!(steps.len(), 28, "every step is logged");
+    assert_eq!(dir.read_state().unwrap().status, wick::run::RunStatus::Finished);
+    let out = run(&["verify", dir.root().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+fn first_metrics_exist(runs: &Path) -> bool {
+    runs.read_dir()
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok())
+        .is_some_and(|e| e.path().join("metrics.jsonl").exists())
+}

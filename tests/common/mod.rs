@@ -1,0 +1,66 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use wick::config::{ModelPreset, RunConfig, StageConfig, Trainable, TrainableGroup};
+use wick::run::{RunDir, TrainEvent};
+use wick::train::{self, TrainOptions};
+
+/// A two-stage config on the tiny model: `base` (layouts dropped) then `adapter`, small batches.
+pub fn tiny_two_stage(base_steps: u64, adapter_steps: u64) -> RunConfig {
+    let mut config = RunConfig { name: "t".to_string(), seed: 11, device: "cpu".to_string(), ..RunConfig::default() };
+    config.model.preset = ModelPreset::Tiny;
+    config.model.adapter = true;
+    config.checkpoints.keep_last = 100;
+    config.dataset.train_size = 200;
+    config.stages = vec![
+        StageConfig {
+            name: "base".to_string(),
+            steps: base_steps,
+            trainable: Trainable::Group(TrainableGroup::Base),
+            batch_size: 4,
+            lr: 2e-3,
+            layout_dropout: 1.0,
+            log_every: 1,
+            save_every: 3,
+            ema_decay: 0.9,
+            ..StageConfig::default()
+        },
+        StageConfig {
+            name: "adapter".to_string(),
+            steps: adapter_steps,
+            trainable: Trainable::Group(TrainableGroup::Adapter),
+            batch_size: 4,
+            lr: 3e-3,
+            log_every: 1,
+            save_every: 3,
+            ema_decay: 0.9,
+            ..StageConfig::default()
+        },
+    ];
+    config
+}
+
+/// Creates a run under `runs` and trains it (or resumes it) to the end; returns every event.
+pub fn train_events(dir: &RunDir, options: TrainOptions) -> Vec<TrainEvent> {
+    let handle = train::start(dir.clone(), options).expect("trainer starts");
+    let events: Vec<TrainEvent> = handle.events.iter().collect();
+    handle.join();
+    events
+}
+
+/// Creates a run directory for `config` under `runs`.
+pub fn create_run(runs: &Path, config: &RunConfig) -> RunDir {
+    config.validate().expect("test config is valid");
+    RunDir::create(runs, &config.name, config).expect("run directory")
+}
+
+/// (step, loss bits) of every metrics line in file order, repeats included.
+pub fn loss_bits(dir: &RunDir) -> Vec<(u64, Option<u64>)> {
+    dir.read_metrics_raw()
+        .expect("metrics readable")
+        .into_iter()
+        .map(|m| (m.step, m.loss.map(f64::to_bits)))
+        .collect()
+}

@@ -1,0 +1,227 @@
+//! The engine end to end through the library: run directory, checkpoints, resume, NaN guard, stages.
+
+mod common;
+
+use common::{create_run, loss_bits, tiny_two_stage, train_events};
+use wick::run::{RunStatus, TrainEvent};
+use wick::train::{self, TrainCommand, TrainOptions};
+
+fn read_weights(dir: &std::path::Path) -> Vec<u8> {
+    std::fs::read(dir.join("model.safetensors")).expect("weights file")
+}
+
+#[test]
+fn a_run_leaves_a_complete_verified_run_directory() {
+    let runs = tempfile::tempdir().unwrap();
+    let dir = create_run(runs.path(), &tiny_two_stage(6, 6));
+    let events = train_events(&dir, TrainOptions::default());
+    assert!(matches!(events.last(), Some(TrainEvent::Finished { step: 12, .. })), "{events:?}");
+
+    for file in ["run.toml", "state.json", "metrics.jsonl", "events.jsonl", "log.txt"] {
+        assert!(dir.root().join(file).is_file(), "{file} missing");
+    }
+    let state = dir.read_state().unwrap();
+    assert_eq!(state.status, RunStatus::Finished);
+    assert_eq!(state.global_step, 12);
+    let ledger: Vec<(String, u64, u64, bool)> =
+        state.stages.iter().map(|e| (e.name.clone(), e.start_step, e.end_step, e.finished)).collect();
+    assert_eq!(ledger, vec![("base".into(), 0, 6, true), ("adapter".into(), 6, 12, true)]);
+
+    let metrics = dir.read_metrics().unwrap();
+    assert_eq!(metrics.iter().map(|m| m.step).collect::<Vec<_>>(), (1..=12).collect::<Vec<_>>());
+    assert!(metrics.iter().all(|m| m.loss.is_some_and(f64::is_finite)));
+    assert_eq!(metrics[0].stage, "base");
+    assert_eq!(metrics[11].stage, "adapter");
+
+    let kinds: Vec<String> = dir
+        .read_events()
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::to_value(&e.event).unwrap()["kind"].as_str().unwrap().to_string())
+        .collect();
+    for kind in ["started", "stage_started", "stage_finished", "checkpoint_saved", "finished"] {
+        assert!(kinds.iter().any(|k| k == kind), "no {kind} event in {kinds:?}");
+    }
+    let log = std::fs::read_to_string(dir.log_path()).unwrap();
+    assert!(log.contains("stage `adapter`"), "log.txt lacks the stage events:\n{log}");
+
+    let checkpoints = dir.checkpoints().unwrap();
+    assert_eq!(checkpoints.iter().map(|c| c.step).collect::<Vec<_>>(), vec![3, 6, 9, 12]);
+    for checkpoint in &checkpoints {
+        assert!(wick::run::verify_checkpoint(&checkpoint.dir).is_empty());
+        for file in ["model.safetensors", "ema.safetensors", "optimizer.safetensors", "trainer.json", "manifest.json"] {
+            assert!(checkpoint.dir.join(file).is_file(), "{} lacks {file}", checkpoint.name);
+        }
+    }
+    assert!(!runs.path().read_dir().unwrap().flatten().any(|e| e.path().join("checkpoints").read_dir().unwrap().flatten().any(|c| c.file_name().to_string_lossy().ends_with(".tmp"))));
+}
+
+#[test]
+fn one_flipped_byte_fails_verification_naming_the_file() {
+    let runs = tempfile::tempdir().unwrap();
+    let dir = create_run(runs.path(), &tiny_two_stage(3, 3));
+    train_events(&dir, TrainOptions::default());
+    let checkpoint = &dir.checkpoints().unwrap()[0];
+    let target = checkpoint.dir.join("optimizer.safetensors");
+    let mut bytes = std::fs::read(&target).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&target, bytes).unwrap();
+    let problems = wick::run::verify_checkpoint(&checkpoint.dir);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].file, target);
+    assert!(problems[0].problem.contains("sha256"), "{}", problems[0].problem);
+}
+
+#[test]
+fn resume_is_bit_exact_mid_stage_and_across_the_stage_boundary() {
+    let config = tiny_two_stage(6, 6);
+    let runs = tempfile::tempdir().unwrap();
+    let whole = create_run(runs.path(), &config);
+    train_events(&whole, TrainOptions::default());
+    let reference = loss_bits(&whole);
+    assert_eq!(reference.len(), 12);
+    let final_weights = read_weights(&whole.checkpoints().unwrap().last().unwrap().dir);
+
+    // Stop mid-base, exactly at the boundary, and mid-adapter (twice in one run), resuming each time.
+    for stops in [vec![4], vec![6], vec![2, 8]] {
+        let dir = create_run(runs.path(), &config);
+        let mut resume = false;
+        for stop in &stops {
+            let events = train_events(&dir, TrainOptions { resume, stop_at_step: Some(*stop), ..Default::default() });
+            assert!(matches!(events.last(), Some(TrainEvent::Stopped { step, .. }) if step == stop), "{events:?}");
+            assert_eq!(dir.read_state().unwrap().status, RunStatus::Stopped);
+            resume = true;
+        }
+        let events = train_events(&dir, TrainOptions { resume: true, ..Default::default() });
+        assert!(matches!(events.first(), Some(TrainEvent::Started { resumed_from: Some(_), .. })));
+        assert!(matches!(events.last(), Some(TrainEvent::Finished { step: 12, .. })));
+        assert_eq!(loss_bits(&dir), reference, "losses differ after stops at {stops:?}");
+        let weights = read_weights(&dir.checkpoints().unwrap().last().unwrap().dir);
+        assert!(weights == final_weights, "final weights differ after stops at {stops:?}");
+        let ledger = dir.read_state().unwrap().stages;
+        assert_eq!((ledger[1].start_step, ledger[1].end_step), (6, 12));
+    }
+}
+
+#[test]
+fn adapter_gates_stay_zero_in_the_base_stage_and_move_in_the_adapter_stage() {
+    let runs = tempfile::tempdir().unwrap();
+    let dir = create_run(runs.path(), &tiny_two_stage(5, 5));
+    train_events(&dir, TrainOptions::default());
+    let metrics = dir.read_metrics().unwrap();
+    for m in &metrics {
+        assert_eq!(m.gates.len(), 2);
+        if m.stage == "base" {
+            assert!(m.gates.iter().all(|g| *g == 0.0), "gate moved in the base stage: {m:?}");
+        }
+    }
+    let last = metrics.last().unwrap();
+    assert!(last.gates.iter().all(|g| *g != 0.0), "gates did not move in the adapter stage: {last:?}");
+}
+
+#[test]
+fn a_nan_in_a_batch_is_caught_and_the_run_continues_uncorrupted() {
+    let runs = tempfile::tempdir().unwrap();
+    let dir = create_run(runs.path(), &tiny_two_stage(6, 3));
+    let events = train_events(&dir, TrainOptions { inject_nan_at_steps: vec![4], ..Default::default() });
+    let nan: Vec<&TrainEvent> = events.iter().filter(|e| matches!(e, TrainEvent::NanDetected { .. })).collect();
+    assert_eq!(nan.len(), 1, "{events:?}");
+    assert!(matches!(nan[0], TrainEvent::NanDetected { step: 4, consecutive: 1, .. }));
+    assert!(matches!(events.last(), Some(TrainEvent::Finished { step: 9, .. })));
+    let metrics = dir.read_metrics().unwrap();
+    assert_eq!(metrics[3].loss, None, "the bad step's loss is recorded as non-finite");
+    assert!(metrics.iter().filter(|m| m.step != 4).all(|m| m.loss.is_some_and(f64::is_finite)));
+    for checkpoint in dir.checkpoints().unwrap() {
+        assert!(wick::run::verify_checkpoint(&checkpoint.dir).is_empty());
+        let weights = candle_core::safetensors::load(checkpoint.dir.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+        for (name, tensor) in weights {
+            let values = tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(values.iter().all(|v| v.is_finite()), "{name} in {} is not finite", checkpoint.name);
+        }
+    }
+}
+
+#[test]
+fn too_many_bad_steps_in_a_row_fail_the_run_and_keep_earlier_checkpoints() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut config = tiny_two_stage(9, 3);
+    config.checkpoints.max_bad_steps = 3;
+    let dir = create_run(runs.path(), &config);
+    let events = train_events(&dir, TrainOptions { inject_nan_at_steps: vec![5, 6, 7], ..Default::default() });
+    match events.last() {
+        Some(TrainEvent::Failed { message, .. }) => assert!(message.contains("3 consecutive steps"), "{message}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    let state = dir.read_state().unwrap();
+    assert_eq!(state.status, RunStatus::Failed);
+    assert!(state.message.unwrap().contains("non-finite"));
+    let checkpoints = dir.checkpoints().unwrap();
+    // Skipped steps leave the weights untouched, so the checkpoint at step 6 is as sound as the one at 3.
+    assert_eq!(checkpoints.iter().map(|c| c.step).collect::<Vec<_>>(), vec![3, 6]);
+    assert!(checkpoints.iter().all(|c| wick::run::verify_checkpoint(&c.dir).is_empty()));
+}
+
+#[test]
+fn gradient_accumulation_equals_one_big_batch() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut big = tiny_two_stage(2, 1);
+    big.stages[0].batch_size = 8;
+    let mut accumulated = big.clone();
+    accumulated.stages[0].batch_size = 4;
+    accumulated.stages[0].grad_accum = 2;
+    let big_dir = create_run(runs.path(), &big);
+    let acc_dir = create_run(runs.path(), &accumulated);
+    train_events(&big_dir, TrainOptions { stop_at_step: Some(2), ..Default::default() });
+    train_events(&acc_dir, TrainOptions { stop_at_step: Some(2), ..Default::default() });
+    let (a, b) = (big_dir.read_metrics().unwrap(), acc_dir.read_metrics().unwrap());
+    for (x, y) in a.iter().zip(&b) {
+        let (lx, ly) = (x.loss.unwrap(), y.loss.unwrap());
+        assert!((lx - ly).abs() <= 1e-5 * lx.abs(), "loss {lx} vs {ly} at step {}", x.step);
+        let (gx, gy) = (x.grad_norm.unwrap(), y.grad_norm.unwrap());
+        assert!((gx - gy).abs() <= 1e-4 * gx.abs(), "grad norm {gx} vs {gy} at step {}", x.step);
+    }
+    let load = |dir: &wick::run::RunDir| {
+        let last = dir.checkpoints().unwrap().last().unwrap().dir.join("model.safetensors");
+        candle_core::safetensors::load(last, &candle_core::Device::Cpu).unwrap()
+    };
+    let (wa, wb) = (load(&big_dir), load(&acc_dir));
+    for (name, ta) in &wa {
+        let diff = (ta - &wb[name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5, "{name} differs by {diff}");
+    }
+}
+
+#[test]
+fn keep_last_prunes_old_checkpoints() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut config = tiny_two_stage(9, 3);
+    config.checkpoints.keep_last = 2;
+    let dir = create_run(runs.path(), &config);
+    let events = train_events(&dir, TrainOptions::default());
+    assert_eq!(dir.checkpoints().unwrap().iter().map(|c| c.step).collect::<Vec<_>>(), vec![9, 12]);
+    assert!(events.iter().any(|e| matches!(e, TrainEvent::CheckpointPruned { .. })));
+}
+
+#[test]
+fn stop_command_checkpoints_and_the_run_resumes_to_the_end() {
+    let runs = tempfile::tempdir().unwrap();
+    let dir = create_run(runs.path(), &tiny_two_stage(40, 3));
+    let handle = train::start(dir.clone(), TrainOptions::default()).unwrap();
+    handle.send(TrainCommand::Pause);
+    let mut stopped_at = None;
+    for event in handle.events.iter() {
+        match event {
+            TrainEvent::Paused { .. } => handle.send(TrainCommand::Stop),
+            TrainEvent::Stopped { step, .. } => stopped_at = Some(step),
+            _ => {}
+        }
+    }
+    handle.join();
+    let step = stopped_at.expect("the run stopped");
+    assert!(step < 43);
+    assert_eq!(dir.read_state().unwrap().status, RunStatus::Stopped);
+    assert_eq!(dir.checkpoints().unwrap().last().unwrap().step, step);
+    let events = train_events(&dir, TrainOptions { resume: true, ..Default::default() });
+    assert!(matches!(events.last(), Some(TrainEvent::Finished { step: 43, .. })));
+}

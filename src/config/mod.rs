@@ -3,14 +3,30 @@
 //! Every field has a default, so a config file only says what differs. Loading refuses unknown keys and
 //! wrong types with the field path; [`RunConfig::validate`] returns *every* remaining problem at once, each
 //! with its field path and a fix.
+//!
+//! Also here, as pure functions of the config: the learning-rate schedule ([`StageConfig::lr_at`]), the
+//! stage ledger on the global step axis ([`RunConfig::stage_ledger`], [`RunConfig::stage_at`]), which
+//! parameters a stage trains ([`Trainable::matches`]), and the built-in presets ([`PRESETS`],
+//! [`RunConfig::preset`]; files in `assets/presets/`).
 
+mod parse;
+mod schedule;
+mod trainable;
 mod validate;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use validate::ConfigIssue;
+pub use trainable::{is_adapter_param, ADAPTER_MARKER};
+pub use validate::{metric_mode, ConfigIssue, LAYOUT_SLOTS, METRICS};
+
+/// The presets shipped with Wick (`assets/presets/<name>.toml`), as `(name, TOML text)`, compiled in so the
+/// binary needs no asset directory. Load one with [`RunConfig::preset`].
+pub const PRESETS: &[(&str, &str)] = &[
+    ("smoke", include_str!("../../assets/presets/smoke.toml")),
+    ("demo", include_str!("../../assets/presets/demo.toml")),
+];
 
 /// A whole run: what to train on, which model, and the ordered stages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,7 +163,11 @@ pub struct StageConfig {
 }
 
 /// Which parameters a stage trains.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// In TOML: `"all"`, `"adapter"`, `"base"`, or a list of name globs. Deserialization is hand-written (see
+/// `trainable.rs`) so a bad value gets a clear message instead of serde's "did not match any variant".
+/// [`Trainable::matches`] says whether a parameter name trains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Trainable {
     /// `"all"`, `"adapter"` or `"base"`.
@@ -317,6 +337,11 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The TOML did not parse or did not match the schema (typo'd key, wrong type, unknown preset...).
+    ///
+    /// `path` is the field path (`stages[0].steps`), the table holding an unknown key (`stages[0]` for a
+    /// typo'd key inside the first stage), `(top level)`, or `(syntax)` for a TOML syntax error, whose
+    /// message starts with `line L, column C: `. Schema messages end with `(line L, column C)` when the
+    /// position is known.
     #[error("{origin}: {path}: {message}")]
     Parse {
         /// File name or `<string>`.
@@ -344,14 +369,29 @@ impl RunConfig {
             path,
             message,
         };
-        let deserializer = toml::Deserializer::parse(text)
-            .map_err(|e| parse_error("(syntax)".to_string(), e.to_string().trim().to_string()))?;
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| {
+            let (path, message) = parse::describe_syntax_error(text, &e);
+            parse_error(path, message)
+        })?;
         serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." { "(top level)".to_string() } else { path };
-            let message = e.inner().message().trim().to_string();
+            let (path, message) = parse::describe_schema_error(text, &e);
             parse_error(path, message)
         })
+    }
+
+    /// A built-in preset by name (see [`PRESETS`]), parsed but not validated.
+    pub fn preset(name: &str) -> Result<Self, ConfigError> {
+        match PRESETS.iter().find(|(n, _)| *n == name) {
+            Some((n, text)) => Self::from_toml_str(text, &format!("assets/presets/{n}.toml")),
+            None => {
+                let available: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+                Err(ConfigError::Parse {
+                    origin: "presets".to_string(),
+                    path: "(preset)".to_string(),
+                    message: format!("no preset called {name:?} — available: {}", available.join(", ")),
+                })
+            }
+        }
     }
 
     /// Reads, parses and validates a config file.
@@ -372,5 +412,35 @@ impl RunConfig {
     /// Total optimizer steps of the plan (sum over stages).
     pub fn total_steps(&self) -> u64 {
         self.stages.iter().map(|s| s.steps).sum()
+    }
+
+    /// Each stage's `(name, start, end)` on the global step axis: the stage trains global steps
+    /// `start..end` (`end` exclusive), and the next stage starts at `end`. A zero-step stage (which
+    /// validation rejects) gets an empty range.
+    pub fn stage_ledger(&self) -> Vec<(String, u64, u64)> {
+        let mut start = 0u64;
+        self.stages
+            .iter()
+            .map(|stage| {
+                let end = start.saturating_add(stage.steps);
+                let entry = (stage.name.clone(), start, end);
+                start = end;
+                entry
+            })
+            .collect()
+    }
+
+    /// The stage that trains global step `global_step` (0-based) and the step within that stage, or `None`
+    /// once the plan is done (`global_step >= total_steps()`).
+    pub fn stage_at(&self, global_step: u64) -> Option<(usize, u64)> {
+        let mut start = 0u64;
+        for (index, stage) in self.stages.iter().enumerate() {
+            let end = start.saturating_add(stage.steps);
+            if global_step < end {
+                return Some((index, global_step - start));
+            }
+            start = end;
+        }
+        None
     }
 }

@@ -142,7 +142,8 @@ pub struct StageConfig {
     pub weight_decay: f64,
     /// Clip the global gradient norm to this value; 0 = no clipping.
     pub grad_clip: f64,
-    /// Decay of the exponential moving average of the weights; 0 = no EMA.
+    /// Decay of the exponential moving average of the weights (ema.safetensors). 0 = no averaging: no EMA
+    /// is kept until a stage asks for one; once one exists, a stage with 0 makes it follow the weights.
     pub ema_decay: f64,
     /// Probability of replacing the class label by the null class (classifier-free guidance).
     pub class_dropout: f64,

@@ -562,7 +562,8 @@ impl Trainer {
         clip_grads(&mut grads, grad_norm, stage.grad_clip)?;
         let lr = stage.lr_at(self.state.step_in_stage);
         self.optimizer.step(trainable, &grads, lr, stage.weight_decay)?;
-        if stage.ema_decay > 0.0 {
+        // Once an average exists it is kept current: a stage with ema_decay = 0 makes it follow the weights.
+        if stage.ema_decay > 0.0 || !self.ema.is_empty() {
             self.ema.update(&self.params, stage.ema_decay)?;
         }
         Ok(StepOutcome::Applied { loss, grad_norm })

@@ -1,0 +1,122 @@
+//! The prefetch thread: builds the next batches while the trainer computes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::{anyhow, bail, Context};
+use crossbeam_channel::{bounded, Receiver};
+
+use super::batch::{make_batch_from_indices, Batch, EpochOrder};
+use super::shapes::ShapesDataset;
+
+/// A background thread (named "prefetch") that produces consecutive batches of `batch_size` starting at
+/// `start_cursor`, keeping up to `depth` ready in a bounded channel, so the trainer never waits for data.
+///
+/// The batches are exactly those of [`super::make_batch`] at the same cursors. Dropping the `Prefetcher`
+/// stops the thread promptly (at most the batch being built finishes) and joins it.
+pub struct Prefetcher {
+    receiver: Option<Receiver<Batch>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+    /// Why the thread could not be started, if it could not.
+    spawn_error: Option<String>,
+    /// Cursor the next batch must carry.
+    next_cursor: u64,
+    batch_size: usize,
+}
+
+impl Prefetcher {
+    /// Starts the thread. `depth` is clamped to at least 1. A failure to start the thread is reported by
+    /// the first [`Self::next_batch`].
+    pub fn spawn(
+        dataset: ShapesDataset,
+        order_seed: u64,
+        start_cursor: u64,
+        batch_size: usize,
+        depth: usize,
+    ) -> Self {
+        let (sender, receiver) = bounded::<Batch>(depth.max(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = Arc::clone(&stop);
+        let spawned = std::thread::Builder::new().name("prefetch".to_string()).spawn(move || {
+            let mut order = EpochOrder::new(order_seed, dataset.len());
+            let mut cursor = start_cursor;
+            while !thread_stop.load(Ordering::Relaxed) {
+                let indices = order.indices(cursor, batch_size);
+                let batch = make_batch_from_indices(&dataset, &indices, cursor);
+                if sender.send(batch).is_err() {
+                    break; // the Prefetcher was dropped
+                }
+                cursor += batch_size as u64;
+            }
+        });
+        let (handle, spawn_error) = match spawned {
+            Ok(handle) => (Some(handle), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        Self { receiver: Some(receiver), stop, handle, spawn_error, next_cursor: start_cursor, batch_size }
+    }
+
+    /// The next batch (cursors strictly consecutive: start, start+b, start+2b, ...). Blocks until it is
+    /// ready; errors if the thread could not start or died (with its panic message).
+    pub fn next_batch(&mut self) -> anyhow::Result<Batch> {
+        if let Some(error) = &self.spawn_error {
+            bail!("cannot start the data prefetch thread: {error}");
+        }
+        let receiver = self.receiver.as_ref().context("data prefetch channel already closed")?;
+        match receiver.recv() {
+            Ok(batch) => {
+                if batch.cursor != self.next_cursor {
+                    bail!(
+                        "data prefetch out of order: expected cursor {}, got {}",
+                        self.next_cursor,
+                        batch.cursor
+                    );
+                }
+                self.next_cursor += self.batch_size as u64;
+                Ok(batch)
+            }
+            Err(_) => {
+                let reason = match self.handle.take().map(JoinHandle::join) {
+                    Some(Err(payload)) => panic_message(payload.as_ref()),
+                    Some(Ok(())) | None => "it stopped".to_string(),
+                };
+                Err(anyhow!(
+                    "data prefetch thread died before producing the batch at cursor {}: {reason}",
+                    self.next_cursor
+                ))
+            }
+        }
+    }
+
+    /// Cursor of the batch the next [`Self::next_batch`] returns (= the data cursor to store in a
+    /// checkpoint taken now).
+    pub fn next_cursor(&self) -> u64 {
+        self.next_cursor
+    }
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Closing the channel makes a blocked `send` fail, so the thread ends after at most one batch.
+        drop(self.receiver.take());
+        if let Some(handle) = self.handle.take() {
+            if handle.join().is_err() {
+                tracing::warn!("data prefetch thread had panicked");
+            }
+        }
+    }
+}
+
+/// The text of a panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        format!("panicked: {s}")
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        format!("panicked: {s}")
+    } else {
+        "panicked".to_string()
+    }
+}

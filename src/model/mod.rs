@@ -1,1 +1,26 @@
-//! TODO
+//! The denoiser, exactly as `shared/reference/dit_reference.py` defines it: a DiT with adaLN-Zero blocks and an
+//! optional zero-gated spatial adapter that cross-attends from image tokens to layout tokens (one per box slot).
+//!
+//! - [`ModelSpec`]: the architecture numbers of a preset; [`param_shapes`], [`param_count`],
+//!   [`is_adapter_param`] describe its parameters (names as the reference's `state_dict`).
+//! - [`Denoiser`]: the model on a `VarBuilder`; [`build_model`] makes a fresh, seeded one, [`load_model`] a
+//!   saved one (strict), [`spec_from_weights`] recognises the preset of a weights file.
+//! - [`flow_matching_loss`]: the rectified-flow objective; [`predict_file`]: `wick predict`.
+//!
+//! Everything is f32. Checkpoints are the VarMap saved as safetensors under the reference's names, so
+//! PyTorch's `load_state_dict(strict=True)` accepts them.
+
+mod denoiser;
+mod features;
+mod init;
+mod layers;
+mod loss;
+pub mod ops;
+mod predict;
+mod spec;
+
+pub use denoiser::Denoiser;
+pub use init::{build_model, load_model, randomize_zero_init, spec_from_weights, weights_file, WEIGHTS_FILE};
+pub use loss::flow_matching_loss;
+pub use predict::predict_file;
+pub use spec::{is_adapter_param, param_count, param_shapes, ModelSpec};

@@ -1,0 +1,183 @@
+//! The denoiser: a DiT with adaLN-Zero blocks and an optional zero-gated spatial (layout) adapter, exactly as
+//! `shared/reference/dit_reference.py` defines it.
+
+use candle_core::{bail, DType, Module, Result, Tensor};
+use candle_nn::{Embedding, Linear, VarBuilder};
+
+use super::features::Features;
+use super::layers::{chunk_last, layer_norm, linear, modulate, CrossAttention, Mlp, SelfAttention, SiluMlp};
+use super::spec::{ModelSpec, ParamInit, BBOX_FEATURES, FREQ_DIM, MLP_RATIO};
+
+/// The spatial adapter of one block: `x + gate · adapter_attn(adapter_norm(x), layout, bias)`.
+#[derive(Debug, Clone)]
+struct Adapter {
+    attn: CrossAttention,
+    /// Raw gate `[1]` (zero-initialised, no tanh).
+    gate: Tensor,
+}
+
+/// One DiT block (`blocks.N`).
+#[derive(Debug, Clone)]
+struct Block {
+    attn: SelfAttention,
+    mlp: Mlp,
+    /// `ada`: `width → 6·width` on `silu(c)`: shift, scale, gate of attention, then of the MLP.
+    ada: Linear,
+    adapter: Option<Adapter>,
+}
+
+impl Block {
+    fn new(spec: &ModelSpec, vb: VarBuilder) -> Result<Self> {
+        let w = spec.width;
+        let adapter = if spec.adapter {
+            Some(Adapter {
+                attn: CrossAttention::new(w, spec.heads, vb.pp("adapter_attn"))?,
+                gate: vb.get_with_hints(1, "adapter_gate", ParamInit::Zeros.hint())?,
+            })
+        } else {
+            None
+        };
+        Ok(Self {
+            attn: SelfAttention::new(w, spec.heads, vb.pp("attn"))?,
+            mlp: Mlp::new(w, MLP_RATIO * w, vb.pp("mlp"))?,
+            ada: linear(w, 6 * w, true, vb.pp("ada"))?,
+            adapter,
+        })
+    }
+
+    /// x `[B, N, W]`, silu_c `[B, W]`, layout `[B, K, W]`, bias `[B, N, K]`.
+    fn forward(&self, x: &Tensor, silu_c: &Tensor, layout: &Tensor, bias: &Tensor, gate_scale: f64) -> Result<Tensor> {
+        let m = chunk_last(&self.ada.forward(silu_c)?, 6)?;
+        let (shift1, scale1, gate1, shift2, scale2, gate2) = (&m[0], &m[1], &m[2], &m[3], &m[4], &m[5]);
+        let attn = self.attn.forward(&modulate(&layer_norm(x)?, shift1, scale1)?)?;
+        let mut x = (x + attn.broadcast_mul(&gate1.unsqueeze(1)?)?)?;
+        if let Some(adapter) = &self.adapter {
+            if gate_scale != 0.0 {
+                let gate = if gate_scale == 1.0 { adapter.gate.clone() } else { adapter.gate.affine(gate_scale, 0.0)? };
+                let out = adapter.attn.forward(&layer_norm(&x)?, layout, bias)?;
+                x = (x + out.broadcast_mul(&gate)?)?;
+            }
+        }
+        let mlp = self.mlp.forward(&modulate(&layer_norm(&x)?, shift2, scale2)?)?;
+        x + mlp.broadcast_mul(&gate2.unsqueeze(1)?)?
+    }
+}
+
+/// Rectified-flow velocity model `v(x_t, t, class, layout)` for RGB images in [-1, 1].
+///
+/// Holds the parameter tensors of the `VarMap` it was built on (updating those vars updates the model) and
+/// the constant feature tables. Everything is f32.
+#[derive(Debug, Clone)]
+pub struct Denoiser {
+    spec: ModelSpec,
+    patch_embed: Linear,
+    t_mlp: SiluMlp,
+    class_embed: Embedding,
+    box_mlp: SiluMlp,
+    layout_class_embed: Embedding,
+    blocks: Vec<Block>,
+    final_ada: Linear,
+    final_linear: Linear,
+    features: Features,
+}
+
+impl Denoiser {
+    /// Builds the modules on `vb` (parameter names exactly as the reference: `patch_embed.weight`,
+    /// `blocks.0.attn.qkv.weight`, `blocks.0.adapter_gate`, ...). Vars missing from a `VarMap` behind `vb` are
+    /// created with the reference's distributions but candle's unseeded RNG: use [`super::build_model`] for
+    /// reproducible weights.
+    pub fn new(spec: ModelSpec, vb: VarBuilder) -> Result<Self> {
+        if let Err(e) = spec.check() {
+            bail!("{e}")
+        }
+        let w = spec.width;
+        let embedding = |name: &str| -> Result<Embedding> {
+            let table = vb.get_with_hints((spec.classes + 1, w), &format!("{name}.weight"), ParamInit::Normal.hint())?;
+            Ok(Embedding::new(table, w))
+        };
+        let blocks =
+            (0..spec.depth).map(|i| Block::new(&spec, vb.pp(format!("blocks.{i}")))).collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            spec,
+            patch_embed: linear(spec.patch_dim(), w, false, vb.pp("patch_embed"))?,
+            t_mlp: SiluMlp::new(FREQ_DIM, w, vb.pp("t_mlp"))?,
+            class_embed: embedding("class_embed")?,
+            box_mlp: SiluMlp::new(BBOX_FEATURES, w, vb.pp("box_mlp"))?,
+            layout_class_embed: embedding("layout_class_embed")?,
+            blocks,
+            final_ada: linear(w, 2 * w, true, vb.pp("final_ada"))?,
+            final_linear: linear(w, spec.patch_dim(), true, vb.pp("final_linear"))?,
+            features: Features::new(&spec, vb.device())?,
+        })
+    }
+
+    /// The architecture.
+    pub fn spec(&self) -> ModelSpec {
+        self.spec
+    }
+
+    /// v(x_t, t, y, layout): x `[B, 3, H, W]` f32, t `[B]` f32, y `[B]` u32, boxes `[B, slots, 4]` f32 as
+    /// `(x0, y0, x1, y1)` in [0, 1], box_classes `[B, slots]` u32 (null class = empty slot) → `[B, 3, H, W]`.
+    pub fn forward(&self, x: &Tensor, t: &Tensor, y: &Tensor, boxes: &Tensor, box_classes: &Tensor) -> Result<Tensor> {
+        self.forward_with_gate_scale(x, t, y, boxes, box_classes, 1.0)
+    }
+
+    /// As [`Self::forward`], with every adapter gate multiplied by `gate_scale` (1.0 = as trained; 0.0 skips the
+    /// adapter entirely, which equals the model without adapter contribution).
+    pub fn forward_with_gate_scale(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        y: &Tensor,
+        boxes: &Tensor,
+        box_classes: &Tensor,
+        gate_scale: f64,
+    ) -> Result<Tensor> {
+        let b = self.check_inputs(x, t, y, boxes, box_classes)?;
+        let (p, g) = (self.spec.patch, self.spec.grid());
+        // Patches flattened as (c, ph, pw), tokens row-major.
+        let patches = x.reshape((b, 3, g, p, g, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b, g * g, 3 * p * p))?;
+        let h = self.patch_embed.forward(&patches)?.broadcast_add(&self.features.pos)?;
+        let c = (self.t_mlp.forward(&self.features.timestep(t)?)? + self.class_embed.forward(y)?)?;
+        let silu_c = c.silu()?;
+        let layout = (self.box_mlp.forward(&self.features.bbox(boxes)?)? + self.layout_class_embed.forward(box_classes)?)?;
+        let bias = self.features.box_bias(boxes, box_classes)?;
+        let mut h = h;
+        for block in &self.blocks {
+            h = block.forward(&h, &silu_c, &layout, &bias, gate_scale)?;
+        }
+        let m = chunk_last(&self.final_ada.forward(&silu_c)?, 2)?;
+        let out = self.final_linear.forward(&modulate(&layer_norm(&h)?, &m[0], &m[1])?)?; // [B, N, 3p²]
+        out.reshape((b, g, g, 3, p, p))?.permute((0, 3, 1, 4, 2, 5))?.reshape((b, 3, g * p, g * p))
+    }
+
+    /// Each block's raw adapter gate value (empty without adapter).
+    pub fn gate_values(&self) -> Result<Vec<f32>> {
+        self.blocks
+            .iter()
+            .filter_map(|b| b.adapter.as_ref())
+            .map(|a| a.gate.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>().map(|v| v[0]))
+            .collect()
+    }
+
+    /// Checks shapes and dtypes of a forward's inputs; returns the batch size. Errors name the input.
+    fn check_inputs(&self, x: &Tensor, t: &Tensor, y: &Tensor, boxes: &Tensor, box_classes: &Tensor) -> Result<usize> {
+        let s = &self.spec;
+        let b = x.dim(0)?;
+        let expect = |name: &str, t: &Tensor, dims: &[usize], dtype: DType| -> Result<()> {
+            if t.dims() != dims {
+                bail!("denoiser input `{name}`: expected shape {dims:?}, got {:?}", t.dims())
+            }
+            if t.dtype() != dtype {
+                bail!("denoiser input `{name}`: expected dtype {dtype:?}, got {:?}", t.dtype())
+            }
+            Ok(())
+        };
+        expect("x", x, &[b, 3, s.image_size, s.image_size], DType::F32)?;
+        expect("t", t, &[b], DType::F32)?;
+        expect("y", y, &[b], DType::U32)?;
+        expect("boxes", boxes, &[b, s.slots, 4], DType::F32)?;
+        expect("box_classes", box_classes, &[b, s.slots], DType::U32)?;
+        Ok(b)
+    }
+}

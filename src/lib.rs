@@ -20,6 +20,7 @@ pub mod build_info;
 pub mod config;
 pub mod data;
 pub mod logging;
+pub mod eval;
 pub mod model;
 pub mod monitor;
 pub mod run;

@@ -13,6 +13,7 @@
 mod denoiser;
 mod features;
 mod init;
+pub mod judge;
 mod layers;
 mod loss;
 pub mod ops;

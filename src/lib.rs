@@ -19,6 +19,7 @@ pub mod bench;
 pub mod build_info;
 pub mod config;
 pub mod data;
+pub mod eval;
 pub mod logging;
 pub mod model;
 pub mod monitor;

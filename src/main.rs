@@ -62,6 +62,38 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Sample checkpoints side by side on identical inputs (one column per checkpoint or gate scale).
+    Sample {
+        /// Checkpoint directories.
+        #[arg(required = true)]
+        checkpoints: Vec<PathBuf>,
+        /// Gate scales, comma-separated (e.g. 0,0.5,1); with one checkpoint, one column each.
+        #[arg(long, value_delimiter = ',')]
+        gate_scales: Vec<f64>,
+        /// Seed of the fixed noise and layouts.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Rows.
+        #[arg(long, default_value_t = 8)]
+        count: usize,
+        /// Euler steps.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Classifier-free guidance scale (1 = none).
+        #[arg(long, default_value_t = 2.0)]
+        guidance: f64,
+        /// Use the raw weights even when the checkpoint has EMA weights.
+        #[arg(long)]
+        raw: bool,
+        /// Output PNG (a .json describing the cells is written beside it).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The judge network behind FID, top-k and IoU.
+    Judge {
+        #[command(subcommand)]
+        command: JudgeCommand,
+    },
     /// Time forward + backward + AdamW on fixed random batches; prints one JSON line.
     Bench {
         /// Model preset: tiny, small or base.
@@ -85,6 +117,22 @@ enum Command {
 /// `wick --version`: crate version, git hash, cargo features.
 const VERSION: &str =
     concat!(env!("CARGO_PKG_VERSION"), " (", env!("WICK_GIT_HASH"), ", features: [", env!("WICK_FEATURES"), "])");
+
+#[derive(Subcommand)]
+enum JudgeCommand {
+    /// Train the judge deterministically on real `shapes` images; writes its weights and a report beside them.
+    Train {
+        /// Seed of the weights and data order.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Optimizer steps.
+        #[arg(long, default_value_t = 3000)]
+        steps: usize,
+        /// Output weights file (the report goes to the same name with .json).
+        #[arg(long, default_value = "assets/judge/shapes.safetensors")]
+        out: PathBuf,
+    },
+}
 
 /// Exit code for a config that cannot be used.
 const EXIT_CONFIG: u8 = 2;
@@ -121,6 +169,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             wick::model::predict_file(&checkpoint, &input, &output)?;
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Sample { checkpoints, gate_scales, seed, count, steps, guidance, raw, out }) => {
+            let sampler = wick::eval::sampler::SamplerConfig { steps, guidance, use_ema: !raw, ..Default::default() };
+            let request = wick::eval::compare::CompareRequest { checkpoints, gate_scales, seed, count, sampler, scale: 4 };
+            let (png, description) = wick::eval::compare::compare_grid(&request, &candle_core::Device::Cpu, |done, total| {
+                eprintln!("sampled column {done}/{total}");
+            })?;
+            wick::run::atomic::atomic_write(&out, &png)?;
+            wick::run::atomic::atomic_write(&out.with_extension("json"), &serde_json::to_vec_pretty(&description)?)?;
+            eprintln!("wrote {} ({} columns × {} rows)", out.display(), description.columns.len(), description.rows.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Judge { command: JudgeCommand::Train { seed, steps, out } }) => judge_train(seed, steps, &out),
         Some(Command::Bench { preset, batch, steps, warmup, threads }) => {
             let preset: ModelPreset = serde_json::from_value(serde_json::Value::String(preset.clone()))
                 .map_err(|_| anyhow::anyhow!("--preset {preset}: expected tiny, small or base"))?;
@@ -252,4 +312,49 @@ fn verify(path: &Path) -> Result<ExitCode> {
     }
     println!("{} checkpoint(s) checked, {} bad", dirs.len(), bad);
     Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `wick judge train`: trains the judge, prints and writes its held-out accuracy and box IoU.
+fn judge_train(seed: u64, steps: usize, out: &Path) -> Result<ExitCode> {
+    let config = wick::eval::judge::JudgeTrainConfig { seed, steps, ..Default::default() };
+    let bar = ProgressBar::new(steps as u64);
+    if std::io::stderr().is_terminal() {
+        bar.set_style(ProgressStyle::with_template("judge [{bar:30}] {pos}/{len} {msg} ({eta})").context("template")?);
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut last = Instant::now();
+    let (varmap, _, report) = wick::eval::judge::train_judge(&config, &candle_core::Device::Cpu, |step, loss| {
+        bar.set_position(step as u64);
+        bar.set_message(format!("loss {loss:.4}"));
+        if bar.is_hidden() && (last.elapsed() >= Duration::from_secs(10) || step == steps) {
+            last = Instant::now();
+            eprintln!("judge step {step}/{steps} loss {loss:.4}");
+        }
+    })?;
+    bar.finish_and_clear();
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let tensors: std::collections::HashMap<String, candle_core::Tensor> = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("parameter store poisoned"))?
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    let bytes = wick::train::checkpointing::safetensors_bytes(&tensors)?;
+    wick::run::atomic::atomic_write(out, &bytes)?;
+    let report_path = out.with_extension("json");
+    wick::run::atomic::atomic_write(&report_path, &serde_json::to_vec_pretty(&report)?)?;
+    println!(
+        "judge: held-out accuracy {:.4}, mean box IoU {:.4} on {} real images ({:.0} s); wrote {} and {}",
+        report.accuracy,
+        report.mean_iou,
+        report.heldout,
+        report.train_secs,
+        out.display(),
+        report_path.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -14,6 +14,7 @@
 //! The state machines are serializable so the trainer can store them in a checkpoint's trainer.json and
 //! resume exactly.
 
+pub mod compare;
 pub mod decisions;
 pub mod fid;
 pub mod gates;

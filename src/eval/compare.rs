@@ -1,0 +1,98 @@
+//! Side-by-side samples of checkpoints (or of one checkpoint at several gate scales) on identical inputs:
+//! what `wick sample` writes and the GUI's Compare panel shows.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+
+use super::grid::{render_grid, GridDescription};
+use super::sampler::{sample_images, EvalSet, SamplerConfig};
+use crate::config::{DatasetConfig, RunConfig};
+use crate::data::ShapesDataset;
+use crate::model::{load_model, spec_from_weights, Denoiser};
+
+/// EMA weights file of a checkpoint.
+pub const EMA_FILE: &str = "ema.safetensors";
+
+/// A checkpoint's denoiser, with EMA weights when asked and present. Returns the model and which file it used.
+pub fn load_checkpoint_model(checkpoint: &Path, use_ema: bool, device: &Device) -> Result<(Denoiser, PathBuf)> {
+    let raw = if checkpoint.is_dir() { checkpoint.join("model.safetensors") } else { checkpoint.to_path_buf() };
+    if !raw.is_file() {
+        bail!("{} holds no model.safetensors — is it a checkpoint directory?", checkpoint.display());
+    }
+    let ema = raw.with_file_name(EMA_FILE);
+    let file = if use_ema && ema.is_file() { ema } else { raw.clone() };
+    let spec = spec_from_weights(&raw)?;
+    let (_, model) = load_model(spec, &file, device)?;
+    Ok((model, file))
+}
+
+/// The dataset settings of the run a checkpoint belongs to (`<run>/checkpoints/step-N/`), or the defaults.
+pub fn dataset_of_checkpoint(checkpoint: &Path) -> DatasetConfig {
+    checkpoint
+        .parent()
+        .and_then(Path::parent)
+        .map(|run| run.join("run.toml"))
+        .filter(|p| p.is_file())
+        .and_then(|p| std::fs::read_to_string(&p).ok())
+        .and_then(|text| RunConfig::from_toml_str(&text, "run.toml").ok())
+        .map(|c| c.dataset)
+        .unwrap_or_default()
+}
+
+/// What to compare.
+#[derive(Debug, Clone)]
+pub struct CompareRequest {
+    /// Checkpoint directories, one column each (or a single one with several gate scales).
+    pub checkpoints: Vec<PathBuf>,
+    /// Gate scales; with one checkpoint, one column per scale.
+    pub gate_scales: Vec<f64>,
+    /// Seed of the fixed noise.
+    pub seed: u64,
+    /// Rows (fixed inputs).
+    pub count: usize,
+    /// Sampler settings (its gate_scale is overridden per column).
+    pub sampler: SamplerConfig,
+    /// Pixels per image pixel in the grid.
+    pub scale: u32,
+}
+
+/// Samples every column on the same inputs and renders the grid; `progress(done, total)` after each column.
+pub fn compare_grid(
+    request: &CompareRequest,
+    device: &Device,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<(Vec<u8>, GridDescription)> {
+    let Some(first) = request.checkpoints.first() else { bail!("no checkpoint to sample") };
+    if request.checkpoints.len() > 1 && request.gate_scales.len() > 1 {
+        bail!("give several checkpoints or several gate scales, not both");
+    }
+    let dataset_config = dataset_of_checkpoint(first);
+    let mut columns = Vec::new();
+    let mut titles = Vec::new();
+    let scales = if request.gate_scales.is_empty() { vec![request.sampler.gate_scale] } else { request.gate_scales.clone() };
+    let jobs: Vec<(PathBuf, f64)> = if request.checkpoints.len() == 1 {
+        scales.iter().map(|s| (first.clone(), *s)).collect()
+    } else {
+        request.checkpoints.iter().map(|c| (c.clone(), scales[0])).collect()
+    };
+    let mut set: Option<EvalSet> = None;
+    for (index, (checkpoint, gate_scale)) in jobs.iter().enumerate() {
+        let (model, _) = load_checkpoint_model(checkpoint, request.sampler.use_ema, device)?;
+        let spec = model.spec();
+        let set = set.get_or_insert_with(|| {
+            let dataset = ShapesDataset::new(&dataset_config, spec.image_size, spec.slots, spec.null_class());
+            EvalSet::fixed(&dataset, request.seed, request.count)
+        });
+        let config = SamplerConfig { gate_scale: *gate_scale, ..request.sampler };
+        let images = sample_images(&model, set, &config, spec.null_class(), device)
+            .with_context(|| format!("sampling {}", checkpoint.display()))?;
+        columns.push(images);
+        let name = checkpoint.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        titles.push(if jobs.len() > 1 && request.checkpoints.len() == 1 { format!("{name} gate×{gate_scale}") } else { name });
+        progress(index + 1, jobs.len());
+    }
+    let set = set.context("nothing was sampled")?;
+    render_grid(&titles, &columns, &set, request.scale, crate::data::NUM_CLASSES)
+}

@@ -46,6 +46,8 @@ pub struct RunConfig {
     pub model: ModelConfig,
     /// Checkpoint retention and the NaN guard, shared by all stages.
     pub checkpoints: CheckpointConfig,
+    /// How evaluations sample and judge, which metric picks the best checkpoint, gate alert thresholds.
+    pub eval: EvalConfig,
     /// Stages, trained in order on one global step axis.
     pub stages: Vec<StageConfig>,
 }
@@ -118,6 +120,43 @@ pub struct CheckpointConfig {
     pub keep_last: usize,
     /// A run fails after this many consecutive steps with a non-finite loss or gradient. ≥ 1.
     pub max_bad_steps: u32,
+}
+
+/// Evaluation settings shared by all stages (each stage sets its own `eval_every`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Generated (and real) images per evaluation: FID, top-k and IoU are computed over them.
+    pub samples: usize,
+    /// Seed of the fixed evaluation inputs (noise, classes, layouts), the same for every checkpoint.
+    pub seed: u64,
+    /// Rows of the sample grid saved with checkpoints and every `sample_every` steps.
+    pub grid_rows: usize,
+    /// Sampler settings.
+    pub sampler: crate::eval::sampler::SamplerConfig,
+    /// Metric that picks the best checkpoint: `fid`, `top1`, `top2`, `top3`, `iou` or `loss`.
+    pub best_metric: String,
+    /// Whether lower or higher is better for `best_metric` (default: the metric's natural direction).
+    pub best_mode: Option<MetricMode>,
+    /// Judge weights; empty = the built-in judge of the shapes task.
+    pub judge: Option<PathBuf>,
+    /// Adapter gate alert thresholds.
+    pub gates: crate::eval::GateAlertConfig,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            samples: 500,
+            seed: 0,
+            grid_rows: 8,
+            sampler: crate::eval::sampler::SamplerConfig::default(),
+            best_metric: "fid".to_string(),
+            best_mode: None,
+            judge: None,
+            gates: crate::eval::GateAlertConfig::default(),
+        }
+    }
 }
 
 /// One stage of the curriculum.
@@ -247,6 +286,7 @@ impl Default for RunConfig {
             dataset: DatasetConfig::default(),
             model: ModelConfig::default(),
             checkpoints: CheckpointConfig::default(),
+            eval: EvalConfig::default(),
             stages: Vec::new(),
         }
     }

@@ -73,6 +73,7 @@ impl RunConfig {
                  fail the run; 5 is a good start",
             );
         }
+        check_eval(&self.eval, &mut issues);
         if self.stages.is_empty() {
             issues.add("stages", "must list at least one stage — add a [[stages]] table with a name and a number of steps");
         }
@@ -406,5 +407,34 @@ fn check_early_stopping(es: &EarlyStoppingConfig, stage: &StageConfig, prefix: &
                 es.min_delta
             ),
         );
+    }
+}
+
+fn check_eval(eval: &super::EvalConfig, issues: &mut Issues) {
+    if eval.samples < 2 {
+        issues.add("eval.samples", format!("is {} — FID needs at least 2 images; 500 is the usual budget", eval.samples));
+    }
+    if eval.grid_rows == 0 {
+        issues.add("eval.grid_rows", "must be ≥ 1 — the sample grid needs at least one row; 8 is a good start");
+    }
+    if eval.sampler.steps == 0 {
+        issues.add("eval.sampler.steps", "must be ≥ 1 — the sampler needs at least one Euler step; 20 is the default");
+    }
+    if eval.sampler.batch_size == 0 {
+        issues.add("eval.sampler.batch_size", "must be ≥ 1 — images per forward pass while sampling");
+    }
+    if !eval.sampler.guidance.is_finite() || eval.sampler.guidance < 0.0 {
+        issues.add("eval.sampler.guidance", format!("is {} — must be a finite number ≥ 0 (1 = no guidance)", eval.sampler.guidance));
+    }
+    if !eval.sampler.gate_scale.is_finite() {
+        issues.add("eval.sampler.gate_scale", "must be a finite number (1 = gates as trained)");
+    }
+    if !METRICS.contains(&eval.best_metric.as_str()) {
+        issues.add("eval.best_metric", format!("unknown metric {:?} — use one of {}", eval.best_metric, METRICS.join(", ")));
+    }
+    if let Some(judge) = &eval.judge {
+        if !judge.is_file() {
+            issues.add("eval.judge", format!("\"{}\" does not exist — leave it out to use the built-in judge", judge.display()));
+        }
     }
 }

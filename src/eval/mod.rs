@@ -21,6 +21,7 @@ pub mod gates;
 pub mod grid;
 pub mod judge;
 pub mod sampler;
+pub mod worker;
 pub mod scores;
 
 pub use decisions::{

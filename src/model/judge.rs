@@ -118,17 +118,22 @@ pub fn build_judge(device: &Device, seed: u64) -> Result<(VarMap, Judge)> {
     Ok((varmap, judge))
 }
 
-/// Loads judge weights (strict: every parameter present with its shape, nothing else).
+/// Loads judge weights from a file (strict: every parameter present with its shape, nothing else).
 pub fn load_judge(path: &Path, device: &Device) -> Result<Judge> {
-    let tensors = candle_core::safetensors::load(path, device)
-        .with_context(|| format!("cannot load the judge from {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read the judge {}", path.display()))?;
+    load_judge_bytes(&bytes, device).with_context(|| format!("judge {}", path.display()))
+}
+
+/// Loads judge weights from safetensors bytes (strict, as [`load_judge`]).
+pub fn load_judge_bytes(bytes: &[u8], device: &Device) -> Result<Judge> {
+    let tensors = candle_core::safetensors::load_buffer(bytes, device).context("not valid safetensors")?;
     let table = param_table();
     for (name, shape, _) in &table {
-        let t = tensors.get(name).with_context(|| format!("{}: lacks `{name}` — not a judge", path.display()))?;
-        anyhow::ensure!(t.dims() == shape.as_slice(), "{}: `{name}` has shape {:?}, expected {shape:?}", path.display(), t.dims());
+        let t = tensors.get(name).with_context(|| format!("lacks `{name}` — not a judge"))?;
+        anyhow::ensure!(t.dims() == shape.as_slice(), "`{name}` has shape {:?}, expected {shape:?}", t.dims());
     }
     if let Some(extra) = tensors.keys().find(|k| !table.iter().any(|(n, _, _)| n == *k)) {
-        anyhow::bail!("{}: has `{extra}`, which the judge does not have", path.display());
+        anyhow::bail!("has `{extra}`, which the judge does not have");
     }
     Ok(Judge::new(VarBuilder::from_tensors(tensors, DType::F32, device))?)
 }

@@ -29,6 +29,51 @@ pub struct MetricsRecord {
     pub gpu_mem_bytes: Option<u64>,
 }
 
+/// One evaluation: a line of evals.jsonl.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    /// Global step evaluated (a checkpoint of the same step exists).
+    pub step: u64,
+    /// Stage name.
+    pub stage: String,
+    /// FID (judge features) of the generated vs real images; `None` when it could not be computed.
+    pub fid: Option<f64>,
+    /// Fraction of generated images whose requested class is the judge's top-1.
+    pub top1: Option<f64>,
+    /// … within the judge's top 2.
+    pub top2: Option<f64>,
+    /// … within the judge's top 3.
+    pub top3: Option<f64>,
+    /// Mean IoU of requested and judged main-object boxes.
+    pub iou: Option<f64>,
+    /// Mean training loss of the steps logged since the previous evaluation.
+    pub loss: Option<f64>,
+    /// Images generated and judged.
+    pub samples: usize,
+    /// Seconds spent sampling on the trainer thread.
+    pub sample_secs: f64,
+    /// Seconds the evaluation took in all (sampling + judging + FID).
+    pub eval_secs: f64,
+    /// The stage's early-stopping counters after this evaluation, when it has a rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<super::state::EarlyStopState>,
+}
+
+impl EvalRecord {
+    /// The value of a metric by name (`fid`, `top1`, `top2`, `top3`, `iou`, `loss`).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        match name {
+            "fid" => self.fid,
+            "top1" => self.top1,
+            "top2" => self.top2,
+            "top3" => self.top3,
+            "iou" => self.iou,
+            "loss" => self.loss,
+            _ => None,
+        }
+    }
+}
+
 /// Everything the trainer reports, in order. Metrics go to metrics.jsonl; all others to events.jsonl.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -68,6 +113,48 @@ pub enum TrainEvent {
     },
     /// Metrics of a logged step.
     Metrics(MetricsRecord),
+    /// Results of an evaluation (goes to evals.jsonl).
+    Eval(EvalRecord),
+    /// A checkpoint became the best by the run's chosen metric; it is kept whatever `keep_last` prunes.
+    BestCheckpoint {
+        /// Global step of the checkpoint.
+        step: u64,
+        /// Checkpoint directory name.
+        checkpoint: String,
+        /// The metric.
+        metric: String,
+        /// Its value.
+        value: f64,
+        /// Human-readable summary.
+        message: String,
+    },
+    /// A stage stopped early because its metric stopped improving; the next stage (if any) starts.
+    EarlyStopped {
+        /// Global step at which the stage ended.
+        step: u64,
+        /// Stage name.
+        stage: String,
+        /// Why.
+        message: String,
+    },
+    /// An adapter gate alert: collapse, over-activation or sudden convergence.
+    GateAlert {
+        /// Global step.
+        step: u64,
+        /// `collapse`, `over_activation` or `sudden_convergence`.
+        alert: crate::eval::GateAlertKind,
+        /// What was seen.
+        message: String,
+    },
+    /// A fixed-seed sample grid was written.
+    SamplesSaved {
+        /// Global step.
+        step: u64,
+        /// The PNG, relative to the run directory.
+        path: String,
+        /// Human-readable summary.
+        message: String,
+    },
     /// A checkpoint is complete on disk.
     CheckpointSaved {
         /// Global step of the checkpoint.
@@ -150,7 +237,12 @@ impl TrainEvent {
     pub fn step(&self) -> u64 {
         match self {
             Self::Metrics(m) => m.step,
-            Self::Started { step, .. }
+            Self::Eval(e) => e.step,
+            Self::BestCheckpoint { step, .. }
+            | Self::EarlyStopped { step, .. }
+            | Self::GateAlert { step, .. }
+            | Self::SamplesSaved { step, .. }
+            | Self::Started { step, .. }
             | Self::StageStarted { step, .. }
             | Self::StageFinished { step, .. }
             | Self::CheckpointSaved { step, .. }
@@ -179,7 +271,19 @@ impl TrainEvent {
                 m.loss.map_or("non-finite".to_string(), |l| format!("{l:.5}")),
                 m.lr
             ),
-            Self::Started { message, .. }
+            Self::Eval(e) => format!(
+                "eval at step {}: fid {} top1 {} iou {} ({:.1} s)",
+                e.step,
+                e.fid.map_or("-".to_string(), |v| format!("{v:.3}")),
+                e.top1.map_or("-".to_string(), |v| format!("{v:.3}")),
+                e.iou.map_or("-".to_string(), |v| format!("{v:.3}")),
+                e.eval_secs
+            ),
+            Self::BestCheckpoint { message, .. }
+            | Self::EarlyStopped { message, .. }
+            | Self::GateAlert { message, .. }
+            | Self::SamplesSaved { message, .. }
+            | Self::Started { message, .. }
             | Self::StageStarted { message, .. }
             | Self::StageFinished { message, .. }
             | Self::CheckpointSaved { message, .. }

@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::atomic::JsonlAppender;
 use super::dir::RunDir;
 use super::events::{EventRecord, TrainEvent};
-use super::state::{unix_now_secs, RunState, RunStatus};
+use super::state::{unix_now_secs, BestState, RunState, RunStatus};
 use crate::build_info::BuildInfo;
 
 /// Called after each forwarded event (the GUI passes `ctx.request_repaint`).
@@ -26,6 +26,7 @@ struct Recorder {
     state: RunState,
     planned_steps: Vec<u64>,
     metrics: JsonlAppender,
+    evals: JsonlAppender,
     events: JsonlAppender,
     last_state_write: Instant,
 }
@@ -41,12 +42,14 @@ pub fn spawn_recorder(
     let config = dir.config()?;
     let state = dir.read_state()?;
     let metrics = JsonlAppender::open(&dir.metrics_path())?;
+    let evals = JsonlAppender::open(&dir.evals_path())?;
     let events = JsonlAppender::open(&dir.events_path())?;
     let mut recorder = Recorder {
         planned_steps: config.stages.iter().map(|s| s.steps).collect(),
         dir,
         state,
         metrics,
+        evals,
         events,
         last_state_write: Instant::now(),
     };
@@ -98,13 +101,20 @@ impl Recorder {
                 write_state = self.last_state_write.elapsed() >= STATE_WRITE_INTERVAL;
                 tracing::debug!(target: "wick::metrics", "{}", event.message());
             }
+            TrainEvent::Eval(e) => {
+                self.evals.append(e)?;
+                self.evals.sync()?;
+                self.state.last_eval_step = Some(e.step);
+                self.state.early_stopping = e.early_stopping.clone();
+                tracing::info!("{}", event.message());
+            }
             other => {
                 self.events.append(&EventRecord { unix_secs: unix_now_secs(), event: other.clone() })?;
                 self.events.sync()?;
                 self.apply(other);
                 match other {
                     TrainEvent::Failed { .. } => tracing::error!("{}", other.message()),
-                    TrainEvent::NanDetected { .. } | TrainEvent::Warning { .. } => {
+                    TrainEvent::NanDetected { .. } | TrainEvent::Warning { .. } | TrainEvent::GateAlert { .. } => {
                         tracing::warn!("{}", other.message())
                     }
                     _ => tracing::info!("{}", other.message()),
@@ -135,6 +145,7 @@ impl Recorder {
             TrainEvent::StageStarted { step, stage, index, .. } => {
                 state.stage = stage.clone();
                 state.stage_index = *index;
+                state.early_stopping = None;
                 state.global_step = *step;
                 self.replan(*index, *step);
             }
@@ -162,7 +173,19 @@ impl Recorder {
                 state.status = RunStatus::Failed;
                 state.message = Some(message.clone());
             }
+            TrainEvent::BestCheckpoint { step, checkpoint, metric, value, .. } => {
+                state.best = Some(BestState {
+                    metric: metric.clone(),
+                    value: *value,
+                    step: *step,
+                    checkpoint: checkpoint.clone(),
+                });
+            }
             TrainEvent::Metrics(_)
+            | TrainEvent::Eval(_)
+            | TrainEvent::EarlyStopped { .. }
+            | TrainEvent::GateAlert { .. }
+            | TrainEvent::SamplesSaved { .. }
             | TrainEvent::CheckpointPruned { .. }
             | TrainEvent::NanDetected { .. }
             | TrainEvent::Warning { .. } => {}

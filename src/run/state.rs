@@ -52,6 +52,34 @@ pub struct LedgerEntry {
     pub finished: bool,
 }
 
+/// state.json's `best`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BestState {
+    /// Metric name.
+    pub metric: String,
+    /// Its best value.
+    pub value: f64,
+    /// Global step of that evaluation.
+    pub step: u64,
+    /// The checkpoint of that step.
+    pub checkpoint: String,
+}
+
+/// state.json's `early_stopping`: where the current stage's rule stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EarlyStopState {
+    /// Stage name.
+    pub stage: String,
+    /// Metric watched.
+    pub metric: String,
+    /// Best value seen in the stage.
+    pub best: Option<f64>,
+    /// Evaluations since the last improvement.
+    pub evals_without_improvement: u32,
+    /// Evaluations allowed without improvement.
+    pub patience: u32,
+}
+
 /// The content of state.json.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -68,6 +96,12 @@ pub struct RunState {
     pub total_steps: u64,
     /// Each stage's [start, end) on the global step axis.
     pub stages: Vec<LedgerEntry>,
+    /// The best checkpoint so far by the run's chosen metric.
+    pub best: Option<BestState>,
+    /// Newest evaluation's step.
+    pub last_eval_step: Option<u64>,
+    /// Early-stopping counters of the current stage, when it has a rule.
+    pub early_stopping: Option<EarlyStopState>,
     /// Newest complete checkpoint's directory name.
     pub last_checkpoint: Option<String>,
     /// Loss of the newest logged step.
@@ -95,6 +129,9 @@ impl Default for RunState {
             global_step: 0,
             total_steps: 0,
             stages: Vec::new(),
+            best: None,
+            last_eval_step: None,
+            early_stopping: None,
             last_checkpoint: None,
             last_loss: None,
             wall_secs: 0.0,

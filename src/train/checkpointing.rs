@@ -34,6 +34,21 @@ pub struct TrainerState {
     pub seed: u64,
     /// Description of the random streams, for people reading the file.
     pub rng_streams: String,
+    /// Steps in which adapter parameters trained (gate collapse alerts count these).
+    #[serde(default)]
+    pub adapter_steps: u64,
+    /// Sum and count of the logged losses since the last evaluation.
+    #[serde(default)]
+    pub losses_since_eval: (f64, u64),
+    /// The best checkpoint so far.
+    #[serde(default)]
+    pub best: Option<crate::eval::BestTracker>,
+    /// The current stage's early-stopping rule and counters.
+    #[serde(default)]
+    pub early_stopping: Option<crate::eval::EarlyStopping>,
+    /// Gate alert state.
+    #[serde(default)]
+    pub gate_monitor: Option<crate::eval::GateMonitor>,
 }
 
 /// Names and variables of every parameter, sorted by name.
@@ -64,6 +79,7 @@ pub fn save_checkpoint(
     ema: &Ema,
     optimizer: &AdamW,
     state: &TrainerState,
+    extra_files: &[(&str, &[u8])],
 ) -> Result<(PathBuf, u64)> {
     ensure_finite(params)?;
     let mut writer = CheckpointWriter::begin(checkpoints_dir, state.global_step)?;
@@ -75,6 +91,9 @@ pub fn save_checkpoint(
     let opt = optimizer.state_tensors()?;
     writer.write_file("optimizer.safetensors", &safetensors_bytes(&opt)?)?;
     writer.write_file("trainer.json", &serde_json::to_vec_pretty(state)?)?;
+    for (name, bytes) in extra_files {
+        writer.write_file(name, bytes)?;
+    }
     writer.finish()
 }
 

@@ -16,10 +16,16 @@ use super::ema::Ema;
 use super::noise::{self, Stream};
 use super::optimizer::{clip_grads, global_grad_norm, AdamW};
 use super::{TrainCommand, TrainOptions};
-use crate::config::{RunConfig, StageConfig};
+use crate::config::{metric_mode, MetricMode, RunConfig, StageConfig};
+use crate::eval::grid::render_grid;
+use crate::eval::sampler::{sample_images, EvalSet};
+use crate::eval::worker::{open_judge, real_stats, EvalJob, EvalWorker};
+use crate::eval::{BestTracker, EarlyStopDecision, EarlyStopping, GateMonitor};
 use crate::data::{Batch, Prefetcher, ShapesDataset};
 use crate::model::{self, Denoiser, ModelSpec};
 use crate::run::checkpoint::{checkpoint_name, checkpoints_to_prune, newest_intact_checkpoint};
+use crate::run::events::EvalRecord;
+use crate::run::state::EarlyStopState;
 use crate::run::{MetricsRecord, RunDir, TrainEvent};
 
 /// Batches kept ready by the prefetch thread.
@@ -113,6 +119,12 @@ enum Interrupt {
     Stop(String),
 }
 
+/// Sample grid files of a checkpoint: samples.png and samples.json.
+struct GridFiles {
+    png: Vec<u8>,
+    json: Vec<u8>,
+}
+
 struct Trainer {
     config: RunConfig,
     dir: RunDir,
@@ -131,6 +143,10 @@ struct Trainer {
     wall_at_session_start: f64,
     last_saved_step: Option<u64>,
     last_log: (Instant, u64),
+    /// The fixed evaluation inputs (made when first needed).
+    eval_set: Option<Arc<EvalSet>>,
+    /// The judge's worker (started at the first evaluation).
+    worker: Option<EvalWorker>,
 }
 
 impl Trainer {
@@ -167,6 +183,14 @@ impl Trainer {
             rng_streams: "ChaCha8 keyed by (seed, purpose); step s draws from stream s; data order is a \
                           seeded permutation per epoch indexed by data_cursor"
                 .to_string(),
+            adapter_steps: 0,
+            losses_since_eval: (0.0, 0),
+            best: Some(BestTracker::new(
+                config.eval.best_metric.clone(),
+                config.eval.best_mode.or_else(|| metric_mode(&config.eval.best_metric)).unwrap_or(MetricMode::Min),
+            )),
+            early_stopping: None,
+            gate_monitor: config.model.adapter.then(|| GateMonitor::new(config.eval.gates.clone())),
         };
         Ok(Self {
             config,
@@ -186,6 +210,8 @@ impl Trainer {
             wall_at_session_start: 0.0,
             last_saved_step: None,
             last_log: (Instant::now(), 0),
+            eval_set: None,
+            worker: None,
         })
     }
 
@@ -281,6 +307,7 @@ impl Trainer {
         let trainable_vars: NamedVars =
             self.params.iter().filter(|(n, _)| trainable.contains(n)).cloned().collect();
         let model = self.stage_model(&trainable)?;
+        let trains_adapter = trainable.iter().any(|n| model::is_adapter_param(n));
         let mut prefetcher = Prefetcher::spawn(
             self.dataset.clone(),
             noise::stream_seed(self.config.seed, Stream::DataOrder),
@@ -299,6 +326,9 @@ impl Trainer {
             self.state.step_in_stage += 1;
             self.state.data_cursor += (stage.batch_size * stage.grad_accum) as u64;
             self.progress.store(self.state.global_step, Ordering::Relaxed);
+            if trains_adapter {
+                self.state.adapter_steps += 1;
+            }
             let (loss, grad_norm) = match outcome {
                 StepOutcome::Applied { loss, grad_norm } => {
                     self.state.consecutive_bad_steps = 0;
@@ -332,11 +362,18 @@ impl Trainer {
             if self.state.step_in_stage % stage.log_every == 0 || done {
                 self.log_metrics(&model, &stage, lr, loss, grad_norm)?;
             }
+            let step_in_stage = self.state.step_in_stage;
+            let cadence = |every: u64| every > 0 && (step_in_stage % every == 0 || done);
+            if cadence(stage.eval_every) && self.evaluate(&stage, done)? {
+                break; // early stop: the stage ends here
+            }
             if done {
                 break;
             }
-            if stage.save_every > 0 && self.state.step_in_stage % stage.save_every == 0 {
+            if cadence(stage.save_every) {
                 self.save()?;
+            } else if cadence(stage.sample_every) {
+                self.save_samples()?;
             }
             if self.options.stop_at_step == Some(self.state.global_step) {
                 return Ok(Some(Interrupt::Stop(format!("stopped at step {} as asked", self.state.global_step))));
@@ -379,6 +416,7 @@ impl Trainer {
             _ => HashSet::new(),
         };
         self.optimizer.retain(&keep);
+        self.state.early_stopping = stage.early_stopping.as_ref().map(EarlyStopping::new);
         let count: usize = self
             .params
             .iter()
@@ -623,6 +661,17 @@ impl Trainer {
         let samples = steps as f64 * (stage.batch_size * stage.grad_accum) as f64;
         let samples_per_s = if secs > 0.0 { samples / secs } else { 0.0 };
         self.last_log = (Instant::now(), self.state.global_step);
+        if let Some(loss) = loss {
+            self.state.losses_since_eval.0 += loss;
+            self.state.losses_since_eval.1 += 1;
+        }
+        let alerts = match &mut self.state.gate_monitor {
+            Some(monitor) => monitor.observe(self.state.global_step, self.state.adapter_steps, &gates),
+            None => Vec::new(),
+        };
+        for alert in alerts {
+            self.emit(TrainEvent::GateAlert { step: alert.step, alert: alert.kind, message: alert.message });
+        }
         self.emit(TrainEvent::Metrics(MetricsRecord {
             step: self.state.global_step,
             stage: stage.name.clone(),
@@ -639,14 +688,30 @@ impl Trainer {
         Ok(())
     }
 
-    /// Saves a checkpoint of the current state (unless this step's is already on disk), then prunes old ones.
+    /// Saves a checkpoint of the current state with its sample grid (unless this step's is already on disk),
+    /// then prunes old ones.
     fn save(&mut self) -> Result<()> {
         if self.last_saved_step == Some(self.state.global_step) {
             return Ok(());
         }
+        let grid = self.sample_grid()?;
+        self.save_with_grid(grid)
+    }
+
+    fn save_with_grid(&mut self, grid: GridFiles) -> Result<()> {
+        if self.last_saved_step == Some(self.state.global_step) {
+            return Ok(());
+        }
         self.state.wall_secs = self.wall_secs();
-        let (dir, bytes) =
-            save_checkpoint(&self.dir.checkpoints_dir(), &self.params, &self.ema, &self.optimizer, &self.state)?;
+        let extra: [(&str, &[u8]); 2] = [("samples.png", &grid.png), ("samples.json", &grid.json)];
+        let (dir, bytes) = save_checkpoint(
+            &self.dir.checkpoints_dir(),
+            &self.params,
+            &self.ema,
+            &self.optimizer,
+            &self.state,
+            &extra,
+        )?;
         self.last_saved_step = Some(self.state.global_step);
         let name = checkpoint_name(self.state.global_step);
         let stage = self
@@ -663,7 +728,11 @@ impl Trainer {
             message: format!("checkpoint {} saved ({:.1} MB)", dir.display(), bytes as f64 / 1e6),
         });
         let entries = self.dir.checkpoints()?;
-        for entry in checkpoints_to_prune(&entries, self.config.checkpoints.keep_last, &[name]) {
+        let mut protected = vec![name];
+        if let Some(best) = self.state.best.as_ref().and_then(|b| b.best()).and_then(|b| b.checkpoint.clone()) {
+            protected.push(best);
+        }
+        for entry in checkpoints_to_prune(&entries, self.config.checkpoints.keep_last, &protected) {
             std::fs::remove_dir_all(&entry.dir)
                 .with_context(|| format!("cannot prune {}", entry.dir.display()))?;
             self.emit(TrainEvent::CheckpointPruned {
@@ -673,5 +742,145 @@ impl Trainer {
             });
         }
         Ok(())
+    }
+
+    /// The fixed evaluation inputs, made on first use.
+    fn eval_set(&mut self) -> Arc<EvalSet> {
+        if self.eval_set.is_none() {
+            let count = self.config.eval.samples.max(self.config.eval.grid_rows);
+            self.eval_set = Some(Arc::new(EvalSet::fixed(&self.dataset, self.config.eval.seed, count)));
+        }
+        self.eval_set.clone().unwrap_or_else(|| Arc::new(EvalSet::fixed(&self.dataset, self.config.eval.seed, 1)))
+    }
+
+    /// The denoiser samples are drawn with: EMA weights when there are some and the config asks for them.
+    fn sampling_model(&self) -> Result<Denoiser> {
+        let use_ema = self.config.eval.sampler.use_ema && !self.ema.is_empty();
+        let tensors: HashMap<String, Tensor> = if use_ema {
+            self.ema.tensors().iter().map(|(n, t)| (n.clone(), t.detach())).collect()
+        } else {
+            self.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect()
+        };
+        Ok(Denoiser::new(self.spec, VarBuilder::from_tensors(tensors, DType::F32, &self.device))?)
+    }
+
+    /// The fixed-seed sample grid of the current weights (the first `grid_rows` evaluation inputs).
+    fn sample_grid(&mut self) -> Result<GridFiles> {
+        let rows = self.config.eval.grid_rows;
+        let set = self.eval_set().take(rows);
+        let model = self.sampling_model()?;
+        let images = sample_images(&model, &set, &self.config.eval.sampler, self.spec.null_class(), &self.device)?;
+        let title = checkpoint_name(self.state.global_step);
+        let (png, description) = render_grid(&[title], &[images], &set, 4, self.spec.null_class())?;
+        Ok(GridFiles { png, json: serde_json::to_vec_pretty(&description)? })
+    }
+
+    /// Writes a sample grid outside any checkpoint: `samples/step-N.png` (+ .json).
+    fn save_samples(&mut self) -> Result<()> {
+        let grid = self.sample_grid()?;
+        let dir = self.dir.root().join("samples");
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let name = checkpoint_name(self.state.global_step);
+        crate::run::atomic::atomic_write(&dir.join(format!("{name}.png")), &grid.png)?;
+        crate::run::atomic::atomic_write(&dir.join(format!("{name}.json")), &grid.json)?;
+        self.emit(TrainEvent::SamplesSaved {
+            step: self.state.global_step,
+            path: format!("samples/{name}.png"),
+            message: format!("sample grid saved at step {}", self.state.global_step),
+        });
+        Ok(())
+    }
+
+    /// Starts the judge's worker on first use (loading the judge and the real statistics).
+    fn ensure_worker(&mut self) -> Result<()> {
+        if self.worker.is_some() {
+            return Ok(());
+        }
+        let set = self.eval_set();
+        let (judge, judge_key) = open_judge(self.config.eval.judge.as_deref(), &self.device)?;
+        let cache = self.dir.root().parent().map(|runs| runs.join(".cache"));
+        let real = real_stats(&judge, &judge_key, &self.config.dataset, set.count, cache.as_deref(), &self.device)?;
+        self.worker = Some(EvalWorker::spawn(judge, real, set, self.device.clone())?);
+        Ok(())
+    }
+
+    /// Evaluates the current weights: samples the fixed set, has the worker judge it while the grid is
+    /// sampled, records the results, updates the best checkpoint and the stage's early stopping, and saves
+    /// the checkpoint of this step (at a stage's end, the stage-end save does). Returns true when the stage
+    /// must stop early.
+    fn evaluate(&mut self, stage: &StageConfig, at_stage_end: bool) -> Result<bool> {
+        let start = Instant::now();
+        self.ensure_worker()?;
+        let set = self.eval_set();
+        let model = self.sampling_model()?;
+        let images = sample_images(&model, &set, &self.config.eval.sampler, self.spec.null_class(), &self.device)?;
+        let sample_secs = start.elapsed().as_secs_f64();
+        let worker = self.worker.as_ref().context("the evaluation worker is not running")?;
+        worker.submit(EvalJob { images })?;
+        let grid = self.sample_grid()?;
+        let scores = self.worker.as_ref().context("the evaluation worker is not running")?.result()?;
+        let (loss_sum, loss_count) = std::mem::take(&mut self.state.losses_since_eval);
+        let mut record = EvalRecord {
+            step: self.state.global_step,
+            stage: stage.name.clone(),
+            fid: scores.fid.is_finite().then_some(scores.fid),
+            top1: Some(scores.top_k[0]),
+            top2: Some(scores.top_k[1]),
+            top3: Some(scores.top_k[2]),
+            iou: scores.iou.is_finite().then_some(scores.iou),
+            loss: (loss_count > 0).then(|| loss_sum / loss_count as f64),
+            samples: set.count,
+            sample_secs,
+            eval_secs: 0.0,
+            early_stopping: None,
+        };
+        let checkpoint = checkpoint_name(self.state.global_step);
+        let mut new_best = None;
+        if let Some(tracker) = &mut self.state.best {
+            if let Some(value) = record.metric(tracker.metric()) {
+                if tracker.observe(value, self.state.global_step) {
+                    tracker.attach_checkpoint(checkpoint.clone());
+                    new_best = Some((tracker.metric().to_string(), value));
+                }
+            }
+        }
+        let mut stop = None;
+        if let (Some(rule), Some(config)) = (&mut self.state.early_stopping, &stage.early_stopping) {
+            let value = record.metric(&config.metric).unwrap_or(f64::NAN);
+            if let EarlyStopDecision::Stop { .. } = rule.observe(value) {
+                stop = Some(rule.reason(&config.metric));
+            }
+            record.early_stopping = Some(EarlyStopState {
+                stage: stage.name.clone(),
+                metric: config.metric.clone(),
+                best: rule.best(),
+                evals_without_improvement: rule.evals_without_improvement(),
+                patience: config.patience,
+            });
+        }
+        record.eval_secs = start.elapsed().as_secs_f64();
+        self.emit(TrainEvent::Eval(record));
+        if let Some((metric, value)) = new_best {
+            self.emit(TrainEvent::BestCheckpoint {
+                step: self.state.global_step,
+                checkpoint: checkpoint.clone(),
+                metric: metric.clone(),
+                value,
+                message: format!("new best checkpoint {checkpoint}: {metric} {}", crate::eval::fmt_value(value)),
+            });
+        }
+        let stopping = stop.is_some();
+        if let Some(reason) = stop {
+            self.emit(TrainEvent::EarlyStopped {
+                step: self.state.global_step,
+                stage: stage.name.clone(),
+                message: format!("stage `{}` stopped early at step {}: {reason}", stage.name, self.state.global_step),
+            });
+        } else if !at_stage_end {
+            // At a stage's end (early or planned) the checkpoint is saved once the state points at the next
+            // stage, so a resume starts it cleanly.
+            self.save_with_grid(grid)?;
+        }
+        Ok(stopping)
     }
 }

@@ -14,6 +14,10 @@ pub fn tiny_two_stage(base_steps: u64, adapter_steps: u64) -> RunConfig {
     config.model.adapter = true;
     config.checkpoints.keep_last = 100;
     config.dataset.train_size = 200;
+    // Small sample grids keep the tests quick: 2 rows, 4 Euler steps.
+    config.eval.grid_rows = 2;
+    config.eval.sampler.steps = 4;
+    config.eval.samples = 16;
     config.stages = vec![
         StageConfig {
             name: "base".to_string(),

@@ -62,6 +62,11 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// The checkpoint table of a run (metrics, best and Pareto marks) and which checkpoint to use.
+    Report {
+        /// The run directory.
+        run_dir: PathBuf,
+    },
     /// Sample checkpoints side by side on identical inputs (one column per checkpoint or gate scale).
     Sample {
         /// Checkpoint directories.
@@ -167,6 +172,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Verify { run_dir }) => verify(&run_dir),
         Some(Command::Predict { checkpoint, input, output }) => {
             wick::model::predict_file(&checkpoint, &input, &output)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Report { run_dir }) => {
+            let dir = RunDir::open(&run_dir)?;
+            let (rows, recommendation) = wick::eval::report::checkpoint_report(&dir)?;
+            print!("{}", wick::eval::report::format_report(&rows, &recommendation));
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Sample { checkpoints, gate_scales, seed, count, steps, guidance, raw, out }) => {

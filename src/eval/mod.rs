@@ -20,6 +20,7 @@ pub mod fid;
 pub mod gates;
 pub mod grid;
 pub mod judge;
+pub mod report;
 pub mod sampler;
 pub mod worker;
 pub mod scores;

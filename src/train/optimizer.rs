@@ -48,6 +48,8 @@ impl AdamW {
     ) -> Result<()> {
         for (name, var) in params {
             let Some(grad) = grads.get(name) else { continue };
+            // Gradients carry the backward graph; moments built from them would keep every step's graph alive.
+            let grad = grad.detach();
             let moments = match self.moments.get_mut(name) {
                 Some(m) => m,
                 None => {
@@ -61,7 +63,7 @@ impl AdamW {
             };
             moments.steps += 1;
             let t = moments.steps as i32;
-            let exp_avg = ((&moments.exp_avg * self.beta1)? + (grad * (1.0 - self.beta1))?)?;
+            let exp_avg = ((&moments.exp_avg * self.beta1)? + (&grad * (1.0 - self.beta1))?)?;
             let exp_avg_sq = ((&moments.exp_avg_sq * self.beta2)? + (grad.sqr()? * (1.0 - self.beta2))?)?;
             let bias1 = 1.0 - self.beta1.powi(t);
             let bias2 = 1.0 - self.beta2.powi(t);

@@ -210,6 +210,21 @@ mod tests {
     }
 
     #[test]
+    fn moments_hold_no_backward_graph() {
+        // A gradient computed from a variable carries its graph; the moments must not keep it alive.
+        let w = var(&[1.0, -2.0]);
+        let loss = w.as_tensor().sqr().unwrap().sum_all().unwrap();
+        let store = loss.backward().unwrap();
+        let graph_grad = (store.get(w.as_tensor()).unwrap() * 1.0).unwrap();
+        let params = vec![("w".to_string(), w.clone())];
+        let grads: HashMap<String, Tensor> = [("w".to_string(), graph_grad)].into_iter().collect();
+        let mut opt = AdamW::default();
+        opt.step(&params, &grads, 0.1, 0.0).unwrap();
+        let m = &opt.moments()["w"];
+        assert!(!m.exp_avg.track_op() && !m.exp_avg_sq.track_op());
+    }
+
+    #[test]
     fn state_round_trips_and_retain_drops_moments() {
         let params = vec![("a".to_string(), var(&[1.0, 2.0])), ("b".to_string(), var(&[3.0]))];
         let mut opt = AdamW::default();

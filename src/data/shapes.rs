@@ -20,9 +20,14 @@ const STREAM_HELDOUT: u64 = 2;
 const SAMPLE_KEY_TAG: u64 = 0x5749_434b_5348_5031; // "WICKSHP1"
 
 /// Smallest object side, as a fraction of the image side.
-const MIN_SIZE_FRAC: f32 = 0.3;
+const MIN_SIZE_FRAC: f32 = 0.28;
 /// Largest object side, as a fraction of the image side.
 const MAX_SIZE_FRAC: f32 = 0.6;
+/// Smallest side of the main (labelled) object, which is placed first.
+const MAIN_MIN_SIZE_FRAC: f32 = 0.42;
+/// Other objects' sides are at most this fraction of the main object's, so the label (the largest object)
+/// is never a matter of a pixel: its area is at least 1/0.8² ≈ 1.56 times any other's.
+const OTHER_MAX_SIZE_RATIO: f32 = 0.8;
 /// Candidate placements tried per object before taking the least-overlapping one.
 const PLACEMENT_TRIES: u32 = 64;
 /// After this many failed tries the largest allowed size has shrunk to [`MIN_SIZE_FRAC`].
@@ -176,7 +181,11 @@ impl ShapesDataset {
 
         let mut boxes: Vec<[f32; 4]> = Vec::with_capacity(count);
         for _ in 0..count {
-            let placed = place_box(&mut rng, &boxes);
+            let (min_side, max_side) = match boxes.first() {
+                None => (MAIN_MIN_SIZE_FRAC, MAX_SIZE_FRAC),
+                Some(main) => (MIN_SIZE_FRAC, ((main[2] - main[0]) * OTHER_MAX_SIZE_RATIO).max(MIN_SIZE_FRAC)),
+            };
+            let placed = place_box(&mut rng, &boxes, min_side, max_side);
             boxes.push(placed);
         }
         let mut objects: Vec<(u32, [f32; 4], [f32; 3])> = Vec::with_capacity(count);
@@ -274,15 +283,15 @@ fn overlap_fraction(a: &[f32; 4], b: &[f32; 4]) -> f32 {
     }
 }
 
-/// A square box of side in [MIN, MAX] of the image that overlaps `placed` little: rejection sampling with
-/// a bounded number of tries, the allowed size shrinking towards the minimum as tries fail; if every try
-/// fails, the least-overlapping candidate.
-fn place_box(rng: &mut ChaCha8Rng, placed: &[[f32; 4]]) -> [f32; 4] {
+/// A square box of side in [min_side, max_side] of the image that overlaps `placed` little: rejection
+/// sampling with a bounded number of tries, the allowed size shrinking towards the minimum as tries fail; if
+/// every try fails, the least-overlapping candidate.
+fn place_box(rng: &mut ChaCha8Rng, placed: &[[f32; 4]], min_side: f32, max_side: f32) -> [f32; 4] {
     let mut best: Option<([f32; 4], f32)> = None;
     for attempt in 0..PLACEMENT_TRIES {
         let shrink = (attempt as f32 / SHRINK_TRIES as f32).min(1.0);
-        let max_side = MAX_SIZE_FRAC - (MAX_SIZE_FRAC - MIN_SIZE_FRAC) * shrink;
-        let side = uniform(rng, MIN_SIZE_FRAC, max_side);
+        let upper = max_side - (max_side - min_side) * shrink;
+        let side = uniform(rng, min_side, upper);
         let x0 = uniform(rng, 0.0, 1.0 - side);
         let y0 = uniform(rng, 0.0, 1.0 - side);
         let candidate = [x0, y0, (x0 + side).min(1.0), (y0 + side).min(1.0)];

@@ -14,8 +14,8 @@ use crate::data::{make_heldout_batch, Batch, Prefetcher, ShapesDataset};
 use crate::model::judge::{build_judge, Judge, JUDGE_CLASSES};
 use crate::train::optimizer::{clip_grads, global_grad_norm, AdamW};
 
-/// Weight of the box-regression term (mean squared error of normalised coordinates) in the judge's loss.
-const BOX_LOSS_WEIGHT: f64 = 10.0;
+/// Weight of the box-regression term (mean absolute error of normalised coordinates) in the judge's loss.
+const BOX_LOSS_WEIGHT: f64 = 5.0;
 
 /// How to train a judge.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,7 +89,7 @@ pub fn train_judge(
         let (images, labels, boxes) = judge_tensors(&batch, 32, 4, device)?;
         let out = judge.forward(&images)?;
         let class_loss = candle_nn::loss::cross_entropy(&out.logits, &labels)?;
-        let box_loss = (out.boxes - boxes)?.sqr()?.mean_all()?;
+        let box_loss = (out.boxes - boxes)?.abs()?.mean_all()?;
         let loss = (class_loss + (box_loss * BOX_LOSS_WEIGHT)?)?;
         let store = loss.backward()?;
         let mut grads: HashMap<String, Tensor> =

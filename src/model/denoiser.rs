@@ -2,10 +2,11 @@
 //! `shared/reference/dit_reference.py` defines it.
 
 use candle_core::{bail, DType, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 
 use super::features::Features;
-use super::layers::{chunk_last, layer_norm, linear, modulate, CrossAttention, Mlp, SelfAttention, SiluMlp};
+use super::layers::{chunk_last, layer_norm, linear, norm_modulate, CrossAttention, Linear, Mlp, SelfAttention, SiluMlp};
+use super::ops::gated_residual;
 use super::spec::{ModelSpec, ParamInit, BBOX_FEATURES, FREQ_DIM, MLP_RATIO};
 
 /// The spatial adapter of one block: `x + gate · adapter_attn(adapter_norm(x), layout, bias)`.
@@ -45,21 +46,22 @@ impl Block {
         })
     }
 
-    /// x `[B, N, W]`, silu_c `[B, W]`, layout `[B, K, W]`, bias `[B, N, K]`.
+    /// Tokens x `[B·N, W]`, silu_c `[B, W]`, layout tokens `[B·K, W]`, box bias `[B, N, K]`.
     fn forward(&self, x: &Tensor, silu_c: &Tensor, layout: &Tensor, bias: &Tensor, gate_scale: f64) -> Result<Tensor> {
+        let (batch, width) = silu_c.dims2()?;
         let m = chunk_last(&self.ada.forward(silu_c)?, 6)?;
         let (shift1, scale1, gate1, shift2, scale2, gate2) = (&m[0], &m[1], &m[2], &m[3], &m[4], &m[5]);
-        let attn = self.attn.forward(&modulate(&layer_norm(x)?, shift1, scale1)?)?;
-        let mut x = (x + attn.broadcast_mul(&gate1.unsqueeze(1)?)?)?;
+        let attn = self.attn.forward(&norm_modulate(x, shift1, scale1)?, batch)?;
+        let mut x = gated_residual(x, &attn, gate1)?;
         if let Some(adapter) = &self.adapter {
             if gate_scale != 0.0 {
                 let gate = if gate_scale == 1.0 { adapter.gate.clone() } else { adapter.gate.affine(gate_scale, 0.0)? };
                 let out = adapter.attn.forward(&layer_norm(&x)?, layout, bias)?;
-                x = (x + out.broadcast_mul(&gate)?)?;
+                x = gated_residual(&x, &out, &gate.broadcast_as((batch, width))?)?;
             }
         }
-        let mlp = self.mlp.forward(&modulate(&layer_norm(&x)?, shift2, scale2)?)?;
-        x + mlp.broadcast_mul(&gate2.unsqueeze(1)?)?
+        let mlp = self.mlp.forward(&norm_modulate(&x, shift2, scale2)?)?;
+        gated_residual(&x, &mlp, gate2)
     }
 }
 
@@ -134,20 +136,22 @@ impl Denoiser {
         gate_scale: f64,
     ) -> Result<Tensor> {
         let b = self.check_inputs(x, t, y, boxes, box_classes)?;
-        let (p, g) = (self.spec.patch, self.spec.grid());
-        // Patches flattened as (c, ph, pw), tokens row-major.
-        let patches = x.reshape((b, 3, g, p, g, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b, g * g, 3 * p * p))?;
-        let h = self.patch_embed.forward(&patches)?.broadcast_add(&self.features.pos)?;
+        let (p, g, w, k) = (self.spec.patch, self.spec.grid(), self.spec.width, self.spec.slots);
+        let n = g * g;
+        // Tokens are kept 2-D, [B·N, W], through the blocks. Patches flattened as (c, ph, pw), tokens row-major.
+        let patches = x.reshape((b, 3, g, p, g, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b * n, 3 * p * p))?;
+        let h = self.patch_embed.forward(&patches)?.reshape((b, n, w))?.broadcast_add(&self.features.pos)?;
         let c = (self.t_mlp.forward(&self.features.timestep(t)?)? + self.class_embed.forward(y)?)?;
         let silu_c = c.silu()?;
-        let layout = (self.box_mlp.forward(&self.features.bbox(boxes)?)? + self.layout_class_embed.forward(box_classes)?)?;
+        let bbox = self.features.bbox(boxes)?.reshape((b * k, ()))?;
+        let layout = (self.box_mlp.forward(&bbox)? + self.layout_class_embed.forward(&box_classes.flatten_all()?)?)?;
         let bias = self.features.box_bias(boxes, box_classes)?;
-        let mut h = h;
+        let mut h = h.reshape((b * n, w))?;
         for block in &self.blocks {
             h = block.forward(&h, &silu_c, &layout, &bias, gate_scale)?;
         }
         let m = chunk_last(&self.final_ada.forward(&silu_c)?, 2)?;
-        let out = self.final_linear.forward(&modulate(&layer_norm(&h)?, &m[0], &m[1])?)?; // [B, N, 3p²]
+        let out = self.final_linear.forward(&norm_modulate(&h, &m[0], &m[1])?)?; // [B·N, 3p²]
         out.reshape((b, g, g, 3, p, p))?.permute((0, 3, 1, 4, 2, 5))?.reshape((b, 3, g * p, g * p))
     }
 

@@ -7,9 +7,15 @@
 //!   saved one (strict), [`spec_from_weights`] recognises the preset of a weights file.
 //! - [`flow_matching_loss`]: the rectified-flow objective; [`predict_file`]: `wick predict`.
 //!
+//! Everything is f32. On the CPU the heavy ops run as fused custom ops ([`ops`], [`attention`]); call
+//! [`tune_allocator`] once at start-up for training speed.
+//!
 //! Everything is f32. Checkpoints are the VarMap saved as safetensors under the reference's names, so
 //! PyTorch's `load_state_dict(strict=True)` accepts them.
 
+mod alloc;
+pub mod attention;
+mod cpu;
 mod denoiser;
 mod features;
 mod init;
@@ -19,6 +25,7 @@ pub mod ops;
 mod predict;
 mod spec;
 
+pub use alloc::tune_allocator;
 pub use denoiser::Denoiser;
 pub use init::{build_model, load_model, randomize_zero_init, spec_from_weights, weights_file, WEIGHTS_FILE};
 pub use loss::flow_matching_loss;

@@ -1,0 +1,375 @@
+//! Multi-head attention as single fused ops.
+//!
+//! Written with basic candle ops, one attention is some twenty graph nodes (head split: reshape, permute,
+//! copy, narrow; transposes; scale; softmax; head merge), and candle's backward pays a zero-fill and an add
+//! over the full tensor for every node. Here each attention is one custom op on the CPU: the forward splits the
+//! heads in one pass, runs the two batched matmuls with candle's gemm and a fused softmax, and merges the heads
+//! in one pass; the backward does the same in reverse. Off the CPU the basic-op versions in [`reference`] run.
+//!
+//! Token tensors are 2-D, `[B·N, W]`, heads laid out as PyTorch's `reshape(b, n, h, d)`; the scale is
+//! `1/sqrt(head_dim)`.
+
+use std::sync::Mutex;
+
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::cpu::{buffer, check_dims, cpu_tensor, fused, par_items, slice, with_data};
+use super::ops::{softmax_backward, softmax_forward, softmax_grad_row, softmax_row};
+
+/// Self-attention on the fused `qkv` projection of B items: qkv `[B·N, 3W]` (q | k | v, each `heads × d`) to
+/// the merged heads `[B·N, W]`, before the output projection.
+pub fn self_attention(qkv: &Tensor, batch: usize, heads: usize) -> Result<Tensor> {
+    let (rows, w3) = qkv.dims2()?;
+    if batch == 0 || rows % batch != 0 || w3 % (3 * heads) != 0 {
+        bail!("self_attention: qkv {:?} does not split into {batch} items and 3 × {heads} heads", qkv.dims())
+    }
+    if !fused(qkv) {
+        return reference::self_attention(qkv, batch, heads);
+    }
+    let d = w3 / 3 / heads;
+    let op = SelfAttention { batch, heads, scale: 1.0 / (d as f32).sqrt(), saved: Mutex::new(None) };
+    qkv.contiguous()?.apply_op1(op)
+}
+
+/// Cross-attention of B items: queries q `[B·N, W]` attend to keys / values kv `[B·K, 2W]` (k | v) with a
+/// constant logit bias `[B, N, K]` shared by the heads; returns the merged heads `[B·N, W]`.
+pub fn cross_attention(q: &Tensor, kv: &Tensor, bias: &Tensor, heads: usize) -> Result<Tensor> {
+    let (rows, w) = q.dims2()?;
+    let (b, n, k) = bias.dims3()?;
+    check_dims("cross_attention q", q, &[b * n, w])?;
+    check_dims("cross_attention kv", kv, &[b * k, 2 * w])?;
+    if heads == 0 || w % heads != 0 || rows != b * n {
+        bail!("cross_attention: width {w} does not split into {heads} heads")
+    }
+    if !fused(q) {
+        return reference::cross_attention(q, kv, bias, heads);
+    }
+    let op = CrossAttention { heads, scale: 1.0 / ((w / heads) as f32).sqrt() };
+    q.contiguous()?.apply_op3(&kv.contiguous()?, &bias.detach().contiguous()?, op)
+}
+
+/// The same attention as basic candle ops: used off the CPU and as the test oracle.
+pub mod reference {
+    use candle_core::{Result, Tensor};
+
+    use crate::model::ops::reference::softmax_last_dim;
+
+    /// `[B·L, parts·W]` to `parts` contiguous `[B·h, L, d]` tensors.
+    fn split(x: &Tensor, batch: usize, parts: usize, heads: usize) -> Result<Vec<Tensor>> {
+        let (rows, pw) = x.dims2()?;
+        let (l, d) = (rows / batch, pw / parts / heads);
+        let x = x.reshape((batch, l, parts, heads, d))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
+        (0..parts).map(|i| x.get(i)?.reshape((batch * heads, l, d))).collect()
+    }
+
+    /// `[B·h, L, d]` to `[B·L, h·d]`.
+    fn merge(x: &Tensor, batch: usize) -> Result<Tensor> {
+        let (bh, l, d) = x.dims3()?;
+        let heads = bh / batch;
+        x.reshape((batch, heads, l, d))?.transpose(1, 2)?.reshape((batch * l, heads * d))
+    }
+
+    /// See [`super::self_attention`].
+    pub fn self_attention(qkv: &Tensor, batch: usize, heads: usize) -> Result<Tensor> {
+        let p = split(qkv, batch, 3, heads)?;
+        let scale = 1.0 / (p[0].dim(2)? as f64).sqrt();
+        let att = softmax_last_dim(&(p[0].matmul(&p[1].t()?)? * scale)?)?;
+        merge(&att.matmul(&p[2])?, batch)
+    }
+
+    /// See [`super::cross_attention`].
+    pub fn cross_attention(q: &Tensor, kv: &Tensor, bias: &Tensor, heads: usize) -> Result<Tensor> {
+        let batch = bias.dim(0)?;
+        let q = split(q, batch, 1, heads)?.remove(0);
+        let kv = split(kv, batch, 2, heads)?;
+        let (bh, n, d) = q.dims3()?;
+        let logits = (q.matmul(&kv[0].t()?)? * (1.0 / (d as f64).sqrt()))?;
+        let k = logits.dim(2)?;
+        let logits = logits.reshape((batch, heads, n, k))?.broadcast_add(&bias.unsqueeze(1)?)?.reshape((bh, n, k))?;
+        merge(&softmax_last_dim(&logits)?.matmul(&kv[1])?, batch)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Head layout.
+
+/// Splits `src` `[B·L, parts·h·d]` into `parts` buffers `[B·h, L, d]`.
+fn split_heads(src: &[f32], batch: usize, l: usize, parts: usize, heads: usize, d: usize) -> Vec<Vec<f32>> {
+    let (w, per_item) = (heads * d, heads * l * d);
+    let mut outs: Vec<Vec<f32>> = (0..parts).map(|_| buffer(batch * per_item)).collect();
+    par_items(batch, outs.iter_mut().map(|o| (o.as_mut_slice(), per_item)).collect(), |items, dst| {
+        for (li, item) in items.enumerate() {
+            for t in 0..l {
+                let row = &src[(item * l + t) * parts * w..(item * l + t + 1) * parts * w];
+                for (p, out) in dst.iter_mut().enumerate() {
+                    for hh in 0..heads {
+                        let at = (li * heads + hh) * l * d + t * d;
+                        out[at..at + d].copy_from_slice(&row[p * w + hh * d..p * w + (hh + 1) * d]);
+                    }
+                }
+            }
+        }
+    });
+    outs
+}
+
+/// Merges `parts` buffers `[B·h, L, d]` into one `[B·L, parts·h·d]`.
+fn merge_heads(parts: &[&[f32]], batch: usize, l: usize, heads: usize, d: usize) -> Vec<f32> {
+    let w = heads * d;
+    let row_len = parts.len() * w;
+    let mut out = buffer(batch * l * row_len);
+    par_items(batch, vec![(&mut out, l * row_len)], |items, dst| {
+        for (li, item) in items.enumerate() {
+            for t in 0..l {
+                let row = &mut dst[0][(li * l + t) * row_len..(li * l + t + 1) * row_len];
+                for (p, src) in parts.iter().enumerate() {
+                    for hh in 0..heads {
+                        let at = (item * heads + hh) * l * d + t * d;
+                        row[p * w + hh * d..p * w + (hh + 1) * d].copy_from_slice(&src[at..at + d]);
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+/// Runs `f` on the data of up to three tensors at once.
+fn with3<R>(a: &Tensor, b: &Tensor, c: &Tensor, op: &str, f: impl FnOnce(&[f32], &[f32], &[f32]) -> Result<R>) -> Result<R> {
+    with_data(a, op, |a| with_data(b, op, |b| with_data(c, op, |c| f(a, b, c))))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Self-attention.
+
+/// Tensors of the forward kept for the backward: q, k, v `[B·h, N, d]` and the attention `[B·h, N, N]`.
+struct Saved {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    att: Tensor,
+}
+
+/// Fused self-attention; arg qkv `[B·N, 3W]`.
+struct SelfAttention {
+    batch: usize,
+    heads: usize,
+    scale: f32,
+    saved: Mutex<Option<Saved>>,
+}
+
+impl CustomOp1 for SelfAttention {
+    fn name(&self) -> &'static str {
+        "wick-self-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = slice(s, l, self.name())?;
+        let (rows, w3) = l.shape().dims2()?;
+        let (b, h) = (self.batch, self.heads);
+        let (n, d) = (rows / b, w3 / 3 / h);
+        let mut parts = split_heads(qkv, b, n, 3, h, d).into_iter();
+        let mut next = || -> Result<Tensor> {
+            let data = parts.next().ok_or_else(|| candle_core::Error::Msg("head split".into()))?;
+            cpu_tensor(data, (b * h, n, d))
+        };
+        let (q, k, v) = (next()?, next()?, next()?);
+        let scores = q.matmul(&k.t()?)?;
+        let att = with_data(&scores, self.name(), |x| cpu_tensor(softmax_forward(x, n, None, self.scale), (b * h, n, n)))?;
+        let out = att.matmul(&v)?;
+        let merged = with_data(&out, self.name(), |o| Ok(merge_heads(&[o], b, n, h, d)))?;
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Saved { q, k, v, att });
+        Ok((CpuStorage::F32(merged), Shape::from((rows, w3 / 3))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let guard = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(saved) = guard.as_ref() else { bail!("{}: backward without a forward", self.name()) };
+        let (rows, w3) = arg.dims2()?;
+        let (b, h) = (self.batch, self.heads);
+        let (n, d) = (rows / b, w3 / 3 / h);
+        let dout = with_data(grad, self.name(), |g| cpu_tensor(split_heads(g, b, n, 1, h, d).remove(0), (b * h, n, d)))?;
+        let dv = saved.att.t()?.matmul(&dout)?;
+        let datt = dout.matmul(&saved.v.t()?)?;
+        let ds = softmax_backward(&saved.att, &datt, self.scale, self.name())?;
+        let dq = ds.matmul(&saved.k)?;
+        let dk = ds.t()?.matmul(&saved.q)?;
+        let dqkv = with3(&dq, &dk, &dv, self.name(), |dq, dk, dv| Ok(merge_heads(&[dq, dk, dv], b, n, h, d)))?;
+        Ok(Some(cpu_tensor(dqkv, (rows, w3))?))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Cross-attention: few keys per item (the layout slots), so plain loops; the backward recomputes the
+// attention instead of keeping it.
+
+/// Fused cross-attention; args q `[B·N, W]`, kv `[B·K, 2W]`, bias `[B, N, K]`.
+struct CrossAttention {
+    heads: usize,
+    scale: f32,
+}
+
+/// Shapes of a cross-attention call: (B, N, K, W, d).
+fn cross_dims(q: &Shape, bias: &Shape, heads: usize) -> Result<(usize, usize, usize, usize, usize)> {
+    let (_, w) = q.dims2()?;
+    let (b, n, k) = bias.dims3()?;
+    Ok((b, n, k, w, w / heads))
+}
+
+impl CrossAttention {
+    /// The attention of one (item, token, head) into `att` (length K).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_row(&self, q: &[f32], kv: &[f32], bias: &[f32], dims: (usize, usize, usize, usize, usize), item: usize, t: usize, hh: usize, att: &mut [f32]) {
+        let (_, n, k, w, d) = dims;
+        let qv = &q[(item * n + t) * w + hh * d..(item * n + t) * w + (hh + 1) * d];
+        let mut scores = [0f32; 64];
+        let scores = &mut scores[..k.min(64)];
+        for (j, s) in scores.iter_mut().enumerate() {
+            let kj = &kv[(item * k + j) * 2 * w + hh * d..(item * k + j) * 2 * w + (hh + 1) * d];
+            *s = qv.iter().zip(kj).map(|(a, b)| a * b).sum();
+        }
+        let bias_row = &bias[(item * n + t) * k..(item * n + t + 1) * k];
+        softmax_row(scores, Some(bias_row), self.scale, att);
+    }
+}
+
+impl CustomOp3 for CrossAttention {
+    fn name(&self) -> &'static str {
+        "wick-cross-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, kv, bias) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
+        let dims = cross_dims(l1.shape(), l3.shape(), self.heads)?;
+        let (b, n, k, w, d) = dims;
+        if k > 64 {
+            bail!("{}: at most 64 keys per item, got {k}", self.name())
+        }
+        let mut out = buffer(b * n * w);
+        par_items(b, vec![(&mut out, n * w)], |items, dst| {
+            let mut att = [0f32; 64];
+            let att = &mut att[..k];
+            for (li, item) in items.enumerate() {
+                for t in 0..n {
+                    for hh in 0..self.heads {
+                        self.attention_row(q, kv, bias, dims, item, t, hh, att);
+                        let o = &mut dst[0][(li * n + t) * w + hh * d..(li * n + t) * w + (hh + 1) * d];
+                        o.fill(0.0);
+                        for (j, a) in att.iter().enumerate() {
+                            let vj = &kv[(item * k + j) * 2 * w + w + hh * d..(item * k + j) * 2 * w + w + (hh + 1) * d];
+                            o.iter_mut().zip(vj).for_each(|(o, v)| *o += a * v);
+                        }
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q_t: &Tensor,
+        kv_t: &Tensor,
+        bias_t: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dims = cross_dims(q_t.shape(), bias_t.shape(), self.heads)?;
+        let (b, n, k, w, d) = dims;
+        let (dq, dkv) = with3(q_t, kv_t, bias_t, self.name(), |q, kv, bias| {
+            with_data(grad, self.name(), |g| {
+                let mut dq = buffer(b * n * w);
+                let mut dkv = buffer(b * k * 2 * w);
+                par_items(b, vec![(&mut dq, n * w), (&mut dkv, k * 2 * w)], |items, dst| {
+                    let (mut att, mut datt, mut ds) = ([0f32; 64], [0f32; 64], [0f32; 64]);
+                    let (att, datt, ds) = (&mut att[..k], &mut datt[..k], &mut ds[..k]);
+                    let (dq_out, dkv_out) = dst.split_at_mut(1);
+                    let (dq_out, dkv_out) = (&mut dq_out[0], &mut dkv_out[0]);
+                    for (li, item) in items.enumerate() {
+                        for t in 0..n {
+                            for hh in 0..self.heads {
+                                self.attention_row(q, kv, bias, dims, item, t, hh, att);
+                                let at = (item * n + t) * w + hh * d;
+                                let (go, qv) = (&g[at..at + d], &q[at..at + d]);
+                                for j in 0..k {
+                                    let v_at = (item * k + j) * 2 * w + w + hh * d;
+                                    datt[j] = go.iter().zip(&kv[v_at..v_at + d]).map(|(a, b)| a * b).sum();
+                                    let dv = &mut dkv_out[(li * k + j) * 2 * w + w + hh * d..][..d];
+                                    dv.iter_mut().zip(go).for_each(|(o, gv)| *o += att[j] * gv);
+                                }
+                                softmax_grad_row(att, datt, self.scale, ds);
+                                let dqv = &mut dq_out[(li * n + t) * w + hh * d..][..d];
+                                for j in 0..k {
+                                    let k_at = (item * k + j) * 2 * w + hh * d;
+                                    dqv.iter_mut().zip(&kv[k_at..k_at + d]).for_each(|(o, kv)| *o += ds[j] * kv);
+                                    let dk = &mut dkv_out[(li * k + j) * 2 * w + hh * d..][..d];
+                                    dk.iter_mut().zip(qv).for_each(|(o, qv)| *o += ds[j] * qv);
+                                }
+                            }
+                        }
+                    }
+                });
+                Ok((dq, dkv))
+            })
+        })?;
+        Ok((Some(cpu_tensor(dq, q_t.shape())?), Some(cpu_tensor(dkv, kv_t.shape())?), None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use rand::{Rng, SeedableRng};
+
+    fn rand_var(shape: &[usize], seed: u64) -> Var {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let v: Vec<f32> = (0..shape.iter().product()).map(|_| rng.random_range(-2f32..2.0)).collect();
+        Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// Fused vs reference: values and the gradients of `inputs` through a random linear functional.
+    fn compare(inputs: &[&Var], fused: Tensor, reference: Tensor) {
+        assert!(max_diff(&fused, &reference) < 1e-5, "values differ by {}", max_diff(&fused, &reference));
+        let w = rand_var(fused.dims(), 77);
+        let gf = (&fused * w.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (&reference * w.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        for (i, v) in inputs.iter().enumerate() {
+            let (a, b) = (gf.get(v.as_tensor()).unwrap(), gr.get(v.as_tensor()).unwrap());
+            assert!(max_diff(a, b) < 1e-4, "input {i}: grads differ by {}", max_diff(a, b));
+        }
+    }
+
+    #[test]
+    fn self_attention_matches_reference() {
+        let (b, n, heads, d) = (3, 5, 2, 4);
+        let qkv = rand_var(&[b * n, 3 * heads * d], 1);
+        let fused = self_attention(qkv.as_tensor(), b, heads).unwrap();
+        let reference = reference::self_attention(qkv.as_tensor(), b, heads).unwrap();
+        assert_eq!(fused.dims(), &[b * n, heads * d]);
+        compare(&[&qkv], fused, reference);
+    }
+
+    #[test]
+    fn cross_attention_matches_reference() {
+        let (b, n, k, heads, d) = (3, 5, 4, 2, 4);
+        let q = rand_var(&[b * n, heads * d], 2);
+        let kv = rand_var(&[b * k, 2 * heads * d], 3);
+        let bias = rand_var(&[b, n, k], 4).as_tensor().detach();
+        let fused = cross_attention(q.as_tensor(), kv.as_tensor(), &bias, heads).unwrap();
+        let reference = reference::cross_attention(q.as_tensor(), kv.as_tensor(), &bias, heads).unwrap();
+        compare(&[&q, &kv], fused, reference);
+    }
+}

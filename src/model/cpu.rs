@@ -1,0 +1,225 @@
+//! Plumbing of the fused CPU kernels ([`super::ops`], [`super::attention`]): raw f32 slices of CPU tensors and
+//! parallel loops over disjoint output chunks on a small thread pool ([`Pool`]).
+
+use std::cell::Cell;
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, OnceLock};
+
+use candle_core::{bail, CpuStorage, DType, Layout, Result, Shape, Storage, Tensor};
+
+/// Outputs smaller than this are computed on the calling thread (waking the pool costs more).
+const SERIAL_BELOW: usize = 16 * 1024;
+
+/// Whether the fused CPU kernels apply to `x` (f32 on the CPU); elsewhere the basic-op versions run.
+pub(crate) fn fused(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// Errors unless `t` has exactly `dims`, naming `what`.
+pub(crate) fn check_dims(what: &str, t: &Tensor, dims: &[usize]) -> Result<()> {
+    if t.dims() != dims {
+        bail!("{what}: expected shape {dims:?}, got {:?}", t.dims())
+    }
+    Ok(())
+}
+
+/// The contiguous f32 data of a CPU storage under `layout`.
+pub(crate) fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// Runs `f` on the contiguous f32 data of `t` (made contiguous first if needed).
+pub(crate) fn with_data<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => f(slice(cpu, layout, op)?),
+        _ => bail!("{op}: fused kernel needs a CPU tensor"),
+    }
+}
+
+/// Runs `f(items, outputs)` in parallel over `items` work items. Each output buffer `(data, per_item)` holds
+/// `per_item` values per item; `f` receives a range of items and the matching sub-slices of every output
+/// (in the order given). Small jobs run on the calling thread.
+pub(crate) fn par_items<F>(items: usize, outputs: Vec<(&mut [f32], usize)>, f: F)
+where
+    F: Fn(Range<usize>, &mut [&mut [f32]]) + Sync,
+{
+    if items == 0 {
+        return;
+    }
+    let total_len: usize = outputs.iter().map(|(data, _)| data.len()).sum();
+    let pool = Pool::global();
+    let threads = pool.workers + 1;
+    let group = items.div_ceil(threads * 4).max(1);
+    let n_groups = items.div_ceil(group);
+    let mut chunks: Vec<Vec<&mut [f32]>> = (0..n_groups).map(|_| Vec::with_capacity(outputs.len())).collect();
+    for (data, per_item) in outputs {
+        let mut pieces = data.chunks_mut(group * per_item.max(1));
+        for chunk in chunks.iter_mut() {
+            chunk.push(pieces.next().unwrap_or_default());
+        }
+    }
+    let chunks: Vec<Mutex<Vec<&mut [f32]>>> = chunks.into_iter().map(Mutex::new).collect();
+    let run = |g: usize| {
+        let mut outs = chunks[g].lock().unwrap_or_else(|e| e.into_inner());
+        f(g * group..((g + 1) * group).min(items), &mut outs);
+    };
+    if threads == 1 || items < 2 || total_len < SERIAL_BELOW {
+        (0..n_groups).for_each(run);
+        return;
+    }
+    let next = AtomicUsize::new(0);
+    pool.run(&|| loop {
+        let g = next.fetch_add(1, Ordering::Relaxed);
+        if g >= n_groups {
+            break;
+        }
+        run(g);
+    });
+}
+
+thread_local! {
+    /// Set on the pool's worker threads (a nested `run` from a worker runs inline).
+    static IN_POOL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A job handed to the workers: a type- and lifetime-erased `&(dyn Fn() + Sync)`.
+#[derive(Clone, Copy)]
+struct Job(&'static (dyn Fn() + Sync));
+
+/// Shared state of the pool, under one mutex.
+struct State {
+    /// Bumped for every job.
+    generation: u64,
+    /// The current job, until the caller has finished its own share.
+    job: Option<Job>,
+    /// Workers currently inside the job.
+    active: usize,
+    /// A panic raised by a worker inside the job.
+    panicked: bool,
+}
+
+/// A small pool of blocking worker threads for the fused kernels.
+///
+/// Unlike candle's barrier pool, nobody spins: idle workers sleep on a condvar, and the caller works through
+/// the job itself and afterwards withdraws it, waiting only for workers that actually joined. A worker that
+/// the OS has not scheduled yet (the cores are shared with gemm's rayon threads, the data loader, the GUI)
+/// therefore never delays a step; the job just runs on fewer threads.
+pub(crate) struct Pool {
+    workers: usize,
+    state: Mutex<State>,
+    wake: Condvar,
+    done: Condvar,
+    /// Serialises callers from different threads.
+    call: Mutex<()>,
+}
+
+impl Pool {
+    /// The process-wide pool: `candle_core::utils::get_num_threads() - 1` workers (`RAYON_NUM_THREADS`).
+    pub(crate) fn global() -> &'static Pool {
+        static POOL: OnceLock<&'static Pool> = OnceLock::new();
+        POOL.get_or_init(|| {
+            let workers = candle_core::utils::get_num_threads().saturating_sub(1);
+            let pool: &'static Pool = Box::leak(Box::new(Pool {
+                workers,
+                state: Mutex::new(State { generation: 0, job: None, active: 0, panicked: false }),
+                wake: Condvar::new(),
+                done: Condvar::new(),
+                call: Mutex::new(()),
+            }));
+            let mut started = 0;
+            for i in 0..workers {
+                let spawned = std::thread::Builder::new().name(format!("wick-kernels-{i}")).spawn(move || pool.work());
+                started += usize::from(spawned.is_ok());
+            }
+            // Threads that failed to start just never join a job.
+            let _ = started;
+            pool
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Worker loop: sleep until a new job is posted, join it while it is still offered.
+    fn work(&self) {
+        IN_POOL.with(|f| f.set(true));
+        let mut seen = 0u64;
+        loop {
+            let job = {
+                let mut st = self.lock();
+                while st.generation == seen {
+                    st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+                seen = st.generation;
+                match st.job {
+                    Some(job) => {
+                        st.active += 1;
+                        job
+                    }
+                    None => continue,
+                }
+            };
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.0)())).is_ok();
+            let mut st = self.lock();
+            st.active -= 1;
+            st.panicked |= !ok;
+            if st.active == 0 {
+                self.done.notify_all();
+            }
+        }
+    }
+
+    /// Runs `f` on the calling thread and on every worker that wakes up before the caller is done; returns
+    /// once every thread that joined has left `f`. `f` must divide the work itself (e.g. a shared counter).
+    pub(crate) fn run(&self, f: &(dyn Fn() + Sync)) {
+        if self.workers == 0 || IN_POOL.with(|flag| flag.get()) {
+            return f();
+        }
+        let _call = self.call.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the erased reference is only used by workers between `active += 1` and `active -= 1`, and
+        // the guard below withdraws the job and waits for `active == 0` before `run` returns or unwinds, so
+        // it never outlives `f`.
+        let job = Job(unsafe { std::mem::transmute::<&(dyn Fn() + Sync), &'static (dyn Fn() + Sync)>(f) });
+        {
+            let mut st = self.lock();
+            st.generation = st.generation.wrapping_add(1);
+            st.job = Some(job);
+            st.panicked = false;
+        }
+        self.wake.notify_all();
+        struct Withdraw<'a>(&'a Pool);
+        impl Drop for Withdraw<'_> {
+            fn drop(&mut self) {
+                let mut st = self.0.lock();
+                st.job = None;
+                while st.active > 0 {
+                    st = self.0.done.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        }
+        let guard = Withdraw(self);
+        f();
+        drop(guard);
+        if self.lock().panicked {
+            panic!("a wick kernel panicked on a worker thread");
+        }
+    }
+}
+
+/// A zeroed output buffer of `len` values.
+pub(crate) fn buffer(len: usize) -> Vec<f32> {
+    vec![0f32; len]
+}
+
+/// Wraps a result vector as a tensor of `shape` on the CPU.
+pub(crate) fn cpu_tensor(data: Vec<f32>, shape: impl Into<Shape>) -> Result<Tensor> {
+    Tensor::from_vec(data, shape, &candle_core::Device::Cpu)
+}

@@ -11,9 +11,23 @@ use candle_core::{bail, CpuStorage, DType, Layout, Result, Shape, Storage, Tenso
 /// Outputs smaller than this are computed on the calling thread (waking the pool costs more).
 const SERIAL_BELOW: usize = 16 * 1024;
 
+thread_local! {
+    /// Tests: run the basic-op versions even on the CPU.
+    static REFERENCE_ONLY: Cell<bool> = const { Cell::new(false) };
+}
+
 /// Whether the fused CPU kernels apply to `x` (f32 on the CPU); elsewhere the basic-op versions run.
 pub(crate) fn fused(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
+    x.device().is_cpu() && x.dtype() == DType::F32 && !REFERENCE_ONLY.with(|f| f.get())
+}
+
+/// Runs `f` with the basic-op versions of every fused op (on this thread), to compare both paths.
+#[cfg(test)]
+pub(crate) fn with_reference_ops<R>(f: impl FnOnce() -> R) -> R {
+    REFERENCE_ONLY.with(|flag| flag.set(true));
+    let out = f();
+    REFERENCE_ONLY.with(|flag| flag.set(false));
+    out
 }
 
 /// Errors unless `t` has exactly `dims`, naming `what`.

@@ -185,3 +185,48 @@ impl Denoiser {
         Ok(b)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+    use rand::{Rng, SeedableRng};
+
+    use crate::config::ModelPreset;
+    use crate::model::cpu::with_reference_ops;
+    use crate::model::{build_model, flow_matching_loss, randomize_zero_init, ModelSpec};
+
+    /// The fused CPU path and the basic-op path (what runs off the CPU) agree on the whole model: output and
+    /// every parameter's gradient.
+    #[test]
+    fn fused_path_matches_basic_op_path() {
+        let spec = ModelSpec::from_preset(ModelPreset::Tiny, true);
+        let (varmap, model) = build_model(spec, &Device::Cpu, 3).unwrap();
+        randomize_zero_init(spec, &varmap, 4).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let b = 3;
+        let mut uniform = |n: usize, lo: f32, hi: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(lo..hi)).collect() };
+        let dev = Device::Cpu;
+        let x0 = Tensor::from_vec(uniform(b * 3 * 32 * 32, -1.0, 1.0), (b, 3, 32, 32), &dev).unwrap();
+        let eps = Tensor::from_vec(uniform(b * 3 * 32 * 32, -2.0, 2.0), (b, 3, 32, 32), &dev).unwrap();
+        let t = Tensor::from_vec(uniform(b, 0.0, 1.0), b, &dev).unwrap();
+        let boxes = Tensor::from_vec(uniform(b * 4 * 4, 0.0, 1.0), (b, 4, 4), &dev).unwrap();
+        let y = Tensor::from_vec(vec![0u32, 2, 4], b, &dev).unwrap();
+        let box_classes = Tensor::from_vec(vec![0u32, 1, 4, 3, 4, 4, 4, 4, 2, 2, 1, 0], (b, 4), &dev).unwrap();
+        let run = || {
+            let loss = flow_matching_loss(&model, &x0, &t, &eps, &y, &boxes, &box_classes).unwrap();
+            let v = model.forward(&x0, &t, &y, &boxes, &box_classes).unwrap();
+            (v, loss.backward().unwrap())
+        };
+        let (v_fused, g_fused) = run();
+        let (v_ref, g_ref) = with_reference_ops(run);
+        let diff = |a: &Tensor, b: &Tensor| -> f32 {
+            (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        };
+        assert!(diff(&v_fused, &v_ref) < 2e-5, "outputs differ by {}", diff(&v_fused, &v_ref));
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            let (a, b) = (g_fused.get(var.as_tensor()).unwrap(), g_ref.get(var.as_tensor()).unwrap());
+            let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff(a, b) <= 1e-4 * scale.max(1e-3), "{name}: gradients differ by {} (scale {scale})", diff(a, b));
+        }
+    }
+}

@@ -7,8 +7,7 @@ use candle_nn::VarBuilder;
 use super::{attention, ops};
 use super::spec::{ParamInit, LN_EPS};
 
-/// `nn.Linear`: `x Wᵀ + b` on `[..., fan_in]` with weight `[fan_out, fan_in]` and bias `[fan_out]`. The input is
-/// flattened to rows for one plain matmul; the bias add is a fused op (candle's broadcast backward is slow).
+/// `nn.Linear`: `x Wᵀ + b` on rows `[R, fan_in]` with weight `[fan_out, fan_in]` and bias `[fan_out]`.
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
     weight: Tensor,
@@ -16,19 +15,9 @@ pub(crate) struct Linear {
 }
 
 impl Linear {
-    /// x `[..., fan_in]` to `[..., fan_out]` (2-D inputs, the common case, need no reshape).
+    /// Rows x `[R, fan_in]` to `[R, fan_out]` (one fused op on the CPU).
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.rank() == 2 {
-            return ops::add_bias(&x.matmul(&self.weight.t()?)?, &self.bias);
-        }
-        let (fan_out, fan_in) = self.weight.dims2()?;
-        let mut out_dims = x.dims().to_vec();
-        if let Some(last) = out_dims.last_mut() {
-            *last = fan_out;
-        }
-        let rows = x.elem_count() / fan_in.max(1);
-        let y = x.contiguous()?.reshape((rows, fan_in))?.matmul(&self.weight.t()?)?;
-        ops::add_bias(&y, &self.bias)?.reshape(out_dims)
+        ops::linear(x, &self.weight, &self.bias)
     }
 }
 

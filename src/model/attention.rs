@@ -9,11 +9,12 @@
 //! Token tensors are 2-D, `[B·N, W]`, heads laid out as PyTorch's `reshape(b, n, h, d)`; the scale is
 //! `1/sqrt(head_dim)`.
 
+use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::cpu::{buffer, check_dims, cpu_tensor, fused, par_items, slice, with_data};
+use super::cpu::{buffer, check_dims, cpu_tensor, dot8, fused, par_fill, par_fill1, par_items, slice, with_data};
 use super::ops::{softmax_backward, softmax_forward, softmax_grad_row, softmax_row};
 
 /// Self-attention on the fused `qkv` projection of B items: qkv `[B·N, 3W]` (q | k | v, each `heads × d`) to
@@ -95,43 +96,43 @@ pub mod reference {
 
 /// Splits `src` `[B·L, parts·h·d]` into `parts` buffers `[B·h, L, d]`.
 fn split_heads(src: &[f32], batch: usize, l: usize, parts: usize, heads: usize, d: usize) -> Vec<Vec<f32>> {
-    let (w, per_item) = (heads * d, heads * l * d);
-    let mut outs: Vec<Vec<f32>> = (0..parts).map(|_| buffer(batch * per_item)).collect();
-    par_items(batch, outs.iter_mut().map(|o| (o.as_mut_slice(), per_item)).collect(), |items, dst| {
+    let w = heads * d;
+    par_fill(parts, batch * heads * l * d, heads * l * d, |items, dst| {
         for (li, item) in items.enumerate() {
             for t in 0..l {
                 let row = &src[(item * l + t) * parts * w..(item * l + t + 1) * parts * w];
                 for (p, out) in dst.iter_mut().enumerate() {
                     for hh in 0..heads {
                         let at = (li * heads + hh) * l * d + t * d;
-                        out[at..at + d].copy_from_slice(&row[p * w + hh * d..p * w + (hh + 1) * d]);
+                        write_copy(&mut out[at..at + d], &row[p * w + hh * d..p * w + (hh + 1) * d]);
                     }
                 }
             }
         }
-    });
-    outs
+    })
 }
 
-/// Merges `parts` buffers `[B·h, L, d]` into one `[B·L, parts·h·d]`.
-fn merge_heads(parts: &[&[f32]], batch: usize, l: usize, heads: usize, d: usize) -> Vec<f32> {
+/// Merges `parts` buffers `[B·h, L, d]` of `batch` items into `dst` `[B·L, parts·h·d]` (every value written).
+fn merge_heads_into(parts: &[&[f32]], l: usize, heads: usize, d: usize, dst: &mut [MaybeUninit<f32>]) {
     let w = heads * d;
     let row_len = parts.len() * w;
-    let mut out = buffer(batch * l * row_len);
-    par_items(batch, vec![(&mut out, l * row_len)], |items, dst| {
-        for (li, item) in items.enumerate() {
-            for t in 0..l {
-                let row = &mut dst[0][(li * l + t) * row_len..(li * l + t + 1) * row_len];
-                for (p, src) in parts.iter().enumerate() {
-                    for hh in 0..heads {
-                        let at = (item * heads + hh) * l * d + t * d;
-                        row[p * w + hh * d..p * w + (hh + 1) * d].copy_from_slice(&src[at..at + d]);
-                    }
-                }
+    for (r, row) in dst.chunks_exact_mut(row_len).enumerate() {
+        let (item, t) = (r / l, r % l);
+        for (p, src) in parts.iter().enumerate() {
+            for hh in 0..heads {
+                let at = (item * heads + hh) * l * d + t * d;
+                write_copy(&mut row[p * w + hh * d..p * w + (hh + 1) * d], &src[at..at + d]);
             }
         }
+    }
+}
+
+/// Initialises `dst` with a copy of `src` (same length).
+#[inline]
+fn write_copy(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    dst.iter_mut().zip(src).for_each(|(o, v)| {
+        o.write(*v);
     });
-    out
 }
 
 /// Runs `f` on the data of up to three tensors at once.
@@ -142,20 +143,97 @@ fn with3<R>(a: &Tensor, b: &Tensor, c: &Tensor, op: &str, f: impl FnOnce(&[f32],
 // ---------------------------------------------------------------------------------------------------------
 // Self-attention.
 
-/// Tensors of the forward kept for the backward: q, k, v `[B·h, N, d]` and the attention `[B·h, N, N]`.
+/// Tensors of the forward kept for the backward: q, k, v `[B·h, N, d]`, and the attention `[len·h, N, N]` of
+/// each chunk of items (start item, tensor).
 struct Saved {
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    att: Tensor,
+    att: Vec<(usize, Tensor)>,
 }
 
 /// Fused self-attention; arg qkv `[B·N, 3W]`.
+///
+/// Items are processed in parallel chunks, each running its batched matmuls (candle's gemm, which would use
+/// one core for matrices this small), softmax and head merge on its own.
 struct SelfAttention {
     batch: usize,
     heads: usize,
     scale: f32,
     saved: Mutex<Option<Saved>>,
+}
+
+/// Keeps the first error raised inside a parallel loop.
+struct FirstError(Mutex<Option<candle_core::Error>>);
+
+impl FirstError {
+    fn new() -> Self {
+        Self(Mutex::new(None))
+    }
+
+    fn keep<T>(&self, r: Result<T>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.0.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                None
+            }
+        }
+    }
+
+    fn check(self) -> Result<()> {
+        match self.0.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Fills a never-read output chunk after a failed kernel (the error is returned instead of the data).
+fn fill_zero(dst: &mut [MaybeUninit<f32>]) {
+    dst.iter_mut().for_each(|o| {
+        o.write(0.0);
+    });
+}
+
+impl SelfAttention {
+    /// Forward of the items `range`: returns their attention `[len·h, N, N]` and writes their merged output.
+    fn forward_chunk(&self, q: &Tensor, k: &Tensor, v: &Tensor, range: &std::ops::Range<usize>, n: usize, dst: &mut [MaybeUninit<f32>]) -> Result<Tensor> {
+        let (h, d) = (self.heads, q.dim(2)?);
+        let (start, len) = (range.start * h, range.len() * h);
+        let (q, k, v) = (q.narrow(0, start, len)?, k.narrow(0, start, len)?, v.narrow(0, start, len)?);
+        let scores = q.matmul(&k.t()?)?;
+        let att = with_data(&scores, self.name(), |x| cpu_tensor(softmax_forward(x, n, None, self.scale), (len, n, n)))?;
+        let out = att.matmul(&v)?;
+        with_data(&out, self.name(), |o| {
+            merge_heads_into(&[o], n, h, d, dst);
+            Ok(())
+        })?;
+        Ok(att)
+    }
+
+    /// Backward of the items `range` (rows of `grad`): writes their rows of dqkv.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_chunk(&self, saved: &Saved, g: &[f32], range: &std::ops::Range<usize>, n: usize, d: usize, dst: &mut [MaybeUninit<f32>]) -> Result<()> {
+        let h = self.heads;
+        let (start, len) = (range.start * h, range.len() * h);
+        let Some((_, att)) = saved.att.iter().find(|(s, a)| *s == range.start && a.dim(0).ok() == Some(len)) else {
+            bail!("{}: backward chunk {range:?} has no saved attention", self.name())
+        };
+        let w = h * d;
+        let rows = &g[range.start * n * w..range.end * n * w];
+        let dout = cpu_tensor(split_heads(rows, range.len(), n, 1, h, d).remove(0), (len, n, d))?;
+        let (q, k, v) = (saved.q.narrow(0, start, len)?, saved.k.narrow(0, start, len)?, saved.v.narrow(0, start, len)?);
+        let dv = att.t()?.matmul(&dout)?;
+        let datt = dout.matmul(&v.t()?)?;
+        let ds = softmax_backward(att, &datt, self.scale, self.name())?;
+        let dq = ds.matmul(&k)?;
+        let dk = ds.t()?.matmul(&q)?;
+        with3(&dq, &dk, &dv, self.name(), |dq, dk, dv| {
+            merge_heads_into(&[dq, dk, dv], n, h, d, dst);
+            Ok(())
+        })
+    }
 }
 
 impl CustomOp1 for SelfAttention {
@@ -174,10 +252,16 @@ impl CustomOp1 for SelfAttention {
             cpu_tensor(data, (b * h, n, d))
         };
         let (q, k, v) = (next()?, next()?, next()?);
-        let scores = q.matmul(&k.t()?)?;
-        let att = with_data(&scores, self.name(), |x| cpu_tensor(softmax_forward(x, n, None, self.scale), (b * h, n, n)))?;
-        let out = att.matmul(&v)?;
-        let merged = with_data(&out, self.name(), |o| Ok(merge_heads(&[o], b, n, h, d)))?;
+        let errors = FirstError::new();
+        let att = Mutex::new(Vec::new());
+        let merged = par_fill1(rows * w3 / 3, n * w3 / 3, |range, dst| {
+            match errors.keep(self.forward_chunk(&q, &k, &v, &range, n, dst)) {
+                Some(a) => att.lock().unwrap_or_else(|p| p.into_inner()).push((range.start, a)),
+                None => fill_zero(dst),
+            }
+        });
+        errors.check()?;
+        let att = att.into_inner().unwrap_or_else(|p| p.into_inner());
         *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Saved { q, k, v, att });
         Ok((CpuStorage::F32(merged), Shape::from((rows, w3 / 3))))
     }
@@ -188,13 +272,15 @@ impl CustomOp1 for SelfAttention {
         let (rows, w3) = arg.dims2()?;
         let (b, h) = (self.batch, self.heads);
         let (n, d) = (rows / b, w3 / 3 / h);
-        let dout = with_data(grad, self.name(), |g| cpu_tensor(split_heads(g, b, n, 1, h, d).remove(0), (b * h, n, d)))?;
-        let dv = saved.att.t()?.matmul(&dout)?;
-        let datt = dout.matmul(&saved.v.t()?)?;
-        let ds = softmax_backward(&saved.att, &datt, self.scale, self.name())?;
-        let dq = ds.matmul(&saved.k)?;
-        let dk = ds.t()?.matmul(&saved.q)?;
-        let dqkv = with3(&dq, &dk, &dv, self.name(), |dq, dk, dv| Ok(merge_heads(&[dq, dk, dv], b, n, h, d)))?;
+        let errors = FirstError::new();
+        let dqkv = with_data(grad, self.name(), |g| {
+            Ok(par_fill1(rows * w3, n * w3, |range, dst| {
+                if errors.keep(self.backward_chunk(saved, g, &range, n, d, dst)).is_none() {
+                    fill_zero(dst);
+                }
+            }))
+        })?;
+        errors.check()?;
         Ok(Some(cpu_tensor(dqkv, (rows, w3))?))
     }
 }
@@ -226,7 +312,7 @@ impl CrossAttention {
         let scores = &mut scores[..k.min(64)];
         for (j, s) in scores.iter_mut().enumerate() {
             let kj = &kv[(item * k + j) * 2 * w + hh * d..(item * k + j) * 2 * w + (hh + 1) * d];
-            *s = qv.iter().zip(kj).map(|(a, b)| a * b).sum();
+            *s = dot8(qv, kj);
         }
         let bias_row = &bias[(item * n + t) * k..(item * n + t + 1) * k];
         softmax_row(scores, Some(bias_row), self.scale, att);
@@ -301,7 +387,7 @@ impl CustomOp3 for CrossAttention {
                                 let (go, qv) = (&g[at..at + d], &q[at..at + d]);
                                 for j in 0..k {
                                     let v_at = (item * k + j) * 2 * w + w + hh * d;
-                                    datt[j] = go.iter().zip(&kv[v_at..v_at + d]).map(|(a, b)| a * b).sum();
+                                    datt[j] = dot8(go, &kv[v_at..v_at + d]);
                                     let dv = &mut dkv_out[(li * k + j) * 2 * w + w + hh * d..][..d];
                                     dv.iter_mut().zip(go).for_each(|(o, gv)| *o += att[j] * gv);
                                 }

@@ -2,6 +2,7 @@
 //! parallel loops over disjoint output chunks on a small thread pool ([`Pool`]).
 
 use std::cell::Cell;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
@@ -60,9 +61,9 @@ pub(crate) fn with_data<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> Resul
 /// Runs `f(items, outputs)` in parallel over `items` work items. Each output buffer `(data, per_item)` holds
 /// `per_item` values per item; `f` receives a range of items and the matching sub-slices of every output
 /// (in the order given). Small jobs run on the calling thread.
-pub(crate) fn par_items<F>(items: usize, outputs: Vec<(&mut [f32], usize)>, f: F)
+pub(crate) fn par_items<T: Send, F>(items: usize, outputs: Vec<(&mut [T], usize)>, f: F)
 where
-    F: Fn(Range<usize>, &mut [&mut [f32]]) + Sync,
+    F: Fn(Range<usize>, &mut [&mut [T]]) + Sync,
 {
     if items == 0 {
         return;
@@ -72,14 +73,14 @@ where
     let threads = pool.workers + 1;
     let group = items.div_ceil(threads * 4).max(1);
     let n_groups = items.div_ceil(group);
-    let mut chunks: Vec<Vec<&mut [f32]>> = (0..n_groups).map(|_| Vec::with_capacity(outputs.len())).collect();
+    let mut chunks: Vec<Vec<&mut [T]>> = (0..n_groups).map(|_| Vec::with_capacity(outputs.len())).collect();
     for (data, per_item) in outputs {
         let mut pieces = data.chunks_mut(group * per_item.max(1));
         for chunk in chunks.iter_mut() {
             chunk.push(pieces.next().unwrap_or_default());
         }
     }
-    let chunks: Vec<Mutex<Vec<&mut [f32]>>> = chunks.into_iter().map(Mutex::new).collect();
+    let chunks: Vec<Mutex<Vec<&mut [T]>>> = chunks.into_iter().map(Mutex::new).collect();
     let run = |g: usize| {
         let mut outs = chunks[g].lock().unwrap_or_else(|e| e.into_inner());
         f(g * group..((g + 1) * group).min(items), &mut outs);
@@ -99,7 +100,7 @@ where
 }
 
 thread_local! {
-    /// Set on the pool's worker threads (a nested `run` from a worker runs inline).
+    /// Set on the pool's worker threads, and on a caller while it runs a job: a nested `run` runs inline.
     static IN_POOL: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -220,7 +221,10 @@ impl Pool {
             }
         }
         let guard = Withdraw(self);
+        // Nested parallel loops inside `f` run inline on this thread too.
+        IN_POOL.with(|flag| flag.set(true));
         f();
+        IN_POOL.with(|flag| flag.set(false));
         drop(guard);
         if self.lock().panicked {
             panic!("a wick kernel panicked on a worker thread");
@@ -228,12 +232,94 @@ impl Pool {
     }
 }
 
-/// A zeroed output buffer of `len` values.
+/// A zeroed output buffer of `len` values (for kernels that accumulate).
 pub(crate) fn buffer(len: usize) -> Vec<f32> {
     vec![0f32; len]
+}
+
+/// `outputs` buffers of `len` values each that `f` fills completely, in parallel like [`par_items`] over items of
+/// `per_item` values (the last item may be shorter): `f` receives a range of items and the matching
+/// uninitialised sub-slices, and must write every element of them (`MaybeUninit::write`). Skipping the
+/// zero-fill matters: these kernels are memory-bound.
+pub(crate) fn par_fill<F>(outputs: usize, len: usize, per_item: usize, f: F) -> Vec<Vec<f32>>
+where
+    F: Fn(Range<usize>, &mut [&mut [MaybeUninit<f32>]]) + Sync,
+{
+    let mut bufs: Vec<Vec<MaybeUninit<f32>>> = (0..outputs)
+        .map(|_| {
+            let mut v = Vec::with_capacity(len);
+            // SAFETY: `MaybeUninit` needs no initialisation, and the capacity is `len`.
+            unsafe { v.set_len(len) };
+            v
+        })
+        .collect();
+    let items = len.div_ceil(per_item.max(1));
+    par_items(items, bufs.iter_mut().map(|b| (b.as_mut_slice(), per_item)).collect(), f);
+    bufs.into_iter()
+        .map(|v| {
+            let mut v = std::mem::ManuallyDrop::new(v);
+            // SAFETY: `f` initialised every element (the contract above: each kernel writes all values of
+            // every item it is given), `MaybeUninit<f32>` has the layout of `f32`, and pointer, length and
+            // capacity come from a live Vec that is not dropped.
+            unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
+        })
+        .collect()
+}
+
+/// [`par_fill`] with one output.
+pub(crate) fn par_fill1<F>(len: usize, per_item: usize, f: F) -> Vec<f32>
+where
+    F: Fn(Range<usize>, &mut [MaybeUninit<f32>]) + Sync,
+{
+    par_fill(1, len, per_item, |range, outs| f(range, &mut *outs[0])).pop().unwrap_or_default()
 }
 
 /// Wraps a result vector as a tensor of `shape` on the CPU.
 pub(crate) fn cpu_tensor(data: Vec<f32>, shape: impl Into<Shape>) -> Result<Tensor> {
     Tensor::from_vec(data, shape, &candle_core::Device::Cpu)
+}
+
+/// Dot product with 8 independent partial sums, so that it vectorises (the summation order differs from a
+/// sequential sum, by rounding only).
+#[inline(always)]
+pub(crate) fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    for (ca, cb) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for j in 0..8 {
+            acc[j] += ca[j] * cb[j];
+        }
+    }
+    let tail: f32 = a[n - n % 8..].iter().zip(&b[n - n % 8..]).map(|(x, y)| x * y).sum();
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// Sum with 8 independent partial sums (see [`dot8`]).
+#[inline(always)]
+pub(crate) fn sum8(a: &[f32]) -> f32 {
+    let n = a.len();
+    let mut acc = [0f32; 8];
+    for ca in a.chunks_exact(8) {
+        for j in 0..8 {
+            acc[j] += ca[j];
+        }
+    }
+    let tail: f32 = a[n - n % 8..].iter().sum();
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// Sum of squared deviations from `mean` (see [`dot8`]).
+#[inline(always)]
+pub(crate) fn sq_dev8(a: &[f32], mean: f32) -> f32 {
+    let n = a.len();
+    let mut acc = [0f32; 8];
+    for ca in a.chunks_exact(8) {
+        for j in 0..8 {
+            let d = ca[j] - mean;
+            acc[j] += d * d;
+        }
+    }
+    let tail: f32 = a[n - n % 8..].iter().map(|v| (v - mean) * (v - mean)).sum();
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }

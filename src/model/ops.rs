@@ -10,11 +10,12 @@
 //! All fused ops take and return f32; inputs are made contiguous first (free when they already are). The
 //! fused attention lives in [`super::attention`].
 
+use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::cpu::{buffer, check_dims, cpu_tensor, fused, par_items, slice, with_data};
+use super::cpu::{buffer, check_dims, cpu_tensor, dot8, fused, par_fill1, par_items, slice, sq_dev8, sum8, with_data};
 
 /// `sqrt(2 / pi)`, as candle's `gelu` uses it.
 const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
@@ -104,17 +105,14 @@ pub mod reference {
 #[inline]
 fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = sum8(row) / n;
+    let var = sq_dev8(row, mean) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
 /// Forward of LayerNorm (+ modulation) over rows of `c` values; `rows_per_item` rows share one (shift, scale).
 fn ln_forward(x: &[f32], c: usize, rows_per_item: usize, modulation: Option<(&[f32], &[f32])>, eps: f32) -> Vec<f32> {
-    let mut out = buffer(x.len());
-    let items = x.len() / (c * rows_per_item);
-    par_items(items, vec![(&mut out, c * rows_per_item)], |range, outs| {
-        let dst = &mut outs[0];
+    par_fill1(x.len(), c * rows_per_item, |range, dst| {
         for (i, item) in range.clone().enumerate() {
             let base = item * rows_per_item * c;
             for r in 0..rows_per_item {
@@ -122,18 +120,19 @@ fn ln_forward(x: &[f32], c: usize, rows_per_item: usize, modulation: Option<(&[f
                 let o = &mut dst[(i * rows_per_item + r) * c..(i * rows_per_item + r + 1) * c];
                 let (mean, rstd) = row_stats(row, eps);
                 match modulation {
-                    None => o.iter_mut().zip(row).for_each(|(o, v)| *o = (v - mean) * rstd),
+                    None => o.iter_mut().zip(row).for_each(|(o, v)| {
+                        o.write((v - mean) * rstd);
+                    }),
                     Some((shift, scale)) => {
                         let (shift, scale) = (&shift[item * c..(item + 1) * c], &scale[item * c..(item + 1) * c]);
                         for (((o, v), s), sh) in o.iter_mut().zip(row).zip(scale).zip(shift) {
-                            *o = ((v - mean) * rstd) * (1.0 + s) + sh;
+                            o.write(((v - mean) * rstd) * (1.0 + s) + sh);
                         }
                     }
                 }
             }
         }
-    });
-    out
+    })
 }
 
 /// Gradients of the modulation: (d_shift, d_scale), each `[B, C]`.
@@ -185,8 +184,8 @@ fn ln_backward(
                     }
                     _ => gh.copy_from_slice(grow),
                 }
-                let m1 = gh.iter().sum::<f32>() / c as f32;
-                let m2 = gh.iter().zip(&xhat).map(|(a, b)| a * b).sum::<f32>() / c as f32;
+                let m1 = sum8(&gh) / c as f32;
+                let m2 = dot8(&gh, &xhat) / c as f32;
                 let d = &mut d_out[(i * rows_per_item + r) * c..(i * rows_per_item + r + 1) * c];
                 for ((d, gv), hv) in d.iter_mut().zip(&gh).zip(&xhat) {
                     *d = rstd * (gv - m1 - hv * m2);
@@ -295,17 +294,16 @@ impl CustomOp3 for GatedResidual {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, a, gate) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
-        let (b, c) = l3.shape().dims2()?;
+        let (_, c) = l3.shape().dims2()?;
         let n = self.n;
-        let mut out = buffer(x.len());
-        par_items(b, vec![(&mut out, n * c)], |range, outs| {
+        let out = par_fill1(x.len(), n * c, |range, out| {
             for (i, item) in range.clone().enumerate() {
                 let gate = &gate[item * c..(item + 1) * c];
                 for r in 0..n {
                     let at = (item * n + r) * c;
-                    let o = &mut outs[0][(i * n + r) * c..(i * n + r + 1) * c];
-                    for j in 0..c {
-                        o[j] = x[at + j] + a[at + j] * gate[j];
+                    let o = &mut out[(i * n + r) * c..(i * n + r + 1) * c];
+                    for (((o, xv), av), gv) in o.iter_mut().zip(&x[at..at + c]).zip(&a[at..at + c]).zip(gate) {
+                        o.write(xv + av * gv);
                     }
                 }
             }
@@ -354,16 +352,14 @@ impl CustomOp3 for GatedResidual {
 /// `x + bias` for every row of `c` values.
 fn add_bias_rows(x: &[f32], bias: &[f32]) -> Vec<f32> {
     let c = bias.len().max(1);
-    let mut out = buffer(x.len());
-    par_items(x.len() / c, vec![(&mut out, c)], |range, outs| {
+    par_fill1(x.len(), c, |range, out| {
         let src = &x[range.start * c..range.end * c];
-        for (o, v) in outs[0].chunks_exact_mut(c).zip(src.chunks_exact(c)) {
+        for (o, v) in out.chunks_exact_mut(c).zip(src.chunks_exact(c)) {
             for ((o, v), b) in o.iter_mut().zip(v).zip(bias) {
-                *o = v + b;
+                o.write(v + b);
             }
         }
-    });
-    out
+    })
 }
 
 /// Column sums of `grad` seen as rows of `c` values (the gradient of a bias).
@@ -441,12 +437,13 @@ impl CustomOp3 for Linear {
 // ---------------------------------------------------------------------------------------------------------
 // GELU (tanh approximation).
 
-/// `exp(x)` for x in [0, 88] (Cephes `expf`: range reduction by ln 2 and a degree-7 polynomial, ~1 ulp),
-/// written without calls or branches so that loops over it vectorise.
+/// `exp(x)` for x in [-87, 88] (clamped there; Cephes `expf`: range reduction by ln 2 and a degree-7
+/// polynomial, ~1 ulp), written without calls or branches so that loops over it vectorise. NaN stays NaN.
 #[inline(always)]
-fn exp_nonneg(x: f32) -> f32 {
-    let x = x.clamp(0.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + 0.5) as i32; // round to nearest (x >= 0)
+pub(crate) fn exp_fast(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    let t = x * std::f32::consts::LOG2_E;
+    let n = (t + 0.5f32.copysign(t)) as i32; // round to nearest
     let nf = n as f32;
     let r = x - nf * 0.693_359_4 - nf * -2.121_944_4e-4;
     let p = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
@@ -472,7 +469,7 @@ fn tanh_fast(x: f32) -> f32 {
         * z
         * a
         + a;
-    let large = 1.0 - 2.0 / (exp_nonneg(2.0 * a) + 1.0);
+    let large = 1.0 - 2.0 / (exp_fast(2.0 * a) + 1.0);
     let t = if a < 0.625 { small } else { large };
     t.copysign(x)
 }
@@ -489,15 +486,62 @@ fn gelu_derivative(v: f32) -> f32 {
 }
 
 /// Elementwise map in parallel blocks.
-fn par_map(x: &[f32], f: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f32> {
+fn par_map(x: &[f32], f: impl Fn(&[f32], &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
     const BLOCK: usize = 4096;
-    let mut out = buffer(x.len());
-    par_items(x.len().div_ceil(BLOCK), vec![(&mut out, BLOCK)], |range, outs| {
-        let src = &x[range.start * BLOCK..(range.end * BLOCK).min(x.len())];
-        f(src, outs[0]);
-    });
-    out
+    par_fill1(x.len(), BLOCK, |range, out| f(&x[range.start * BLOCK..(range.end * BLOCK).min(x.len())], out))
 }
+
+/// Whether the CPU has AVX2 and FMA (checked once; then a cached load).
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+/// Defines `$name(src.., dst)` applying an `#[inline(always)]` scalar body elementwise, compiled twice: for
+/// AVX2 (chosen at run time) and for the baseline target. The crate builds for baseline x86-64 (SSE2), where
+/// these loops do not vectorise; the AVX2 copy runs about 8 lanes wide. Both copies perform the same IEEE
+/// operations (Rust never contracts a multiply and add into an FMA), so their results are identical.
+macro_rules! elementwise {
+    ($(#[$doc:meta])* $name:ident($($src:ident),+) => |$($v:ident),+| $body:expr) => {
+        $(#[$doc])*
+        fn $name($($src: &[f32],)+ dst: &mut [MaybeUninit<f32>]) {
+            #[inline(always)]
+            fn body($($v: f32),+) -> f32 {
+                $body
+            }
+            #[inline(always)]
+            fn run($($src: &[f32],)+ dst: &mut [MaybeUninit<f32>]) {
+                let n = dst.len();
+                $(let $src = &$src[..n];)+ // equal lengths: no bounds checks in the loop
+                for i in 0..n {
+                    dst[i].write(body($($src[i]),+));
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn run_avx2($($src: &[f32],)+ dst: &mut [MaybeUninit<f32>]) {
+                    run($($src,)+ dst)
+                }
+                if has_avx2() {
+                    // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                    return unsafe { run_avx2($($src,)+ dst) };
+                }
+            }
+            run($($src,)+ dst)
+        }
+    };
+}
+
+elementwise!(
+    /// `dst = gelu(x)`.
+    gelu_slice(x) => |v| gelu_value(v)
+);
+
+elementwise!(
+    /// `dst = g * gelu'(x)`.
+    gelu_grad_slice(x, g) => |v, gv| gv * gelu_derivative(v)
+);
 
 struct Gelu;
 
@@ -508,7 +552,7 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l, self.name())?;
-        let out = par_map(x, |src, dst| dst.iter_mut().zip(src).for_each(|(o, &v)| *o = gelu_value(v)));
+        let out = par_map(x, gelu_slice);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -531,13 +575,9 @@ impl CustomOp2 for GeluGrad {
             bail!("{}: x and grad differ in size", self.name())
         }
         const BLOCK: usize = 4096;
-        let mut out = buffer(x.len());
-        par_items(x.len().div_ceil(BLOCK), vec![(&mut out, BLOCK)], |range, outs| {
+        let out = par_fill1(x.len(), BLOCK, |range, out| {
             let end = (range.end * BLOCK).min(x.len());
-            let (xs, gs) = (&x[range.start * BLOCK..end], &g[range.start * BLOCK..end]);
-            for (o, (&v, &gv)) in outs[0].iter_mut().zip(xs.iter().zip(gs)) {
-                *o = gv * gelu_derivative(v);
-            }
+            gelu_grad_slice(&x[range.start * BLOCK..end], &g[range.start * BLOCK..end], out);
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -554,18 +594,15 @@ pub(crate) fn softmax_row(x: &[f32], bias: Option<&[f32]>, scale: f32, o: &mut [
         Some(bias) => o.iter_mut().zip(x.iter().zip(bias)).for_each(|(o, (v, b))| *o = v * scale + b),
     }
     let max = o.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0f32;
-    for v in o.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
+    o.iter_mut().for_each(|v| *v = exp_fast(*v - max));
+    let sum = sum8(o);
     o.iter_mut().for_each(|v| *v /= sum);
 }
 
 /// Softmax backward of one row: `dx = scale * y * (g - sum(g * y))`.
 #[inline]
 pub(crate) fn softmax_grad_row(y: &[f32], g: &[f32], scale: f32, o: &mut [f32]) {
-    let dot = y.iter().zip(g).map(|(a, b)| a * b).sum::<f32>();
+    let dot = dot8(y, g);
     for ((o, &yv), &gv) in o.iter_mut().zip(y).zip(g) {
         *o = scale * yv * (gv - dot);
     }
@@ -573,18 +610,19 @@ pub(crate) fn softmax_grad_row(y: &[f32], g: &[f32], scale: f32, o: &mut [f32]) 
 
 /// Forward over rows of `k`; `bias` (if any) has `n` rows per batch item, each item spanning `h·n` rows of x.
 pub(crate) fn softmax_forward(x: &[f32], k: usize, bias: Option<(&[f32], usize, usize)>, scale: f32) -> Vec<f32> {
-    let rows = x.len() / k.max(1);
-    let mut out = buffer(x.len());
-    par_items(rows, vec![(&mut out, k)], |range, outs| {
+    par_fill1(x.len(), k, |range, out| {
+        let mut row = vec![0f32; k];
         for (i, r) in range.clone().enumerate() {
             let b = bias.map(|(bias, h, n)| {
                 let (item, row_in_head) = (r / (h * n), r % n);
                 &bias[(item * n + row_in_head) * k..(item * n + row_in_head + 1) * k]
             });
-            softmax_row(&x[r * k..(r + 1) * k], b, scale, &mut outs[0][i * k..(i + 1) * k]);
+            softmax_row(&x[r * k..(r + 1) * k], b, scale, &mut row);
+            out[i * k..(i + 1) * k].iter_mut().zip(&row).for_each(|(o, v)| {
+                o.write(*v);
+            });
         }
-    });
-    out
+    })
 }
 
 pub(crate) fn softmax_backward(res: &Tensor, grad: &Tensor, scale: f32, op: &str) -> Result<Tensor> {
@@ -719,12 +757,14 @@ mod tests {
         assert_eq!(tanh_fast(100.0), 1.0);
         assert_eq!(tanh_fast(-100.0), -1.0);
         assert!(tanh_fast(f32::NAN).is_nan() && gelu_value(f32::NAN).is_nan() && gelu_derivative(f32::NAN).is_nan());
-        for i in 0..=8800 {
+        for i in -8700..=8800 {
             let x = i as f32 * 0.01;
             let exact = (x as f64).exp();
-            let err = (exp_nonneg(x) as f64 - exact).abs() / exact;
+            let err = (exp_fast(x) as f64 - exact).abs() / exact;
             assert!(err < 3e-7, "exp relative error {err} at {x}");
         }
+        assert!(exp_fast(f32::NAN).is_nan());
+        assert_eq!(exp_fast(0.0), 1.0);
     }
 
     #[test]

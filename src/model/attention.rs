@@ -10,11 +10,12 @@
 //! `1/sqrt(head_dim)`.
 
 use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::sync::Mutex;
 
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::cpu::{buffer, check_dims, cpu_tensor, dot8, fused, par_fill, par_fill1, par_items, slice, with_data};
+use super::cpu::{buffer, check_dims, cpu_tensor, dot8, fused, multiversion, par_fill, par_fill1, par_items, slice, with_data};
 use super::ops::{softmax_backward, softmax_forward, softmax_grad_row, softmax_row};
 
 /// Self-attention on the fused `qkv` projection of B items: qkv `[B·N, 3W]` (q | k | v, each `heads × d`) to
@@ -128,7 +129,7 @@ fn merge_heads_into(parts: &[&[f32]], l: usize, heads: usize, d: usize, dst: &mu
 }
 
 /// Initialises `dst` with a copy of `src` (same length).
-#[inline]
+#[inline(always)]
 fn write_copy(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
     dst.iter_mut().zip(src).for_each(|(o, v)| {
         o.write(*v);
@@ -295,27 +296,109 @@ struct CrossAttention {
     scale: f32,
 }
 
-/// Shapes of a cross-attention call: (B, N, K, W, d).
-fn cross_dims(q: &Shape, bias: &Shape, heads: usize) -> Result<(usize, usize, usize, usize, usize)> {
-    let (_, w) = q.dims2()?;
-    let (b, n, k) = bias.dims3()?;
-    Ok((b, n, k, w, w / heads))
+/// Shapes of a cross-attention call.
+#[derive(Clone, Copy)]
+struct CrossDims {
+    n: usize,
+    k: usize,
+    w: usize,
+    d: usize,
+    heads: usize,
+    scale: f32,
 }
 
 impl CrossAttention {
-    /// The attention of one (item, token, head) into `att` (length K).
-    #[allow(clippy::too_many_arguments)]
-    fn attention_row(&self, q: &[f32], kv: &[f32], bias: &[f32], dims: (usize, usize, usize, usize, usize), item: usize, t: usize, hh: usize, att: &mut [f32]) {
-        let (_, n, k, w, d) = dims;
-        let qv = &q[(item * n + t) * w + hh * d..(item * n + t) * w + (hh + 1) * d];
-        let mut scores = [0f32; 64];
-        let scores = &mut scores[..k.min(64)];
-        for (j, s) in scores.iter_mut().enumerate() {
-            let kj = &kv[(item * k + j) * 2 * w + hh * d..(item * k + j) * 2 * w + (hh + 1) * d];
-            *s = dot8(qv, kj);
+    fn dims(&self, q: &Shape, bias: &Shape) -> Result<(usize, CrossDims)> {
+        let (_, w) = q.dims2()?;
+        let (b, n, k) = bias.dims3()?;
+        if k > MAX_KEYS {
+            bail!("{}: at most {MAX_KEYS} keys per item, got {k}", self.name())
         }
-        let bias_row = &bias[(item * n + t) * k..(item * n + t + 1) * k];
-        softmax_row(scores, Some(bias_row), self.scale, att);
+        Ok((b, CrossDims { n, k, w, d: w / self.heads, heads: self.heads, scale: self.scale }))
+    }
+}
+
+/// Most layout slots the cross-attention kernels take (their per-row scratch lives on the stack).
+const MAX_KEYS: usize = 64;
+
+/// The attention of one (item, token, head) into `att` (length K).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn cross_row(q: &[f32], kv: &[f32], bias: &[f32], dims: CrossDims, item: usize, t: usize, hh: usize, att: &mut [f32]) {
+    let CrossDims { n, k, w, d, scale, .. } = dims;
+    let qv = &q[(item * n + t) * w + hh * d..(item * n + t) * w + (hh + 1) * d];
+    let mut scores = [0f32; MAX_KEYS];
+    let scores = &mut scores[..k];
+    for (j, s) in scores.iter_mut().enumerate() {
+        let kj = &kv[(item * k + j) * 2 * w + hh * d..(item * k + j) * 2 * w + (hh + 1) * d];
+        *s = dot8(qv, kj);
+    }
+    let bias_row = &bias[(item * n + t) * k..(item * n + t + 1) * k];
+    softmax_row(scores, Some(bias_row), scale, att);
+}
+
+multiversion! {
+    /// Cross-attention forward of the items `items` into `dst` (their rows of the merged output).
+    fn cross_forward_chunk(q: &[f32], kv: &[f32], bias: &[f32], dims: CrossDims, items: Range<usize>, dst: &mut [MaybeUninit<f32>]) {
+        let CrossDims { n, k, w, d, heads, .. } = dims;
+        let mut att = [0f32; MAX_KEYS];
+        let att = &mut att[..k];
+        let mut acc = vec![0f32; d];
+        for (li, item) in items.enumerate() {
+            for t in 0..n {
+                for hh in 0..heads {
+                    cross_row(q, kv, bias, dims, item, t, hh, att);
+                    acc.fill(0.0);
+                    for (j, a) in att.iter().enumerate() {
+                        let vj = &kv[(item * k + j) * 2 * w + w + hh * d..(item * k + j) * 2 * w + w + (hh + 1) * d];
+                        acc.iter_mut().zip(vj).for_each(|(o, v)| *o += a * v);
+                    }
+                    let o = &mut dst[(li * n + t) * w + hh * d..(li * n + t) * w + (hh + 1) * d];
+                    write_copy(o, &acc);
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Cross-attention backward of the items `items`: accumulates their rows of dq and dkv.
+    fn cross_backward_chunk(
+        q: &[f32],
+        kv: &[f32],
+        bias: &[f32],
+        g: &[f32],
+        dims: CrossDims,
+        items: Range<usize>,
+        dst: &mut [&mut [f32]],
+    ) {
+        let CrossDims { n, k, w, d, heads, scale } = dims;
+        let (mut att, mut datt, mut ds) = ([0f32; MAX_KEYS], [0f32; MAX_KEYS], [0f32; MAX_KEYS]);
+        let (att, datt, ds) = (&mut att[..k], &mut datt[..k], &mut ds[..k]);
+        let [dq_out, dkv_out] = dst else { return };
+        for (li, item) in items.enumerate() {
+            for t in 0..n {
+                for hh in 0..heads {
+                    cross_row(q, kv, bias, dims, item, t, hh, att);
+                    let at = (item * n + t) * w + hh * d;
+                    let (go, qv) = (&g[at..at + d], &q[at..at + d]);
+                    for j in 0..k {
+                        let v_at = (item * k + j) * 2 * w + w + hh * d;
+                        datt[j] = dot8(go, &kv[v_at..v_at + d]);
+                        let dv = &mut dkv_out[(li * k + j) * 2 * w + w + hh * d..][..d];
+                        dv.iter_mut().zip(go).for_each(|(o, gv)| *o += att[j] * gv);
+                    }
+                    softmax_grad_row(att, datt, scale, ds);
+                    let dqv = &mut dq_out[(li * n + t) * w + hh * d..][..d];
+                    for j in 0..k {
+                        let k_at = (item * k + j) * 2 * w + hh * d;
+                        dqv.iter_mut().zip(&kv[k_at..k_at + d]).for_each(|(o, kv)| *o += ds[j] * kv);
+                        let dk = &mut dkv_out[(li * k + j) * 2 * w + hh * d..][..d];
+                        dk.iter_mut().zip(qv).for_each(|(o, qv)| *o += ds[j] * qv);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -334,28 +417,9 @@ impl CustomOp3 for CrossAttention {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (q, kv, bias) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
-        let dims = cross_dims(l1.shape(), l3.shape(), self.heads)?;
-        let (b, n, k, w, d) = dims;
-        if k > 64 {
-            bail!("{}: at most 64 keys per item, got {k}", self.name())
-        }
-        let mut out = buffer(b * n * w);
-        par_items(b, vec![(&mut out, n * w)], |items, dst| {
-            let mut att = [0f32; 64];
-            let att = &mut att[..k];
-            for (li, item) in items.enumerate() {
-                for t in 0..n {
-                    for hh in 0..self.heads {
-                        self.attention_row(q, kv, bias, dims, item, t, hh, att);
-                        let o = &mut dst[0][(li * n + t) * w + hh * d..(li * n + t) * w + (hh + 1) * d];
-                        o.fill(0.0);
-                        for (j, a) in att.iter().enumerate() {
-                            let vj = &kv[(item * k + j) * 2 * w + w + hh * d..(item * k + j) * 2 * w + w + (hh + 1) * d];
-                            o.iter_mut().zip(vj).for_each(|(o, v)| *o += a * v);
-                        }
-                    }
-                }
-            }
+        let (b, dims) = self.dims(l1.shape(), l3.shape())?;
+        let out = par_fill1(b * dims.n * dims.w, dims.n * dims.w, |items, dst| {
+            cross_forward_chunk(q, kv, bias, dims, items, dst)
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -368,40 +432,14 @@ impl CustomOp3 for CrossAttention {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dims = cross_dims(q_t.shape(), bias_t.shape(), self.heads)?;
-        let (b, n, k, w, d) = dims;
+        let (b, dims) = self.dims(q_t.shape(), bias_t.shape())?;
+        let CrossDims { n, k, w, .. } = dims;
         let (dq, dkv) = with3(q_t, kv_t, bias_t, self.name(), |q, kv, bias| {
             with_data(grad, self.name(), |g| {
                 let mut dq = buffer(b * n * w);
                 let mut dkv = buffer(b * k * 2 * w);
                 par_items(b, vec![(&mut dq, n * w), (&mut dkv, k * 2 * w)], |items, dst| {
-                    let (mut att, mut datt, mut ds) = ([0f32; 64], [0f32; 64], [0f32; 64]);
-                    let (att, datt, ds) = (&mut att[..k], &mut datt[..k], &mut ds[..k]);
-                    let (dq_out, dkv_out) = dst.split_at_mut(1);
-                    let (dq_out, dkv_out) = (&mut dq_out[0], &mut dkv_out[0]);
-                    for (li, item) in items.enumerate() {
-                        for t in 0..n {
-                            for hh in 0..self.heads {
-                                self.attention_row(q, kv, bias, dims, item, t, hh, att);
-                                let at = (item * n + t) * w + hh * d;
-                                let (go, qv) = (&g[at..at + d], &q[at..at + d]);
-                                for j in 0..k {
-                                    let v_at = (item * k + j) * 2 * w + w + hh * d;
-                                    datt[j] = dot8(go, &kv[v_at..v_at + d]);
-                                    let dv = &mut dkv_out[(li * k + j) * 2 * w + w + hh * d..][..d];
-                                    dv.iter_mut().zip(go).for_each(|(o, gv)| *o += att[j] * gv);
-                                }
-                                softmax_grad_row(att, datt, self.scale, ds);
-                                let dqv = &mut dq_out[(li * n + t) * w + hh * d..][..d];
-                                for j in 0..k {
-                                    let k_at = (item * k + j) * 2 * w + hh * d;
-                                    dqv.iter_mut().zip(&kv[k_at..k_at + d]).for_each(|(o, kv)| *o += ds[j] * kv);
-                                    let dk = &mut dkv_out[(li * k + j) * 2 * w + hh * d..][..d];
-                                    dk.iter_mut().zip(qv).for_each(|(o, qv)| *o += ds[j] * qv);
-                                }
-                            }
-                        }
-                    }
+                    cross_backward_chunk(q, kv, bias, g, dims, items, dst)
                 });
                 Ok((dq, dkv))
             })

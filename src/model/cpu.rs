@@ -323,3 +323,41 @@ pub(crate) fn sq_dev8(a: &[f32], mean: f32) -> f32 {
     let tail: f32 = a[n - n % 8..].iter().map(|v| (v - mean) * (v - mean)).sum();
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
+
+/// Whether the CPU has AVX2 and FMA (checked once; then a cached load).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+/// Defines a kernel function twice: compiled for AVX2 + FMA (chosen at run time when the CPU has them) and for
+/// the baseline target. The crate builds for baseline x86-64 (SSE2), where the kernels' loops vectorise 4 lanes
+/// wide at best; the AVX2 copy runs 8 wide. Both copies perform the same IEEE operations (Rust never contracts
+/// a multiply and an add into an FMA), so their results are identical. Helpers the body calls must be
+/// `#[inline(always)]` to be compiled for AVX2 too.
+macro_rules! multiversion {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn inner($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    inner($($arg),*)
+                }
+                if $crate::model::cpu::has_avx2() {
+                    // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            inner($($arg),*)
+        }
+    };
+}
+pub(crate) use multiversion;

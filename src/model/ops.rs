@@ -11,11 +11,12 @@
 //! fused attention lives in [`super::attention`].
 
 use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::sync::Mutex;
 
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::cpu::{buffer, check_dims, cpu_tensor, dot8, fused, par_fill1, par_items, slice, sq_dev8, sum8, with_data};
+use super::cpu::{buffer, check_dims, cpu_tensor, dot8, fused, multiversion, par_fill1, par_items, slice, sq_dev8, sum8, with_data};
 
 /// `sqrt(2 / pi)`, as candle's `gelu` uses it.
 const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
@@ -102,7 +103,7 @@ pub mod reference {
 // LayerNorm (plain and modulated).
 
 /// Mean and `1/sqrt(var + eps)` of one row.
-#[inline]
+#[inline(always)]
 fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
     let mean = sum8(row) / n;
@@ -112,8 +113,21 @@ fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
 
 /// Forward of LayerNorm (+ modulation) over rows of `c` values; `rows_per_item` rows share one (shift, scale).
 fn ln_forward(x: &[f32], c: usize, rows_per_item: usize, modulation: Option<(&[f32], &[f32])>, eps: f32) -> Vec<f32> {
-    par_fill1(x.len(), c * rows_per_item, |range, dst| {
-        for (i, item) in range.clone().enumerate() {
+    par_fill1(x.len(), c * rows_per_item, |range, dst| ln_forward_chunk(x, c, rows_per_item, modulation, eps, range, dst))
+}
+
+multiversion! {
+    /// [`ln_forward`] of the items `range` into `dst`.
+    fn ln_forward_chunk(
+        x: &[f32],
+        c: usize,
+        rows_per_item: usize,
+        modulation: Option<(&[f32], &[f32])>,
+        eps: f32,
+        range: Range<usize>,
+        dst: &mut [MaybeUninit<f32>],
+    ) {
+        for (i, item) in range.enumerate() {
             let base = item * rows_per_item * c;
             for r in 0..rows_per_item {
                 let row = &x[base + r * c..base + (r + 1) * c];
@@ -132,7 +146,7 @@ fn ln_forward(x: &[f32], c: usize, rows_per_item: usize, modulation: Option<(&[f
                 }
             }
         }
-    })
+    }
 }
 
 /// Gradients of the modulation: (d_shift, d_scale), each `[B, C]`.
@@ -158,15 +172,31 @@ fn ln_backward(
         outputs.push((d_shift.as_mut_slice(), c));
         outputs.push((d_scale.as_mut_slice(), c));
     }
-    par_items(items, outputs, |range, outs| {
+    par_items(items, outputs, |range, outs| ln_backward_chunk(x, g, c, rows_per_item, scale, eps, range, outs));
+    let mods = scale.map(|_| (d_shift, d_scale));
+    (dx, mods)
+}
+
+multiversion! {
+    /// [`ln_backward`] of the items `range`: outputs dx (and d_shift, d_scale with modulation).
+    fn ln_backward_chunk(
+        x: &[f32],
+        g: &[f32],
+        c: usize,
+        rows_per_item: usize,
+        scale: Option<&[f32]>,
+        eps: f32,
+        range: Range<usize>,
+        outs: &mut [&mut [f32]],
+    ) {
         let (d_out, mut mods) = match outs {
             [d] => (d, None),
             [d, ds, dsc] => (d, Some((ds, dsc))),
             _ => return,
         };
-        let mut xhat = buffer(c);
-        let mut gh = buffer(c);
-        for (i, item) in range.clone().enumerate() {
+        let mut xhat = vec![0f32; c];
+        let mut gh = vec![0f32; c];
+        for (i, item) in range.enumerate() {
             for r in 0..rows_per_item {
                 let at = (item * rows_per_item + r) * c;
                 let (row, grow) = (&x[at..at + c], &g[at..at + c]);
@@ -192,9 +222,7 @@ fn ln_backward(
                 }
             }
         }
-    });
-    let mods = scale.map(|_| (d_shift, d_scale));
-    (dx, mods)
+    }
 }
 
 /// Fused parameter-free LayerNorm over the last dimension.
@@ -441,10 +469,13 @@ impl CustomOp3 for Linear {
 /// polynomial, ~1 ulp), written without calls or branches so that loops over it vectorise. NaN stays NaN.
 #[inline(always)]
 pub(crate) fn exp_fast(x: f32) -> f32 {
+    // Round x·log2(e) to the nearest integer n with the 1.5·2²³ trick: after the add, n sits in the low
+    // mantissa bits (no float-to-int conversion, whose saturating semantics cost extra instructions).
+    const SHIFTER: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let t = x * std::f32::consts::LOG2_E;
-    let n = (t + 0.5f32.copysign(t)) as i32; // round to nearest
-    let nf = n as f32;
+    let z = x * std::f32::consts::LOG2_E + SHIFTER;
+    let nf = z - SHIFTER;
+    let n = z.to_bits().wrapping_sub(SHIFTER.to_bits()) as i32;
     let r = x - nf * 0.693_359_4 - nf * -2.121_944_4e-4;
     let p = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
@@ -457,44 +488,31 @@ pub(crate) fn exp_fast(x: f32) -> f32 {
     p * f32::from_bits(((n + 127) as u32) << 23)
 }
 
-/// `tanh(x)` in f32 (Cephes `tanhf`: an odd polynomial below 0.625, `1 - 2 / (exp(2|x|) + 1)` above; relative
-/// error a few 1e-7), branch-free so that loops over it vectorise. libm's `tanhf` is several times slower and
-/// dominated the MLP's cost.
+/// `0.5 (1 + tanh(u)) = sigmoid(2u)` for GELU's `u = sqrt(2/π) (v + 0.044715 v³)`: one exp and one division,
+/// and accurate in both tails (no `1 + tanh` cancellation).
 #[inline(always)]
-fn tanh_fast(x: f32) -> f32 {
-    let a = x.abs();
-    let z = x * x;
-    let small = ((((-5.704_988_7e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z
-        - 3.333_328e-1)
-        * z
-        * a
-        + a;
-    let large = 1.0 - 2.0 / (exp_fast(2.0 * a) + 1.0);
-    let t = if a < 0.625 { small } else { large };
-    t.copysign(x)
+fn gelu_gate(v: f32) -> f32 {
+    let u = SQRT_TWO_OVER_PI * v * (1.0 + GELU_CUBIC * v * v);
+    1.0 / (1.0 + exp_fast(-2.0 * u))
 }
 
+/// GELU, tanh approximation: `v · sigmoid(2u)` (equal to `0.5 v (1 + tanh(u))`).
 #[inline(always)]
 fn gelu_value(v: f32) -> f32 {
-    0.5 * v * (1.0 + tanh_fast(SQRT_TWO_OVER_PI * v * (1.0 + GELU_CUBIC * v * v)))
+    v * gelu_gate(v)
 }
 
+/// Derivative of [`gelu_value`]: `s + 2 v s (1 - s) u'(v)` with `s = sigmoid(2u)`.
 #[inline(always)]
 fn gelu_derivative(v: f32) -> f32 {
-    let t = tanh_fast(SQRT_TWO_OVER_PI * v * (1.0 + GELU_CUBIC * v * v));
-    0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * SQRT_TWO_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * v * v)
+    let s = gelu_gate(v);
+    s + 2.0 * v * s * (1.0 - s) * SQRT_TWO_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * v * v)
 }
 
 /// Elementwise map in parallel blocks.
 fn par_map(x: &[f32], f: impl Fn(&[f32], &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
     const BLOCK: usize = 4096;
     par_fill1(x.len(), BLOCK, |range, out| f(&x[range.start * BLOCK..(range.end * BLOCK).min(x.len())], out))
-}
-
-/// Whether the CPU has AVX2 and FMA (checked once; then a cached load).
-#[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
 /// Defines `$name(src.., dst)` applying an `#[inline(always)]` scalar body elementwise, compiled twice: for
@@ -523,7 +541,7 @@ macro_rules! elementwise {
                 unsafe fn run_avx2($($src: &[f32],)+ dst: &mut [MaybeUninit<f32>]) {
                     run($($src,)+ dst)
                 }
-                if has_avx2() {
+                if super::cpu::has_avx2() {
                     // SAFETY: the CPU supports AVX2 and FMA (checked just above).
                     return unsafe { run_avx2($($src,)+ dst) };
                 }
@@ -587,7 +605,7 @@ impl CustomOp2 for GeluGrad {
 // Softmax over the last dimension, with the logit scale (and an optional per-batch bias) fused in.
 
 /// Softmax of `x * scale (+ bias)` into `o`, one row.
-#[inline]
+#[inline(always)]
 pub(crate) fn softmax_row(x: &[f32], bias: Option<&[f32]>, scale: f32, o: &mut [f32]) {
     match bias {
         None => o.iter_mut().zip(x).for_each(|(o, v)| *o = v * scale),
@@ -600,7 +618,7 @@ pub(crate) fn softmax_row(x: &[f32], bias: Option<&[f32]>, scale: f32, o: &mut [
 }
 
 /// Softmax backward of one row: `dx = scale * y * (g - sum(g * y))`.
-#[inline]
+#[inline(always)]
 pub(crate) fn softmax_grad_row(y: &[f32], g: &[f32], scale: f32, o: &mut [f32]) {
     let dot = dot8(y, g);
     for ((o, &yv), &gv) in o.iter_mut().zip(y).zip(g) {
@@ -610,9 +628,21 @@ pub(crate) fn softmax_grad_row(y: &[f32], g: &[f32], scale: f32, o: &mut [f32]) 
 
 /// Forward over rows of `k`; `bias` (if any) has `n` rows per batch item, each item spanning `h·n` rows of x.
 pub(crate) fn softmax_forward(x: &[f32], k: usize, bias: Option<(&[f32], usize, usize)>, scale: f32) -> Vec<f32> {
-    par_fill1(x.len(), k, |range, out| {
+    par_fill1(x.len(), k, |range, out| softmax_chunk(x, k, bias, scale, range, out))
+}
+
+multiversion! {
+    /// [`softmax_forward`] of the rows `range` into `out`.
+    fn softmax_chunk(
+        x: &[f32],
+        k: usize,
+        bias: Option<(&[f32], usize, usize)>,
+        scale: f32,
+        range: Range<usize>,
+        out: &mut [MaybeUninit<f32>],
+    ) {
         let mut row = vec![0f32; k];
-        for (i, r) in range.clone().enumerate() {
+        for (i, r) in range.enumerate() {
             let b = bias.map(|(bias, h, n)| {
                 let (item, row_in_head) = (r / (h * n), r % n);
                 &bias[(item * n + row_in_head) * k..(item * n + row_in_head + 1) * k]
@@ -622,19 +652,27 @@ pub(crate) fn softmax_forward(x: &[f32], k: usize, bias: Option<(&[f32], usize, 
                 o.write(*v);
             });
         }
-    })
+    }
 }
 
+multiversion! {
+    /// Softmax backward of the rows `range` into `out`.
+    fn softmax_grad_chunk(y: &[f32], g: &[f32], k: usize, scale: f32, range: Range<usize>, out: &mut [f32]) {
+        for (i, r) in range.enumerate() {
+            let at = r * k..(r + 1) * k;
+            softmax_grad_row(&y[at.clone()], &g[at], scale, &mut out[i * k..(i + 1) * k]);
+        }
+    }
+}
+
+/// Softmax backward over rows: `dx = scale · y · (g - Σ g y)` from the result y and its gradient.
 pub(crate) fn softmax_backward(res: &Tensor, grad: &Tensor, scale: f32, op: &str) -> Result<Tensor> {
     let k = res.dim(candle_core::D::Minus1)?;
     let dx = with_data(res, op, |y| {
         with_data(grad, op, |g| {
             let mut dx = buffer(y.len());
             par_items(y.len() / k.max(1), vec![(&mut dx, k)], |range, outs| {
-                for (i, r) in range.clone().enumerate() {
-                    let at = r * k..(r + 1) * k;
-                    softmax_grad_row(&y[at.clone()], &g[at], scale, &mut outs[0][i * k..(i + 1) * k]);
-                }
+                softmax_grad_chunk(y, g, k, scale, range, outs[0])
             });
             Ok(dx)
         })
@@ -742,21 +780,21 @@ mod tests {
     }
 
     #[test]
-    fn fast_tanh_and_exp_are_accurate() {
-        let mut worst = (0f64, 0f64);
+    fn fast_gelu_and_exp_are_accurate() {
+        let k0 = (2.0 / std::f64::consts::PI).sqrt();
+        let gelu64 = |x: f64| 0.5 * x * (1.0 + (k0 * (x + 0.044715 * x * x * x)).tanh());
         for i in -200_000..=200_000 {
             let x = i as f32 * 1e-4; // [-20, 20]
-            let exact = (x as f64).tanh();
-            let err = (tanh_fast(x) as f64 - exact).abs() / exact.abs().max(1e-30);
-            if x != 0.0 && err > worst.0 {
-                worst = (err, x as f64);
-            }
+            let (v, exact) = (gelu_value(x) as f64, gelu64(x as f64));
+            assert!((v - exact).abs() <= 1e-6 * exact.abs().max(1e-2), "gelu({x}) = {v}, exact {exact}");
+            let h = 1e-4;
+            let slope = (gelu64(x as f64 + h) - gelu64(x as f64 - h)) / (2.0 * h);
+            let d = gelu_derivative(x) as f64;
+            assert!((d - slope).abs() <= 1e-5 * slope.abs().max(1.0), "gelu'({x}) = {d}, exact {slope}");
         }
-        assert!(worst.0 < 6e-7, "tanh relative error {} at {}", worst.0, worst.1);
-        assert_eq!(tanh_fast(0.0), 0.0);
-        assert_eq!(tanh_fast(100.0), 1.0);
-        assert_eq!(tanh_fast(-100.0), -1.0);
-        assert!(tanh_fast(f32::NAN).is_nan() && gelu_value(f32::NAN).is_nan() && gelu_derivative(f32::NAN).is_nan());
+        assert!(gelu_value(f32::NAN).is_nan() && gelu_derivative(f32::NAN).is_nan());
+        assert_eq!(gelu_value(100.0), 100.0);
+        assert!(gelu_value(-100.0).abs() < 1e-30);
         for i in -8700..=8800 {
             let x = i as f32 * 0.01;
             let exact = (x as f64).exp();

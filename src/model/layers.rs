@@ -4,8 +4,8 @@
 use candle_core::{Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::{attention, ops};
 use super::spec::{ParamInit, LN_EPS};
+use super::{attention, ops};
 
 /// `nn.Linear`: `x Wᵀ + b` on rows `[R, fan_in]` with weight `[fan_out, fan_in]` and bias `[fan_out]`.
 #[derive(Debug, Clone)]
@@ -23,7 +23,11 @@ impl Linear {
 
 /// `nn.Linear(fan_in, fan_out)` named `weight` / `bias` under `vb`, initialised (when created) as the reference.
 pub(crate) fn linear(fan_in: usize, fan_out: usize, zero: bool, vb: VarBuilder) -> Result<Linear> {
-    let init = if zero { ParamInit::Zeros } else { ParamInit::Uniform { fan_in } };
+    let init = if zero {
+        ParamInit::Zeros
+    } else {
+        ParamInit::Uniform { fan_in }
+    };
     let weight = vb.get_with_hints((fan_out, fan_in), "weight", init.hint())?;
     let bias = vb.get_with_hints(fan_out, "bias", init.hint())?;
     Ok(Linear { weight, bias })
@@ -60,7 +64,8 @@ impl SelfAttention {
     /// Tokens x `[B·N, W]` of `batch` items to `[B·N, W]`.
     pub(crate) fn forward(&self, x: &Tensor, batch: usize) -> Result<Tensor> {
         let qkv = self.qkv.forward(x)?;
-        self.proj.forward(&attention::self_attention(&qkv, batch, self.heads)?)
+        self.proj
+            .forward(&attention::self_attention(&qkv, batch, self.heads)?)
     }
 }
 
@@ -89,7 +94,8 @@ impl CrossAttention {
     pub(crate) fn forward(&self, x: &Tensor, ctx: &Tensor, bias: &Tensor) -> Result<Tensor> {
         let q = self.q.forward(x)?;
         let kv = self.kv.forward(ctx)?;
-        self.proj.forward(&attention::cross_attention(&q, &kv, bias, self.heads)?)
+        self.proj
+            .forward(&attention::cross_attention(&q, &kv, bias, self.heads)?)
     }
 }
 
@@ -103,7 +109,10 @@ pub(crate) struct Mlp {
 impl Mlp {
     /// Builds `0` and `2` under `vb` (the indices of the reference's `nn.Sequential`).
     pub(crate) fn new(width: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { fc1: linear(width, hidden, false, vb.pp("0"))?, fc2: linear(hidden, width, false, vb.pp("2"))? })
+        Ok(Self {
+            fc1: linear(width, hidden, false, vb.pp("0"))?,
+            fc2: linear(hidden, width, false, vb.pp("2"))?,
+        })
     }
 
     /// x `[..., W]` to `[..., W]`.
@@ -122,7 +131,10 @@ pub(crate) struct SiluMlp {
 impl SiluMlp {
     /// Builds `0` (`fan_in → width`) and `2` (`width → width`) under `vb`.
     pub(crate) fn new(fan_in: usize, width: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { fc1: linear(fan_in, width, false, vb.pp("0"))?, fc2: linear(width, width, false, vb.pp("2"))? })
+        Ok(Self {
+            fc1: linear(fan_in, width, false, vb.pp("0"))?,
+            fc2: linear(width, width, false, vb.pp("2"))?,
+        })
     }
 
     /// x `[..., fan_in]` to `[..., width]`.
@@ -134,5 +146,7 @@ impl SiluMlp {
 /// Splits `[B, parts·W]` into `parts` contiguous `[B, W]` chunks (like `torch.chunk(parts, dim=-1)`).
 pub(crate) fn chunk_last(x: &Tensor, parts: usize) -> Result<Vec<Tensor>> {
     let w = x.dim(D::Minus1)? / parts;
-    (0..parts).map(|i| x.narrow(D::Minus1, i * w, w)?.contiguous()).collect()
+    (0..parts)
+        .map(|i| x.narrow(D::Minus1, i * w, w)?.contiguous())
+        .collect()
 }

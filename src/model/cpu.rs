@@ -224,6 +224,7 @@ impl Pool {
         struct Withdraw<'a>(&'a Pool);
         impl Drop for Withdraw<'_> {
             fn drop(&mut self) {
+                IN_POOL.with(|flag| flag.set(false));
                 let mut st = self.0.lock();
                 st.job = None;
                 while st.active > 0 {
@@ -235,7 +236,6 @@ impl Pool {
         // Nested parallel loops inside `f` run inline on this thread too.
         IN_POOL.with(|flag| flag.set(true));
         f();
-        IN_POOL.with(|flag| flag.set(false));
         drop(guard);
         if self.lock().panicked {
             panic!("a wick kernel panicked on a worker thread");

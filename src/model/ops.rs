@@ -475,8 +475,9 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     if !fused(x) {
         return x.matmul(&weight.t()?)?.broadcast_add(bias);
     }
+    let x = x.contiguous()?;
     let product = x.detach().matmul(&weight.detach().t()?)?;
-    x.contiguous()?.apply_op3(
+    x.apply_op3(
         &weight.contiguous()?,
         &bias.contiguous()?,
         Linear {

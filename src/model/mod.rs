@@ -9,7 +9,13 @@
 //!
 //! Everything is f32. Checkpoints are the VarMap saved as safetensors under the reference's names, so
 //! PyTorch's `load_state_dict(strict=True)` accepts them.
+//!
+//! Speed: on the CPU the heavy ops run as fused custom ops with their own backward ([`ops`], [`attention`]);
+//! the same maths as basic candle ops runs on other devices. Call [`tune_cpu_runtime`] first thing in `main`.
+//! Inside the model, tokens are kept 2-D (`[B·N, W]`) so that no reshape nodes enter the graph.
 
+pub mod attention;
+mod cpu;
 mod denoiser;
 mod features;
 mod init;
@@ -18,10 +24,14 @@ mod layers;
 mod loss;
 pub mod ops;
 mod predict;
+mod runtime;
 mod spec;
 
 pub use denoiser::Denoiser;
-pub use init::{build_model, load_model, randomize_zero_init, spec_from_weights, weights_file, WEIGHTS_FILE};
+pub use init::{
+    build_model, load_model, randomize_zero_init, spec_from_weights, weights_file, WEIGHTS_FILE,
+};
 pub use loss::flow_matching_loss;
 pub use predict::predict_file;
+pub use runtime::{tune_allocator, tune_cpu_runtime, CpuTuning};
 pub use spec::{is_adapter_param, param_count, param_shapes, ModelSpec};

@@ -1,0 +1,386 @@
+//! Plumbing of the fused CPU kernels ([`super::ops`], [`super::attention`]): raw f32 slices of CPU tensors and
+//! parallel loops over disjoint output chunks on a small thread pool ([`Pool`]).
+
+use std::cell::Cell;
+use std::mem::MaybeUninit;
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, OnceLock};
+
+use candle_core::{bail, CpuStorage, DType, Layout, Result, Shape, Storage, Tensor};
+
+/// Outputs smaller than this are computed on the calling thread (waking the pool costs more).
+const SERIAL_BELOW: usize = 16 * 1024;
+
+thread_local! {
+    /// Tests: run the basic-op versions even on the CPU.
+    static REFERENCE_ONLY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the fused CPU kernels apply to `x` (f32 on the CPU); elsewhere the basic-op versions run.
+pub(crate) fn fused(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32 && !REFERENCE_ONLY.with(|f| f.get())
+}
+
+/// Runs `f` with the basic-op versions of every fused op (on this thread), to compare both paths.
+#[cfg(test)]
+pub(crate) fn with_reference_ops<R>(f: impl FnOnce() -> R) -> R {
+    REFERENCE_ONLY.with(|flag| flag.set(true));
+    let out = f();
+    REFERENCE_ONLY.with(|flag| flag.set(false));
+    out
+}
+
+/// Errors unless `t` has exactly `dims`, naming `what`.
+pub(crate) fn check_dims(what: &str, t: &Tensor, dims: &[usize]) -> Result<()> {
+    if t.dims() != dims {
+        bail!("{what}: expected shape {dims:?}, got {:?}", t.dims())
+    }
+    Ok(())
+}
+
+/// The contiguous f32 data of a CPU storage under `layout`.
+pub(crate) fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// Runs `f` on the contiguous f32 data of `t` (made contiguous first if needed).
+pub(crate) fn with_data<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => f(slice(cpu, layout, op)?),
+        _ => bail!("{op}: fused kernel needs a CPU tensor"),
+    }
+}
+
+/// Runs `f(items, outputs)` in parallel over `items` work items. Each output buffer `(data, per_item)` holds
+/// `per_item` values per item; `f` receives a range of items and the matching sub-slices of every output
+/// (in the order given). Small jobs run on the calling thread.
+pub(crate) fn par_items<T: Send, F>(items: usize, outputs: Vec<(&mut [T], usize)>, f: F)
+where
+    F: Fn(Range<usize>, &mut [&mut [T]]) + Sync,
+{
+    if items == 0 {
+        return;
+    }
+    let total_len: usize = outputs.iter().map(|(data, _)| data.len()).sum();
+    let pool = Pool::global();
+    let threads = pool.workers + 1;
+    let group = items.div_ceil(threads * 4).max(1);
+    let n_groups = items.div_ceil(group);
+    let mut chunks: Vec<Vec<&mut [T]>> = (0..n_groups)
+        .map(|_| Vec::with_capacity(outputs.len()))
+        .collect();
+    for (data, per_item) in outputs {
+        let mut pieces = data.chunks_mut(group * per_item.max(1));
+        for chunk in chunks.iter_mut() {
+            chunk.push(pieces.next().unwrap_or_default());
+        }
+    }
+    let chunks: Vec<Mutex<Vec<&mut [T]>>> = chunks.into_iter().map(Mutex::new).collect();
+    let run = |g: usize| {
+        let mut outs = chunks[g].lock().unwrap_or_else(|e| e.into_inner());
+        f(g * group..((g + 1) * group).min(items), &mut outs);
+    };
+    if threads == 1 || items < 2 || total_len < SERIAL_BELOW {
+        (0..n_groups).for_each(run);
+        return;
+    }
+    let next = AtomicUsize::new(0);
+    pool.run(&|| loop {
+        let g = next.fetch_add(1, Ordering::Relaxed);
+        if g >= n_groups {
+            break;
+        }
+        run(g);
+    });
+}
+
+thread_local! {
+    /// Set on the pool's worker threads, and on a caller while it runs a job: a nested `run` runs inline.
+    static IN_POOL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A job handed to the workers: a type- and lifetime-erased `&(dyn Fn() + Sync)`.
+#[derive(Clone, Copy)]
+struct Job(&'static (dyn Fn() + Sync));
+
+/// Shared state of the pool, under one mutex.
+struct State {
+    /// Bumped for every job.
+    generation: u64,
+    /// The current job, until the caller has finished its own share.
+    job: Option<Job>,
+    /// Workers currently inside the job.
+    active: usize,
+    /// A panic raised by a worker inside the job.
+    panicked: bool,
+}
+
+/// A small pool of blocking worker threads for the fused kernels.
+///
+/// Unlike candle's barrier pool, nobody spins: idle workers sleep on a condvar, and the caller works through
+/// the job itself and afterwards withdraws it, waiting only for workers that actually joined. A worker that
+/// the OS has not scheduled yet (the cores are shared with gemm's rayon threads, the data loader, the GUI)
+/// therefore never delays a step; the job just runs on fewer threads.
+pub(crate) struct Pool {
+    workers: usize,
+    state: Mutex<State>,
+    wake: Condvar,
+    done: Condvar,
+    /// Serialises callers from different threads.
+    call: Mutex<()>,
+}
+
+impl Pool {
+    /// The process-wide pool: `candle_core::utils::get_num_threads() - 1` workers (`RAYON_NUM_THREADS`).
+    pub(crate) fn global() -> &'static Pool {
+        static POOL: OnceLock<&'static Pool> = OnceLock::new();
+        POOL.get_or_init(|| {
+            let workers = candle_core::utils::get_num_threads().saturating_sub(1);
+            let pool: &'static Pool = Box::leak(Box::new(Pool {
+                workers,
+                state: Mutex::new(State {
+                    generation: 0,
+                    job: None,
+                    active: 0,
+                    panicked: false,
+                }),
+                wake: Condvar::new(),
+                done: Condvar::new(),
+                call: Mutex::new(()),
+            }));
+            let mut started = 0;
+            for i in 0..workers {
+                let spawned = std::thread::Builder::new()
+                    .name(format!("wick-kernels-{i}"))
+                    .spawn(move || pool.work());
+                started += usize::from(spawned.is_ok());
+            }
+            // Threads that failed to start just never join a job.
+            let _ = started;
+            pool
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Worker loop: sleep until a new job is posted, join it while it is still offered.
+    fn work(&self) {
+        IN_POOL.with(|f| f.set(true));
+        let mut seen = 0u64;
+        loop {
+            let job = {
+                let mut st = self.lock();
+                while st.generation == seen {
+                    st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+                seen = st.generation;
+                match st.job {
+                    Some(job) => {
+                        st.active += 1;
+                        job
+                    }
+                    None => continue,
+                }
+            };
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.0)())).is_ok();
+            let mut st = self.lock();
+            st.active -= 1;
+            st.panicked |= !ok;
+            if st.active == 0 {
+                self.done.notify_all();
+            }
+        }
+    }
+
+    /// Runs `f` on the calling thread and on every worker that wakes up before the caller is done; returns
+    /// once every thread that joined has left `f`. `f` must divide the work itself (e.g. a shared counter).
+    pub(crate) fn run(&self, f: &(dyn Fn() + Sync)) {
+        if self.workers == 0 || IN_POOL.with(|flag| flag.get()) {
+            return f();
+        }
+        let _call = self.call.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the erased reference is only used by workers between `active += 1` and `active -= 1`, and
+        // the guard below withdraws the job and waits for `active == 0` before `run` returns or unwinds, so
+        // it never outlives `f`.
+        let job = Job(unsafe {
+            std::mem::transmute::<&(dyn Fn() + Sync), &'static (dyn Fn() + Sync)>(f)
+        });
+        {
+            let mut st = self.lock();
+            st.generation = st.generation.wrapping_add(1);
+            st.job = Some(job);
+            st.panicked = false;
+        }
+        self.wake.notify_all();
+        struct Withdraw<'a>(&'a Pool);
+        impl Drop for Withdraw<'_> {
+            fn drop(&mut self) {
+                IN_POOL.with(|flag| flag.set(false));
+                let mut st = self.0.lock();
+                st.job = None;
+                while st.active > 0 {
+                    st = self.0.done.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        }
+        let guard = Withdraw(self);
+        // Nested parallel loops inside `f` run inline on this thread too.
+        IN_POOL.with(|flag| flag.set(true));
+        f();
+        drop(guard);
+        if self.lock().panicked {
+            panic!("a wick kernel panicked on a worker thread");
+        }
+    }
+}
+
+/// A zeroed output buffer of `len` values (for kernels that accumulate).
+pub(crate) fn buffer(len: usize) -> Vec<f32> {
+    vec![0f32; len]
+}
+
+/// `outputs` buffers of `len` values each that `f` fills completely, in parallel like [`par_items`] over items of
+/// `per_item` values (the last item may be shorter): `f` receives a range of items and the matching
+/// uninitialised sub-slices, and must write every element of them (`MaybeUninit::write`). Skipping the
+/// zero-fill matters: these kernels are memory-bound.
+pub(crate) fn par_fill<F>(outputs: usize, len: usize, per_item: usize, f: F) -> Vec<Vec<f32>>
+where
+    F: Fn(Range<usize>, &mut [&mut [MaybeUninit<f32>]]) + Sync,
+{
+    let mut bufs: Vec<Vec<MaybeUninit<f32>>> = (0..outputs)
+        .map(|_| {
+            let mut v = Vec::with_capacity(len);
+            // SAFETY: `MaybeUninit` needs no initialisation, and the capacity is `len`.
+            unsafe { v.set_len(len) };
+            v
+        })
+        .collect();
+    let items = len.div_ceil(per_item.max(1));
+    par_items(
+        items,
+        bufs.iter_mut()
+            .map(|b| (b.as_mut_slice(), per_item))
+            .collect(),
+        f,
+    );
+    bufs.into_iter()
+        .map(|v| {
+            let mut v = std::mem::ManuallyDrop::new(v);
+            // SAFETY: `f` initialised every element (the contract above: each kernel writes all values of
+            // every item it is given), `MaybeUninit<f32>` has the layout of `f32`, and pointer, length and
+            // capacity come from a live Vec that is not dropped.
+            unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
+        })
+        .collect()
+}
+
+/// [`par_fill`] with one output.
+pub(crate) fn par_fill1<F>(len: usize, per_item: usize, f: F) -> Vec<f32>
+where
+    F: Fn(Range<usize>, &mut [MaybeUninit<f32>]) + Sync,
+{
+    par_fill(1, len, per_item, |range, outs| f(range, &mut *outs[0]))
+        .pop()
+        .unwrap_or_default()
+}
+
+/// Wraps a result vector as a tensor of `shape` on the CPU.
+pub(crate) fn cpu_tensor(data: Vec<f32>, shape: impl Into<Shape>) -> Result<Tensor> {
+    Tensor::from_vec(data, shape, &candle_core::Device::Cpu)
+}
+
+/// Dot product with 8 independent partial sums, so that it vectorises (the summation order differs from a
+/// sequential sum, by rounding only).
+#[inline(always)]
+pub(crate) fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    for (ca, cb) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for j in 0..8 {
+            acc[j] += ca[j] * cb[j];
+        }
+    }
+    let tail: f32 = a[n - n % 8..]
+        .iter()
+        .zip(&b[n - n % 8..])
+        .map(|(x, y)| x * y)
+        .sum();
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// Sum with 8 independent partial sums (see [`dot8`]).
+#[inline(always)]
+pub(crate) fn sum8(a: &[f32]) -> f32 {
+    let n = a.len();
+    let mut acc = [0f32; 8];
+    for ca in a.chunks_exact(8) {
+        for j in 0..8 {
+            acc[j] += ca[j];
+        }
+    }
+    let tail: f32 = a[n - n % 8..].iter().sum();
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// Sum of squared deviations from `mean` (see [`dot8`]).
+#[inline(always)]
+pub(crate) fn sq_dev8(a: &[f32], mean: f32) -> f32 {
+    let n = a.len();
+    let mut acc = [0f32; 8];
+    for ca in a.chunks_exact(8) {
+        for j in 0..8 {
+            let d = ca[j] - mean;
+            acc[j] += d * d;
+        }
+    }
+    let tail: f32 = a[n - n % 8..].iter().map(|v| (v - mean) * (v - mean)).sum();
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// Whether the CPU has AVX2 and FMA (checked once; then a cached load).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+/// Defines a kernel function twice: compiled for AVX2 + FMA (chosen at run time when the CPU has them) and for
+/// the baseline target. The crate builds for baseline x86-64 (SSE2), where the kernels' loops vectorise 4 lanes
+/// wide at best; the AVX2 copy runs 8 wide. Both copies perform the same IEEE operations (Rust never contracts
+/// a multiply and an add into an FMA), so their results are identical. Helpers the body calls must be
+/// `#[inline(always)]` to be compiled for AVX2 too.
+macro_rules! multiversion {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn inner($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    inner($($arg),*)
+                }
+                if $crate::model::cpu::has_avx2() {
+                    // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            inner($($arg),*)
+        }
+    };
+}
+pub(crate) use multiversion;

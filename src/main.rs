@@ -143,6 +143,8 @@ enum JudgeCommand {
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
+    // Before any thread or candle op exists: allocator and thread-pool settings training speed depends on.
+    wick::model::tune_cpu_runtime();
     let cli = Cli::parse();
     wick::logging::init("warn");
     match run(cli) {

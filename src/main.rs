@@ -131,7 +131,7 @@ enum JudgeCommand {
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Optimizer steps.
-        #[arg(long, default_value_t = 3000)]
+        #[arg(long, default_value_t = 4000)]
         steps: usize,
         /// Output weights file (the report goes to the same name with .json).
         #[arg(long, default_value = "assets/judge/shapes.safetensors")]

@@ -34,6 +34,9 @@ pub struct TrainerState {
     pub seed: u64,
     /// Description of the random streams, for people reading the file.
     pub rng_streams: String,
+    /// EMA updates so far (the EMA's warm-up follows it).
+    #[serde(default)]
+    pub ema_updates: u64,
     /// Steps in which adapter parameters trained (gate collapse alerts count these).
     #[serde(default)]
     pub adapter_steps: u64,

@@ -183,6 +183,7 @@ impl Trainer {
             rng_streams: "ChaCha8 keyed by (seed, purpose); step s draws from stream s; data order is a \
                           seeded permutation per epoch indexed by data_cursor"
                 .to_string(),
+            ema_updates: 0,
             adapter_steps: 0,
             losses_since_eval: (0.0, 0),
             best: Some(BestTracker::new(
@@ -602,7 +603,9 @@ impl Trainer {
         self.optimizer.step(trainable, &grads, lr, stage.weight_decay)?;
         // Once an average exists it is kept current: a stage with ema_decay = 0 makes it follow the weights.
         if stage.ema_decay > 0.0 || !self.ema.is_empty() {
-            self.ema.update(&self.params, stage.ema_decay)?;
+            let decay = Ema::warmed_decay(stage.ema_decay, self.state.ema_updates);
+            self.ema.update(&self.params, decay)?;
+            self.state.ema_updates += 1;
         }
         Ok(StepOutcome::Applied { loss, grad_norm })
     }

@@ -11,9 +11,7 @@ use wick::model::{build_model, predict_file, randomize_zero_init, ModelSpec};
 fn main() -> anyhow::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("save") {
-        let [_, preset, dir, seed] = &args[..] else {
-            bail!("usage: predict save PRESET DIR SEED")
-        };
+        let [_, preset, dir, seed] = &args[..] else { bail!("usage: predict save PRESET DIR SEED") };
         let preset = match preset.as_str() {
             "tiny" => ModelPreset::Tiny,
             "small" => ModelPreset::Small,

@@ -13,9 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use wick::config::ModelPreset;
-use wick::model::{
-    build_model, flow_matching_loss, param_count, randomize_zero_init, tune_cpu_runtime, ModelSpec,
-};
+use wick::model::{build_model, flow_matching_loss, param_count, randomize_zero_init, tune_cpu_runtime, ModelSpec};
 
 fn main() -> anyhow::Result<()> {
     let tuning = (std::env::var_os("WICK_NO_CPU_TUNING").is_none()).then(tune_cpu_runtime);
@@ -26,18 +24,8 @@ fn main() -> anyhow::Result<()> {
         "base" => ModelPreset::Base,
         other => bail!("unknown preset {other}"),
     };
-    let b: usize = args
-        .get(1)
-        .map(|s| s.parse())
-        .transpose()
-        .context("BATCH")?
-        .unwrap_or(64);
-    let steps: usize = args
-        .get(2)
-        .map(|s| s.parse())
-        .transpose()
-        .context("STEPS")?
-        .unwrap_or(20);
+    let b: usize = args.get(1).map(|s| s.parse()).transpose().context("BATCH")?.unwrap_or(64);
+    let steps: usize = args.get(2).map(|s| s.parse()).transpose().context("STEPS")?.unwrap_or(20);
     let warmup = 3;
     let dev = Device::Cpu;
     let spec = ModelSpec::from_preset(preset, true);
@@ -48,27 +36,11 @@ fn main() -> anyhow::Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let n = b * 3 * spec.image_size * spec.image_size;
     let shape = (b, 3, spec.image_size, spec.image_size);
-    let x0 = Tensor::from_vec(
-        (0..n)
-            .map(|_| rng.random_range(-1f32..1.0))
-            .collect::<Vec<_>>(),
-        shape,
-        &dev,
-    )?;
-    let y = Tensor::from_vec(
-        (0..b)
-            .map(|_| rng.random_range(0..spec.classes as u32))
-            .collect::<Vec<_>>(),
-        b,
-        &dev,
-    )?;
-    let boxes: Vec<f32> = (0..b * spec.slots * 4)
-        .map(|_| rng.random_range(0f32..1.0))
-        .collect();
+    let x0 = Tensor::from_vec((0..n).map(|_| rng.random_range(-1f32..1.0)).collect::<Vec<_>>(), shape, &dev)?;
+    let y = Tensor::from_vec((0..b).map(|_| rng.random_range(0..spec.classes as u32)).collect::<Vec<_>>(), b, &dev)?;
+    let boxes: Vec<f32> = (0..b * spec.slots * 4).map(|_| rng.random_range(0f32..1.0)).collect();
     let boxes = Tensor::from_vec(boxes, (b, spec.slots, 4), &dev)?;
-    let box_classes: Vec<u32> = (0..b * spec.slots)
-        .map(|_| rng.random_range(0..=spec.null_class()))
-        .collect();
+    let box_classes: Vec<u32> = (0..b * spec.slots).map(|_| rng.random_range(0..=spec.null_class())).collect();
     let box_classes = Tensor::from_vec(box_classes, (b, spec.slots), &dev)?;
 
     let (mut fwd, mut bwd, mut upd) = (Vec::new(), Vec::new(), Vec::new());
@@ -108,12 +80,7 @@ fn main() -> anyhow::Result<()> {
     };
     let total: Vec<f64> = (0..steps).map(|i| fwd[i] + bwd[i] + upd[i]).collect();
     let best = total.iter().copied().fold(f64::INFINITY, f64::min);
-    let (fwd, bwd, upd, step) = (
-        median(&mut fwd),
-        median(&mut bwd),
-        median(&mut upd),
-        median(&mut total.clone()),
-    );
+    let (fwd, bwd, upd, step) = (median(&mut fwd), median(&mut bwd), median(&mut upd), median(&mut total.clone()));
     println!(
         "{{\"framework\": \"candle\", \"preset\": \"{}\", \"batch\": {b}, \"threads\": {}, \"cpu_tuning\": \"{tuning:?}\", \"params\": {}, \
          \"forward_ms\": {:.1}, \"backward_ms\": {:.1}, \"update_ms\": {:.1}, \"step_ms\": {:.1}, \"best_step_ms\": {:.1}, \

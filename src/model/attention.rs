@@ -16,8 +16,7 @@ use std::sync::Mutex;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::cpu::{
-    buffer, check_dims, cpu_tensor, dot8, fused, multiversion, par_fill, par_fill1, par_items,
-    slice, with_data,
+    buffer, check_dims, cpu_tensor, dot8, fused, multiversion, par_fill, par_fill1, par_items, slice, with_data,
 };
 use super::ops::{softmax_backward, softmax_forward, softmax_grad_row, softmax_row};
 
@@ -26,21 +25,13 @@ use super::ops::{softmax_backward, softmax_forward, softmax_grad_row, softmax_ro
 pub fn self_attention(qkv: &Tensor, batch: usize, heads: usize) -> Result<Tensor> {
     let (rows, w3) = qkv.dims2()?;
     if batch == 0 || rows % batch != 0 || w3 % (3 * heads) != 0 {
-        bail!(
-            "self_attention: qkv {:?} does not split into {batch} items and 3 × {heads} heads",
-            qkv.dims()
-        )
+        bail!("self_attention: qkv {:?} does not split into {batch} items and 3 × {heads} heads", qkv.dims())
     }
     if !fused(qkv) {
         return reference::self_attention(qkv, batch, heads);
     }
     let d = w3 / 3 / heads;
-    let op = SelfAttention {
-        batch,
-        heads,
-        scale: 1.0 / (d as f32).sqrt(),
-        saved: Mutex::new(None),
-    };
+    let op = SelfAttention { batch, heads, scale: 1.0 / (d as f32).sqrt(), saved: Mutex::new(None) };
     qkv.contiguous()?.apply_op1(op)
 }
 
@@ -57,12 +48,8 @@ pub fn cross_attention(q: &Tensor, kv: &Tensor, bias: &Tensor, heads: usize) -> 
     if !fused(q) {
         return reference::cross_attention(q, kv, bias, heads);
     }
-    let op = CrossAttention {
-        heads,
-        scale: 1.0 / ((w / heads) as f32).sqrt(),
-    };
-    q.contiguous()?
-        .apply_op3(&kv.contiguous()?, &bias.detach().contiguous()?, op)
+    let op = CrossAttention { heads, scale: 1.0 / ((w / heads) as f32).sqrt() };
+    q.contiguous()?.apply_op3(&kv.contiguous()?, &bias.detach().contiguous()?, op)
 }
 
 /// The same attention as basic candle ops: used off the CPU and as the test oracle.
@@ -75,22 +62,15 @@ pub mod reference {
     fn split(x: &Tensor, batch: usize, parts: usize, heads: usize) -> Result<Vec<Tensor>> {
         let (rows, pw) = x.dims2()?;
         let (l, d) = (rows / batch, pw / parts / heads);
-        let x = x
-            .reshape((batch, l, parts, heads, d))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
-        (0..parts)
-            .map(|i| x.get(i)?.reshape((batch * heads, l, d)))
-            .collect()
+        let x = x.reshape((batch, l, parts, heads, d))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
+        (0..parts).map(|i| x.get(i)?.reshape((batch * heads, l, d))).collect()
     }
 
     /// `[B·h, L, d]` to `[B·L, h·d]`.
     fn merge(x: &Tensor, batch: usize) -> Result<Tensor> {
         let (bh, l, d) = x.dims3()?;
         let heads = bh / batch;
-        x.reshape((batch, heads, l, d))?
-            .transpose(1, 2)?
-            .reshape((batch * l, heads * d))
+        x.reshape((batch, heads, l, d))?.transpose(1, 2)?.reshape((batch * l, heads * d))
     }
 
     /// See [`super::self_attention`].
@@ -109,10 +89,7 @@ pub mod reference {
         let (bh, n, d) = q.dims3()?;
         let logits = (q.matmul(&kv[0].t()?)? * (1.0 / (d as f64).sqrt()))?;
         let k = logits.dim(2)?;
-        let logits = logits
-            .reshape((batch, heads, n, k))?
-            .broadcast_add(&bias.unsqueeze(1)?)?
-            .reshape((bh, n, k))?;
+        let logits = logits.reshape((batch, heads, n, k))?.broadcast_add(&bias.unsqueeze(1)?)?.reshape((bh, n, k))?;
         merge(&softmax_last_dim(&logits)?.matmul(&kv[1])?, batch)
     }
 }
@@ -121,14 +98,7 @@ pub mod reference {
 // Head layout.
 
 /// Splits `src` `[B·L, parts·h·d]` into `parts` buffers `[B·h, L, d]`.
-fn split_heads(
-    src: &[f32],
-    batch: usize,
-    l: usize,
-    parts: usize,
-    heads: usize,
-    d: usize,
-) -> Vec<Vec<f32>> {
+fn split_heads(src: &[f32], batch: usize, l: usize, parts: usize, heads: usize, d: usize) -> Vec<Vec<f32>> {
     let w = heads * d;
     par_fill(parts, batch * heads * l * d, heads * l * d, |items, dst| {
         for (li, item) in items.enumerate() {
@@ -137,10 +107,7 @@ fn split_heads(
                 for (p, out) in dst.iter_mut().enumerate() {
                     for hh in 0..heads {
                         let at = (li * heads + hh) * l * d + t * d;
-                        write_copy(
-                            &mut out[at..at + d],
-                            &row[p * w + hh * d..p * w + (hh + 1) * d],
-                        );
+                        write_copy(&mut out[at..at + d], &row[p * w + hh * d..p * w + (hh + 1) * d]);
                     }
                 }
             }
@@ -149,13 +116,7 @@ fn split_heads(
 }
 
 /// Merges `parts` buffers `[B·h, L, d]` of `batch` items into `dst` `[B·L, parts·h·d]` (every value written).
-fn merge_heads_into(
-    parts: &[&[f32]],
-    l: usize,
-    heads: usize,
-    d: usize,
-    dst: &mut [MaybeUninit<f32>],
-) {
+fn merge_heads_into(parts: &[&[f32]], l: usize, heads: usize, d: usize, dst: &mut [MaybeUninit<f32>]) {
     let w = heads * d;
     let row_len = parts.len() * w;
     for (r, row) in dst.chunks_exact_mut(row_len).enumerate() {
@@ -163,10 +124,7 @@ fn merge_heads_into(
         for (p, src) in parts.iter().enumerate() {
             for hh in 0..heads {
                 let at = (item * heads + hh) * l * d + t * d;
-                write_copy(
-                    &mut row[p * w + hh * d..p * w + (hh + 1) * d],
-                    &src[at..at + d],
-                );
+                write_copy(&mut row[p * w + hh * d..p * w + (hh + 1) * d], &src[at..at + d]);
             }
         }
     }
@@ -188,9 +146,7 @@ fn with3<R>(
     op: &str,
     f: impl FnOnce(&[f32], &[f32], &[f32]) -> Result<R>,
 ) -> Result<R> {
-    with_data(a, op, |a| {
-        with_data(b, op, |b| with_data(c, op, |c| f(a, b, c)))
-    })
+    with_data(a, op, |a| with_data(b, op, |b| with_data(c, op, |c| f(a, b, c))))
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -228,10 +184,7 @@ impl FirstError {
         match r {
             Ok(v) => Some(v),
             Err(e) => {
-                self.0
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_or_insert(e);
+                self.0.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
                 None
             }
         }
@@ -265,15 +218,10 @@ impl SelfAttention {
     ) -> Result<Tensor> {
         let (h, d) = (self.heads, q.dim(2)?);
         let (start, len) = (range.start * h, range.len() * h);
-        let (q, k, v) = (
-            q.narrow(0, start, len)?,
-            k.narrow(0, start, len)?,
-            v.narrow(0, start, len)?,
-        );
+        let (q, k, v) = (q.narrow(0, start, len)?, k.narrow(0, start, len)?, v.narrow(0, start, len)?);
         let scores = q.matmul(&k.t()?)?;
-        let att = with_data(&scores, self.name(), |x| {
-            cpu_tensor(softmax_forward(x, n, None, self.scale), (len, n, n))
-        })?;
+        let att =
+            with_data(&scores, self.name(), |x| cpu_tensor(softmax_forward(x, n, None, self.scale), (len, n, n)))?;
         let out = att.matmul(&v)?;
         with_data(&out, self.name(), |o| {
             merge_heads_into(&[o], n, h, d, dst);
@@ -295,27 +243,14 @@ impl SelfAttention {
     ) -> Result<()> {
         let h = self.heads;
         let (start, len) = (range.start * h, range.len() * h);
-        let Some((_, att)) = saved
-            .att
-            .iter()
-            .find(|(s, a)| *s == range.start && a.dim(0).ok() == Some(len))
-        else {
-            bail!(
-                "{}: backward chunk {range:?} has no saved attention",
-                self.name()
-            )
+        let Some((_, att)) = saved.att.iter().find(|(s, a)| *s == range.start && a.dim(0).ok() == Some(len)) else {
+            bail!("{}: backward chunk {range:?} has no saved attention", self.name())
         };
         let w = h * d;
         let rows = &g[range.start * n * w..range.end * n * w];
-        let dout = cpu_tensor(
-            split_heads(rows, range.len(), n, 1, h, d).remove(0),
-            (len, n, d),
-        )?;
-        let (q, k, v) = (
-            saved.q.narrow(0, start, len)?,
-            saved.k.narrow(0, start, len)?,
-            saved.v.narrow(0, start, len)?,
-        );
+        let dout = cpu_tensor(split_heads(rows, range.len(), n, 1, h, d).remove(0), (len, n, d))?;
+        let (q, k, v) =
+            (saved.q.narrow(0, start, len)?, saved.k.narrow(0, start, len)?, saved.v.narrow(0, start, len)?);
         let dv = att.t()?.matmul(&dout)?;
         let datt = dout.matmul(&v.t()?)?;
         let ds = softmax_backward(att, &datt, self.scale, self.name())?;
@@ -340,9 +275,7 @@ impl CustomOp1 for SelfAttention {
         let (n, d) = (rows / b, w3 / 3 / h);
         let mut parts = split_heads(qkv, b, n, 3, h, d).into_iter();
         let mut next = || -> Result<Tensor> {
-            let data = parts
-                .next()
-                .ok_or_else(|| candle_core::Error::Msg("head split".into()))?;
+            let data = parts.next().ok_or_else(|| candle_core::Error::Msg("head split".into()))?;
             cpu_tensor(data, (b * h, n, d))
         };
         let (q, k, v) = (next()?, next()?, next()?);
@@ -350,10 +283,7 @@ impl CustomOp1 for SelfAttention {
         let att = Mutex::new(Vec::new());
         let merged = par_fill1(rows * w3 / 3, n * w3 / 3, |range, dst| {
             match errors.keep(self.forward_chunk(&q, &k, &v, &range, n, dst)) {
-                Some(a) => att
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((range.start, a)),
+                Some(a) => att.lock().unwrap_or_else(|p| p.into_inner()).push((range.start, a)),
                 None => fill_zero(dst),
             }
         });
@@ -365,19 +295,14 @@ impl CustomOp1 for SelfAttention {
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let guard = self.saved.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(saved) = guard.as_ref() else {
-            bail!("{}: backward without a forward", self.name())
-        };
+        let Some(saved) = guard.as_ref() else { bail!("{}: backward without a forward", self.name()) };
         let (rows, w3) = arg.dims2()?;
         let (b, h) = (self.batch, self.heads);
         let (n, d) = (rows / b, w3 / 3 / h);
         let errors = FirstError::new();
         let dqkv = with_data(grad, self.name(), |g| {
             Ok(par_fill1(rows * w3, n * w3, |range, dst| {
-                if errors
-                    .keep(self.backward_chunk(saved, g, &range, n, d, dst))
-                    .is_none()
-                {
+                if errors.keep(self.backward_chunk(saved, g, &range, n, d, dst)).is_none() {
                     fill_zero(dst);
                 }
             }))
@@ -415,17 +340,7 @@ impl CrossAttention {
         if k > MAX_KEYS {
             bail!("{}: at most {MAX_KEYS} keys per item, got {k}", self.name())
         }
-        Ok((
-            b,
-            CrossDims {
-                n,
-                k,
-                w,
-                d: w / self.heads,
-                heads: self.heads,
-                scale: self.scale,
-            },
-        ))
+        Ok((b, CrossDims { n, k, w, d: w / self.heads, heads: self.heads, scale: self.scale }))
     }
 }
 
@@ -435,19 +350,8 @@ const MAX_KEYS: usize = 64;
 /// The attention of one (item, token, head) into `att` (length K).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn cross_row(
-    q: &[f32],
-    kv: &[f32],
-    bias: &[f32],
-    dims: CrossDims,
-    item: usize,
-    t: usize,
-    hh: usize,
-    att: &mut [f32],
-) {
-    let CrossDims {
-        n, k, w, d, scale, ..
-    } = dims;
+fn cross_row(q: &[f32], kv: &[f32], bias: &[f32], dims: CrossDims, item: usize, t: usize, hh: usize, att: &mut [f32]) {
+    let CrossDims { n, k, w, d, scale, .. } = dims;
     let qv = &q[(item * n + t) * w + hh * d..(item * n + t) * w + (hh + 1) * d];
     let mut scores = [0f32; MAX_KEYS];
     let scores = &mut scores[..k];
@@ -538,11 +442,7 @@ impl CustomOp3 for CrossAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (q, kv, bias) = (
-            slice(s1, l1, self.name())?,
-            slice(s2, l2, self.name())?,
-            slice(s3, l3, self.name())?,
-        );
+        let (q, kv, bias) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
         let (b, dims) = self.dims(l1.shape(), l3.shape())?;
         let out = par_fill1(b * dims.n * dims.w, dims.n * dims.w, |items, dst| {
             cross_forward_chunk(q, kv, bias, dims, items, dst)
@@ -564,19 +464,13 @@ impl CustomOp3 for CrossAttention {
             with_data(grad, self.name(), |g| {
                 let mut dq = buffer(b * n * w);
                 let mut dkv = buffer(b * k * 2 * w);
-                par_items(
-                    b,
-                    vec![(&mut dq, n * w), (&mut dkv, k * 2 * w)],
-                    |items, dst| cross_backward_chunk(q, kv, bias, g, dims, items, dst),
-                );
+                par_items(b, vec![(&mut dq, n * w), (&mut dkv, k * 2 * w)], |items, dst| {
+                    cross_backward_chunk(q, kv, bias, g, dims, items, dst)
+                });
                 Ok((dq, dkv))
             })
         })?;
-        Ok((
-            Some(cpu_tensor(dq, q_t.shape())?),
-            Some(cpu_tensor(dkv, kv_t.shape())?),
-            None,
-        ))
+        Ok((Some(cpu_tensor(dq, q_t.shape())?), Some(cpu_tensor(dkv, kv_t.shape())?), None))
     }
 }
 
@@ -588,55 +482,23 @@ mod tests {
 
     fn rand_var(shape: &[usize], seed: u64) -> Var {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let v: Vec<f32> = (0..shape.iter().product())
-            .map(|_| rng.random_range(-2f32..2.0))
-            .collect();
+        let v: Vec<f32> = (0..shape.iter().product()).map(|_| rng.random_range(-2f32..2.0)).collect();
         Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
     }
 
     /// Fused vs reference: values and the gradients of `inputs` through a random linear functional.
     fn compare(inputs: &[&Var], fused: Tensor, reference: Tensor) {
-        assert!(
-            max_diff(&fused, &reference) < 1e-5,
-            "values differ by {}",
-            max_diff(&fused, &reference)
-        );
+        assert!(max_diff(&fused, &reference) < 1e-5, "values differ by {}", max_diff(&fused, &reference));
         let w = rand_var(fused.dims(), 77);
-        let gf = (&fused * w.as_tensor())
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gr = (&reference * w.as_tensor())
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let gf = (&fused * w.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (&reference * w.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
         for (i, v) in inputs.iter().enumerate() {
-            let (a, b) = (
-                gf.get(v.as_tensor()).unwrap(),
-                gr.get(v.as_tensor()).unwrap(),
-            );
-            assert!(
-                max_diff(a, b) < 1e-4,
-                "input {i}: grads differ by {}",
-                max_diff(a, b)
-            );
+            let (a, b) = (gf.get(v.as_tensor()).unwrap(), gr.get(v.as_tensor()).unwrap());
+            assert!(max_diff(a, b) < 1e-4, "input {i}: grads differ by {}", max_diff(a, b));
         }
     }
 
@@ -657,8 +519,7 @@ mod tests {
         let kv = rand_var(&[b * k, 2 * heads * d], 3);
         let bias = rand_var(&[b, n, k], 4).as_tensor().detach();
         let fused = cross_attention(q.as_tensor(), kv.as_tensor(), &bias, heads).unwrap();
-        let reference =
-            reference::cross_attention(q.as_tensor(), kv.as_tensor(), &bias, heads).unwrap();
+        let reference = reference::cross_attention(q.as_tensor(), kv.as_tensor(), &bias, heads).unwrap();
         compare(&[&q, &kv], fused, reference);
     }
 }

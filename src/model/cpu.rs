@@ -73,9 +73,7 @@ where
     let threads = pool.workers + 1;
     let group = items.div_ceil(threads * 4).max(1);
     let n_groups = items.div_ceil(group);
-    let mut chunks: Vec<Vec<&mut [T]>> = (0..n_groups)
-        .map(|_| Vec::with_capacity(outputs.len()))
-        .collect();
+    let mut chunks: Vec<Vec<&mut [T]>> = (0..n_groups).map(|_| Vec::with_capacity(outputs.len())).collect();
     for (data, per_item) in outputs {
         let mut pieces = data.chunks_mut(group * per_item.max(1));
         for chunk in chunks.iter_mut() {
@@ -145,21 +143,14 @@ impl Pool {
             let workers = candle_core::utils::get_num_threads().saturating_sub(1);
             let pool: &'static Pool = Box::leak(Box::new(Pool {
                 workers,
-                state: Mutex::new(State {
-                    generation: 0,
-                    job: None,
-                    active: 0,
-                    panicked: false,
-                }),
+                state: Mutex::new(State { generation: 0, job: None, active: 0, panicked: false }),
                 wake: Condvar::new(),
                 done: Condvar::new(),
                 call: Mutex::new(()),
             }));
             let mut started = 0;
             for i in 0..workers {
-                let spawned = std::thread::Builder::new()
-                    .name(format!("wick-kernels-{i}"))
-                    .spawn(move || pool.work());
+                let spawned = std::thread::Builder::new().name(format!("wick-kernels-{i}")).spawn(move || pool.work());
                 started += usize::from(spawned.is_ok());
             }
             // Threads that failed to start just never join a job.
@@ -211,9 +202,7 @@ impl Pool {
         // SAFETY: the erased reference is only used by workers between `active += 1` and `active -= 1`, and
         // the guard below withdraws the job and waits for `active == 0` before `run` returns or unwinds, so
         // it never outlives `f`.
-        let job = Job(unsafe {
-            std::mem::transmute::<&(dyn Fn() + Sync), &'static (dyn Fn() + Sync)>(f)
-        });
+        let job = Job(unsafe { std::mem::transmute::<&(dyn Fn() + Sync), &'static (dyn Fn() + Sync)>(f) });
         {
             let mut st = self.lock();
             st.generation = st.generation.wrapping_add(1);
@@ -265,13 +254,7 @@ where
         })
         .collect();
     let items = len.div_ceil(per_item.max(1));
-    par_items(
-        items,
-        bufs.iter_mut()
-            .map(|b| (b.as_mut_slice(), per_item))
-            .collect(),
-        f,
-    );
+    par_items(items, bufs.iter_mut().map(|b| (b.as_mut_slice(), per_item)).collect(), f);
     bufs.into_iter()
         .map(|v| {
             let mut v = std::mem::ManuallyDrop::new(v);
@@ -288,9 +271,7 @@ pub(crate) fn par_fill1<F>(len: usize, per_item: usize, f: F) -> Vec<f32>
 where
     F: Fn(Range<usize>, &mut [MaybeUninit<f32>]) + Sync,
 {
-    par_fill(1, len, per_item, |range, outs| f(range, &mut *outs[0]))
-        .pop()
-        .unwrap_or_default()
+    par_fill(1, len, per_item, |range, outs| f(range, &mut *outs[0])).pop().unwrap_or_default()
 }
 
 /// Wraps a result vector as a tensor of `shape` on the CPU.
@@ -310,11 +291,7 @@ pub(crate) fn dot8(a: &[f32], b: &[f32]) -> f32 {
             acc[j] += ca[j] * cb[j];
         }
     }
-    let tail: f32 = a[n - n % 8..]
-        .iter()
-        .zip(&b[n - n % 8..])
-        .map(|(x, y)| x * y)
-        .sum();
+    let tail: f32 = a[n - n % 8..].iter().zip(&b[n - n % 8..]).map(|(x, y)| x * y).sum();
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 

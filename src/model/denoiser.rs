@@ -6,8 +6,7 @@ use candle_nn::{Embedding, VarBuilder};
 
 use super::features::Features;
 use super::layers::{
-    chunk_last, layer_norm, linear, norm_modulate, CrossAttention, Linear, Mlp, SelfAttention,
-    SiluMlp,
+    chunk_last, layer_norm, linear, norm_modulate, CrossAttention, Linear, Mlp, SelfAttention, SiluMlp,
 };
 use super::ops::gated_residual;
 use super::spec::{ModelSpec, ParamInit, BBOX_FEATURES, FREQ_DIM, MLP_RATIO};
@@ -50,29 +49,16 @@ impl Block {
     }
 
     /// Tokens x `[B·N, W]`, silu_c `[B, W]`, layout tokens `[B·K, W]`, box bias `[B, N, K]`.
-    fn forward(
-        &self,
-        x: &Tensor,
-        silu_c: &Tensor,
-        layout: &Tensor,
-        bias: &Tensor,
-        gate_scale: f64,
-    ) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, silu_c: &Tensor, layout: &Tensor, bias: &Tensor, gate_scale: f64) -> Result<Tensor> {
         let (batch, width) = silu_c.dims2()?;
         let m = chunk_last(&self.ada.forward(silu_c)?, 6)?;
-        let (shift1, scale1, gate1, shift2, scale2, gate2) =
-            (&m[0], &m[1], &m[2], &m[3], &m[4], &m[5]);
-        let attn = self
-            .attn
-            .forward(&norm_modulate(x, shift1, scale1)?, batch)?;
+        let (shift1, scale1, gate1, shift2, scale2, gate2) = (&m[0], &m[1], &m[2], &m[3], &m[4], &m[5]);
+        let attn = self.attn.forward(&norm_modulate(x, shift1, scale1)?, batch)?;
         let mut x = gated_residual(x, &attn, gate1)?;
         if let Some(adapter) = &self.adapter {
             if gate_scale != 0.0 {
-                let gate = if gate_scale == 1.0 {
-                    adapter.gate.clone()
-                } else {
-                    adapter.gate.affine(gate_scale, 0.0)?
-                };
+                let gate =
+                    if gate_scale == 1.0 { adapter.gate.clone() } else { adapter.gate.affine(gate_scale, 0.0)? };
                 let out = adapter.attn.forward(&layer_norm(&x)?, layout, bias)?;
                 x = gated_residual(&x, &out, &gate.broadcast_as((batch, width))?)?;
             }
@@ -111,16 +97,12 @@ impl Denoiser {
         }
         let w = spec.width;
         let embedding = |name: &str| -> Result<Embedding> {
-            let table = vb.get_with_hints(
-                (spec.classes + 1, w),
-                &format!("{name}.weight"),
-                ParamInit::Normal.hint(),
-            )?;
+            let table =
+                vb.get_with_hints((spec.classes + 1, w), &format!("{name}.weight"), ParamInit::Normal.hint())?;
             Ok(Embedding::new(table, w))
         };
-        let blocks = (0..spec.depth)
-            .map(|i| Block::new(&spec, vb.pp(format!("blocks.{i}"))))
-            .collect::<Result<Vec<_>>>()?;
+        let blocks =
+            (0..spec.depth).map(|i| Block::new(&spec, vb.pp(format!("blocks.{i}")))).collect::<Result<Vec<_>>>()?;
         Ok(Self {
             spec,
             patch_embed: linear(spec.patch_dim(), w, false, vb.pp("patch_embed"))?,
@@ -142,14 +124,7 @@ impl Denoiser {
 
     /// v(x_t, t, y, layout): x `[B, 3, H, W]` f32, t `[B]` f32, y `[B]` u32, boxes `[B, slots, 4]` f32 as
     /// `(x0, y0, x1, y1)` in [0, 1], box_classes `[B, slots]` u32 (null class = empty slot) → `[B, 3, H, W]`.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        t: &Tensor,
-        y: &Tensor,
-        boxes: &Tensor,
-        box_classes: &Tensor,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, t: &Tensor, y: &Tensor, boxes: &Tensor, box_classes: &Tensor) -> Result<Tensor> {
         self.forward_with_gate_scale(x, t, y, boxes, box_classes, 1.0)
     }
 
@@ -165,43 +140,23 @@ impl Denoiser {
         gate_scale: f64,
     ) -> Result<Tensor> {
         let b = self.check_inputs(x, t, y, boxes, box_classes)?;
-        let (p, g, w, k) = (
-            self.spec.patch,
-            self.spec.grid(),
-            self.spec.width,
-            self.spec.slots,
-        );
+        let (p, g, w, k) = (self.spec.patch, self.spec.grid(), self.spec.width, self.spec.slots);
         let n = g * g;
         // Tokens are kept 2-D, [B·N, W], through the blocks. Patches flattened as (c, ph, pw), tokens row-major.
-        let patches = x
-            .reshape((b, 3, g, p, g, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .reshape((b * n, 3 * p * p))?;
-        let h = self
-            .patch_embed
-            .forward(&patches)?
-            .reshape((b, n, w))?
-            .broadcast_add(&self.features.pos)?;
-        let c =
-            (self.t_mlp.forward(&self.features.timestep(t)?)? + self.class_embed.forward(y)?)?;
+        let patches = x.reshape((b, 3, g, p, g, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b * n, 3 * p * p))?;
+        let h = self.patch_embed.forward(&patches)?.reshape((b, n, w))?.broadcast_add(&self.features.pos)?;
+        let c = (self.t_mlp.forward(&self.features.timestep(t)?)? + self.class_embed.forward(y)?)?;
         let silu_c = c.silu()?;
         let bbox = self.features.bbox(boxes)?.reshape((b * k, ()))?;
-        let layout = (self.box_mlp.forward(&bbox)?
-            + self
-                .layout_class_embed
-                .forward(&box_classes.flatten_all()?)?)?;
+        let layout = (self.box_mlp.forward(&bbox)? + self.layout_class_embed.forward(&box_classes.flatten_all()?)?)?;
         let bias = self.features.box_bias(boxes, box_classes)?;
         let mut h = h.reshape((b * n, w))?;
         for block in &self.blocks {
             h = block.forward(&h, &silu_c, &layout, &bias, gate_scale)?;
         }
         let m = chunk_last(&self.final_ada.forward(&silu_c)?, 2)?;
-        let out = self
-            .final_linear
-            .forward(&norm_modulate(&h, &m[0], &m[1])?)?; // [B·N, 3p²]
-        out.reshape((b, g, g, 3, p, p))?
-            .permute((0, 3, 1, 4, 2, 5))?
-            .reshape((b, 3, g * p, g * p))
+        let out = self.final_linear.forward(&norm_modulate(&h, &m[0], &m[1])?)?; // [B·N, 3p²]
+        out.reshape((b, g, g, 3, p, p))?.permute((0, 3, 1, 4, 2, 5))?.reshape((b, 3, g * p, g * p))
     }
 
     /// Each block's raw adapter gate value (empty without adapter).
@@ -209,39 +164,20 @@ impl Denoiser {
         self.blocks
             .iter()
             .filter_map(|b| b.adapter.as_ref())
-            .map(|a| {
-                a.gate
-                    .to_dtype(DType::F32)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()
-                    .map(|v| v[0])
-            })
+            .map(|a| a.gate.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>().map(|v| v[0]))
             .collect()
     }
 
     /// Checks shapes and dtypes of a forward's inputs; returns the batch size. Errors name the input.
-    fn check_inputs(
-        &self,
-        x: &Tensor,
-        t: &Tensor,
-        y: &Tensor,
-        boxes: &Tensor,
-        box_classes: &Tensor,
-    ) -> Result<usize> {
+    fn check_inputs(&self, x: &Tensor, t: &Tensor, y: &Tensor, boxes: &Tensor, box_classes: &Tensor) -> Result<usize> {
         let s = &self.spec;
         let b = x.dim(0)?;
         let expect = |name: &str, t: &Tensor, dims: &[usize], dtype: DType| -> Result<()> {
             if t.dims() != dims {
-                bail!(
-                    "denoiser input `{name}`: expected shape {dims:?}, got {:?}",
-                    t.dims()
-                )
+                bail!("denoiser input `{name}`: expected shape {dims:?}, got {:?}", t.dims())
             }
             if t.dtype() != dtype {
-                bail!(
-                    "denoiser input `{name}`: expected dtype {dtype:?}, got {:?}",
-                    t.dtype()
-                )
+                bail!("denoiser input `{name}`: expected dtype {dtype:?}, got {:?}", t.dtype())
             }
             Ok(())
         };
@@ -272,19 +208,15 @@ mod tests {
         randomize_zero_init(spec, &varmap, 4).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         let b = 3;
-        let mut uniform = |n: usize, lo: f32, hi: f32| -> Vec<f32> {
-            (0..n).map(|_| rng.random_range(lo..hi)).collect()
-        };
+        let mut uniform =
+            |n: usize, lo: f32, hi: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(lo..hi)).collect() };
         let dev = Device::Cpu;
-        let x0 =
-            Tensor::from_vec(uniform(b * 3 * 32 * 32, -1.0, 1.0), (b, 3, 32, 32), &dev).unwrap();
-        let eps =
-            Tensor::from_vec(uniform(b * 3 * 32 * 32, -2.0, 2.0), (b, 3, 32, 32), &dev).unwrap();
+        let x0 = Tensor::from_vec(uniform(b * 3 * 32 * 32, -1.0, 1.0), (b, 3, 32, 32), &dev).unwrap();
+        let eps = Tensor::from_vec(uniform(b * 3 * 32 * 32, -2.0, 2.0), (b, 3, 32, 32), &dev).unwrap();
         let t = Tensor::from_vec(uniform(b, 0.0, 1.0), b, &dev).unwrap();
         let boxes = Tensor::from_vec(uniform(b * 4 * 4, 0.0, 1.0), (b, 4, 4), &dev).unwrap();
         let y = Tensor::from_vec(vec![0u32, 2, 4], b, &dev).unwrap();
-        let box_classes =
-            Tensor::from_vec(vec![0u32, 1, 4, 3, 4, 4, 4, 4, 2, 2, 1, 0], (b, 4), &dev).unwrap();
+        let box_classes = Tensor::from_vec(vec![0u32, 1, 4, 3, 4, 4, 4, 4, 2, 2, 1, 0], (b, 4), &dev).unwrap();
         let run = || {
             let loss = flow_matching_loss(&model, &x0, &t, &eps, &y, &boxes, &box_classes).unwrap();
             let v = model.forward(&x0, &t, &y, &boxes, &box_classes).unwrap();
@@ -293,41 +225,13 @@ mod tests {
         let (v_fused, g_fused) = run();
         let (v_ref, g_ref) = with_reference_ops(run);
         let diff = |a: &Tensor, b: &Tensor| -> f32 {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
+            (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
         };
-        assert!(
-            diff(&v_fused, &v_ref) < 2e-5,
-            "outputs differ by {}",
-            diff(&v_fused, &v_ref)
-        );
+        assert!(diff(&v_fused, &v_ref) < 2e-5, "outputs differ by {}", diff(&v_fused, &v_ref));
         for (name, var) in varmap.data().lock().unwrap().iter() {
-            let (a, b) = (
-                g_fused.get(var.as_tensor()).unwrap(),
-                g_ref.get(var.as_tensor()).unwrap(),
-            );
-            let scale = b
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(
-                diff(a, b) <= 1e-4 * scale.max(1e-3),
-                "{name}: gradients differ by {} (scale {scale})",
-                diff(a, b)
-            );
+            let (a, b) = (g_fused.get(var.as_tensor()).unwrap(), g_ref.get(var.as_tensor()).unwrap());
+            let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff(a, b) <= 1e-4 * scale.max(1e-3), "{name}: gradients differ by {} (scale {scale})", diff(a, b));
         }
     }
 }

@@ -32,12 +32,8 @@ impl Features {
         // Timestep frequencies exactly as the reference's f32 arithmetic: exp((-ln(P) · i) / half).
         let half = FREQ_DIM / 2;
         let neg_log = -(MAX_PERIOD.ln()) as f32;
-        let t_freqs: Vec<f32> = (0..half)
-            .map(|i| ((neg_log * i as f32) / half as f32).exp())
-            .collect();
-        let bbox_freqs: Vec<f32> = (0..BBOX_FREQS)
-            .map(|f| 2f32.powi(f as i32) * std::f32::consts::PI)
-            .collect();
+        let t_freqs: Vec<f32> = (0..half).map(|i| ((neg_log * i as f32) / half as f32).exp()).collect();
+        let bbox_freqs: Vec<f32> = (0..BBOX_FREQS).map(|f| 2f32.powi(f as i32) * std::f32::consts::PI).collect();
         let centres: Vec<f32> = (0..grid).map(|i| (i as f32 + 0.5) / grid as f32).collect();
         let mut cx = Vec::with_capacity(grid * grid);
         let mut cy = Vec::with_capacity(grid * grid);
@@ -48,11 +44,7 @@ impl Features {
             }
         }
         Ok(Self {
-            pos: Tensor::from_vec(
-                sincos_pos_embed(spec.width, grid),
-                (grid * grid, spec.width),
-                device,
-            )?,
+            pos: Tensor::from_vec(sincos_pos_embed(spec.width, grid), (grid * grid, spec.width), device)?,
             t_freqs: Tensor::from_vec(t_freqs, (1, half), device)?,
             bbox_freqs: Tensor::from_vec(bbox_freqs, BBOX_FREQS, device)?,
             centre_x: Tensor::from_vec(cx, (1, grid * grid, 1), device)?,
@@ -85,13 +77,8 @@ impl Features {
             .mul(&mask(self.centre_x.broadcast_le(&coord(2)?)?)?)?
             .mul(&mask(self.centre_y.broadcast_ge(&coord(1)?)?)?)?
             .mul(&mask(self.centre_y.broadcast_le(&coord(3)?)?)?)?; // [B, N, K]
-        let real = box_classes
-            .broadcast_ne(&self.null_class)?
-            .to_dtype(DType::F32)?
-            .unsqueeze(1)?; // [B, 1, K]
-        inside
-            .affine(2.0 * BOX_BIAS, -BOX_BIAS)?
-            .broadcast_mul(&real)
+        let real = box_classes.broadcast_ne(&self.null_class)?.to_dtype(DType::F32)?.unsqueeze(1)?; // [B, 1, K]
+        inside.affine(2.0 * BOX_BIAS, -BOX_BIAS)?.broadcast_mul(&real)
     }
 }
 
@@ -99,9 +86,7 @@ impl Features {
 /// the first half of the channels encodes the row, the second the column, each as `[sin | cos]`.
 pub(crate) fn sincos_pos_embed(width: usize, grid: usize) -> Vec<f32> {
     let d = width / 2; // channels per axis
-    let omega: Vec<f64> = (0..d / 2)
-        .map(|k| 1.0 / MAX_PERIOD.powf(k as f64 / (d as f64 / 2.0)))
-        .collect();
+    let omega: Vec<f64> = (0..d / 2).map(|k| 1.0 / MAX_PERIOD.powf(k as f64 / (d as f64 / 2.0))).collect();
     let mut out = Vec::with_capacity(grid * grid * width);
     for row in 0..grid {
         for col in 0..grid {

@@ -23,11 +23,7 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// `final_ada`, `final_linear` and every `adapter_gate`). Values are drawn from a `ChaCha8Rng` seeded with
 /// `seed`, visiting parameters in sorted-name order (zero-initialised parameters draw nothing), and built with
 /// `Tensor::from_vec`: fully deterministic, never candle's RNG.
-pub fn build_model(
-    spec: ModelSpec,
-    device: &Device,
-    seed: u64,
-) -> anyhow::Result<(VarMap, Denoiser)> {
+pub fn build_model(spec: ModelSpec, device: &Device, seed: u64) -> anyhow::Result<(VarMap, Denoiser)> {
     spec.check().map_err(anyhow::Error::msg)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut tensors = Vec::new();
@@ -57,28 +53,17 @@ fn model_from_tensors(
     let varmap = VarMap::new();
     let expected = tensors.len();
     {
-        let mut data = varmap
-            .data()
-            .lock()
-            .map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?;
+        let mut data = varmap.data().lock().map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?;
         for (name, tensor) in tensors {
-            let var = Var::from_tensor(&tensor)
-                .with_context(|| format!("making parameter {name} a var"))?;
+            let var = Var::from_tensor(&tensor).with_context(|| format!("making parameter {name} a var"))?;
             data.insert(name, var);
         }
     }
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
     let model = Denoiser::new(spec, vb).context("building the denoiser")?;
-    let count = varmap
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?
-        .len();
+    let count = varmap.data().lock().map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?.len();
     if count != expected {
-        bail!(
-            "internal: the denoiser created {} parameters beyond the parameter table",
-            count - expected
-        );
+        bail!("internal: the denoiser created {} parameters beyond the parameter table", count - expected);
     }
     Ok((varmap, model))
 }
@@ -95,54 +80,34 @@ pub fn weights_file(path: &Path) -> PathBuf {
 /// Loads model.safetensors weights from a checkpoint dir or file into a fresh model of `spec` on `device`.
 /// Strict: missing, extra or mis-shaped names are an error naming the tensor. Float tensors of another
 /// dtype are converted to f32.
-pub fn load_model(
-    spec: ModelSpec,
-    weights_path: &Path,
-    device: &Device,
-) -> anyhow::Result<(VarMap, Denoiser)> {
+pub fn load_model(spec: ModelSpec, weights_path: &Path, device: &Device) -> anyhow::Result<(VarMap, Denoiser)> {
     spec.check().map_err(anyhow::Error::msg)?;
     let file = weights_file(weights_path);
-    let mut loaded: HashMap<String, Tensor> = candle_core::safetensors::load(&file, device)
-        .with_context(|| format!("reading weights {}", file.display()))?;
+    let mut loaded: HashMap<String, Tensor> =
+        candle_core::safetensors::load(&file, device).with_context(|| format!("reading weights {}", file.display()))?;
     let table = param_table(spec);
     let mut problems = Vec::new();
     let mut tensors = Vec::with_capacity(table.len());
     for p in &table {
         match loaded.remove(&p.name) {
             None => problems.push(format!("missing tensor {} {:?}", p.name, p.shape)),
-            Some(t) if t.dims() != p.shape.as_slice() => problems.push(format!(
-                "tensor {} has shape {:?}, expected {:?}",
-                p.name,
-                t.dims(),
-                p.shape
-            )),
-            Some(t) if !t.dtype().is_float() => problems.push(format!(
-                "tensor {} has dtype {:?}, expected a float",
-                p.name,
-                t.dtype()
-            )),
+            Some(t) if t.dims() != p.shape.as_slice() => {
+                problems.push(format!("tensor {} has shape {:?}, expected {:?}", p.name, t.dims(), p.shape))
+            }
+            Some(t) if !t.dtype().is_float() => {
+                problems.push(format!("tensor {} has dtype {:?}, expected a float", p.name, t.dtype()))
+            }
             Some(t) => {
-                let t = t
-                    .to_dtype(DType::F32)
-                    .with_context(|| format!("converting {} to f32", p.name))?;
+                let t = t.to_dtype(DType::F32).with_context(|| format!("converting {} to f32", p.name))?;
                 tensors.push((p.name.clone(), t));
             }
         }
     }
     let mut extra: Vec<_> = loaded.keys().cloned().collect();
     extra.sort();
-    problems.extend(
-        extra
-            .into_iter()
-            .map(|name| format!("unexpected tensor {name}")),
-    );
+    problems.extend(extra.into_iter().map(|name| format!("unexpected tensor {name}")));
     if !problems.is_empty() {
-        bail!(
-            "weights {} do not fit model {:?}: {}",
-            file.display(),
-            spec,
-            problems.join("; ")
-        );
+        bail!("weights {} do not fit model {:?}: {}", file.display(), spec, problems.join("; "));
     }
     model_from_tensors(spec, tensors, device)
 }
@@ -151,37 +116,19 @@ pub fn load_model(
 /// `blocks.N` names, the adapter from `adapter` names; the result must match a preset.
 pub fn spec_from_weights(weights_path: &Path) -> anyhow::Result<ModelSpec> {
     let file = weights_file(weights_path);
-    let bytes =
-        std::fs::read(&file).with_context(|| format!("reading weights {}", file.display()))?;
+    let bytes = std::fs::read(&file).with_context(|| format!("reading weights {}", file.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .with_context(|| format!("parsing safetensors {}", file.display()))?;
-    let shapes: BTreeMap<String, Vec<usize>> = st
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| (name, view.shape().to_vec()))
-        .collect();
-    let patch_shape = shapes.get("patch_embed.weight").with_context(|| {
-        format!(
-            "weights {} have no tensor patch_embed.weight",
-            file.display()
-        )
-    })?;
+    let shapes: BTreeMap<String, Vec<usize>> =
+        st.tensors().into_iter().map(|(name, view)| (name, view.shape().to_vec())).collect();
+    let patch_shape = shapes
+        .get("patch_embed.weight")
+        .with_context(|| format!("weights {} have no tensor patch_embed.weight", file.display()))?;
     let [width, patch_dim] = patch_shape[..] else {
-        bail!(
-            "weights {}: patch_embed.weight has shape {patch_shape:?}, expected [width, 3·patch²]",
-            file.display()
-        )
+        bail!("weights {}: patch_embed.weight has shape {patch_shape:?}, expected [width, 3·patch²]", file.display())
     };
-    let mut blocks: Vec<usize> = shapes
-        .keys()
-        .filter_map(|name| {
-            name.strip_prefix("blocks.")?
-                .split('.')
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
+    let mut blocks: Vec<usize> =
+        shapes.keys().filter_map(|name| name.strip_prefix("blocks.")?.split('.').next()?.parse().ok()).collect();
     blocks.sort_unstable();
     blocks.dedup();
     let depth = blocks.len();
@@ -204,32 +151,19 @@ pub fn spec_from_weights(weights_path: &Path) -> anyhow::Result<ModelSpec> {
 /// and gradient checks; training never calls it.
 pub fn randomize_zero_init(spec: ModelSpec, varmap: &VarMap, seed: u64) -> anyhow::Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?;
-    for p in param_table(spec)
-        .into_iter()
-        .filter(|p| p.init == ParamInit::Zeros)
-    {
-        let var = data
-            .get(&p.name)
-            .with_context(|| format!("VarMap has no parameter {}", p.name))?;
+    let data = varmap.data().lock().map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?;
+    for p in param_table(spec).into_iter().filter(|p| p.init == ParamInit::Zeros) {
+        let var = data.get(&p.name).with_context(|| format!("VarMap has no parameter {}", p.name))?;
         let n: usize = p.shape.iter().product();
         let values: Vec<f32> = if p.name.ends_with("adapter_gate") {
             (0..n).map(|_| rng.random_range(0.5f32..1.0)).collect()
         } else {
-            let fan_in = if p.shape.len() == 2 {
-                p.shape[1]
-            } else {
-                spec.width
-            };
+            let fan_in = if p.shape.len() == 2 { p.shape[1] } else { spec.width };
             let bound = 1.0 / (fan_in as f32).sqrt();
             (0..n).map(|_| rng.random_range(-bound..bound)).collect()
         };
         let value = Tensor::from_vec(values, p.shape.as_slice(), var.device())?;
-        var.set(&value)
-            .with_context(|| format!("setting {}", p.name))?;
+        var.set(&value).with_context(|| format!("setting {}", p.name))?;
     }
     Ok(())
 }

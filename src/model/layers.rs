@@ -1,5 +1,6 @@
-//! Building blocks of the denoiser: linear layers on `[B, N, C]`, parameter-free LayerNorm, adaLN modulation,
-//! multi-head self- and cross-attention. Every op used here has a backward in candle (see `CANDLE-NOTES.md`).
+//! Building blocks of the denoiser: linear layers on rows, parameter-free LayerNorm, adaLN modulation, MLPs,
+//! multi-head self- and cross-attention. Every op used has a backward: the fused ops of [`super::ops`] and
+//! [`super::attention`] bring their own (candle's LayerNorm / softmax have none, see `CANDLE-NOTES.md`).
 
 use candle_core::{Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -23,11 +24,7 @@ impl Linear {
 
 /// `nn.Linear(fan_in, fan_out)` named `weight` / `bias` under `vb`, initialised (when created) as the reference.
 pub(crate) fn linear(fan_in: usize, fan_out: usize, zero: bool, vb: VarBuilder) -> Result<Linear> {
-    let init = if zero {
-        ParamInit::Zeros
-    } else {
-        ParamInit::Uniform { fan_in }
-    };
+    let init = if zero { ParamInit::Zeros } else { ParamInit::Uniform { fan_in } };
     let weight = vb.get_with_hints((fan_out, fan_in), "weight", init.hint())?;
     let bias = vb.get_with_hints(fan_out, "bias", init.hint())?;
     Ok(Linear { weight, bias })
@@ -38,7 +35,7 @@ pub(crate) fn layer_norm(x: &Tensor) -> Result<Tensor> {
     ops::layer_norm(x, LN_EPS)
 }
 
-/// adaLN: `layer_norm(x) * (1 + scale[:, None]) + shift[:, None]`; x `[B, N, C]`, shift and scale `[B, C]`.
+/// adaLN: `layer_norm(x) * (1 + scale[b]) + shift[b]`; tokens x `[B·N, C]`, shift and scale `[B, C]`.
 pub(crate) fn norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
     ops::layer_norm_modulate(x, shift, scale, LN_EPS)
 }
@@ -64,8 +61,7 @@ impl SelfAttention {
     /// Tokens x `[B·N, W]` of `batch` items to `[B·N, W]`.
     pub(crate) fn forward(&self, x: &Tensor, batch: usize) -> Result<Tensor> {
         let qkv = self.qkv.forward(x)?;
-        self.proj
-            .forward(&attention::self_attention(&qkv, batch, self.heads)?)
+        self.proj.forward(&attention::self_attention(&qkv, batch, self.heads)?)
     }
 }
 
@@ -94,8 +90,7 @@ impl CrossAttention {
     pub(crate) fn forward(&self, x: &Tensor, ctx: &Tensor, bias: &Tensor) -> Result<Tensor> {
         let q = self.q.forward(x)?;
         let kv = self.kv.forward(ctx)?;
-        self.proj
-            .forward(&attention::cross_attention(&q, &kv, bias, self.heads)?)
+        self.proj.forward(&attention::cross_attention(&q, &kv, bias, self.heads)?)
     }
 }
 
@@ -109,13 +104,10 @@ pub(crate) struct Mlp {
 impl Mlp {
     /// Builds `0` and `2` under `vb` (the indices of the reference's `nn.Sequential`).
     pub(crate) fn new(width: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            fc1: linear(width, hidden, false, vb.pp("0"))?,
-            fc2: linear(hidden, width, false, vb.pp("2"))?,
-        })
+        Ok(Self { fc1: linear(width, hidden, false, vb.pp("0"))?, fc2: linear(hidden, width, false, vb.pp("2"))? })
     }
 
-    /// x `[..., W]` to `[..., W]`.
+    /// Rows x `[R, W]` to `[R, W]`.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.fc2.forward(&ops::gelu_tanh(&self.fc1.forward(x)?)?)
     }
@@ -131,13 +123,10 @@ pub(crate) struct SiluMlp {
 impl SiluMlp {
     /// Builds `0` (`fan_in → width`) and `2` (`width → width`) under `vb`.
     pub(crate) fn new(fan_in: usize, width: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            fc1: linear(fan_in, width, false, vb.pp("0"))?,
-            fc2: linear(width, width, false, vb.pp("2"))?,
-        })
+        Ok(Self { fc1: linear(fan_in, width, false, vb.pp("0"))?, fc2: linear(width, width, false, vb.pp("2"))? })
     }
 
-    /// x `[..., fan_in]` to `[..., width]`.
+    /// Rows x `[R, fan_in]` to `[R, width]`.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.fc2.forward(&self.fc1.forward(x)?.silu()?)
     }
@@ -146,7 +135,5 @@ impl SiluMlp {
 /// Splits `[B, parts·W]` into `parts` contiguous `[B, W]` chunks (like `torch.chunk(parts, dim=-1)`).
 pub(crate) fn chunk_last(x: &Tensor, parts: usize) -> Result<Vec<Tensor>> {
     let w = x.dim(D::Minus1)? / parts;
-    (0..parts)
-        .map(|i| x.narrow(D::Minus1, i * w, w)?.contiguous())
-        .collect()
+    (0..parts).map(|i| x.narrow(D::Minus1, i * w, w)?.contiguous()).collect()
 }

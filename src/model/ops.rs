@@ -14,13 +14,10 @@ use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::Mutex;
 
-use candle_core::{
-    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,
-};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::cpu::{
-    buffer, check_dims, cpu_tensor, dot8, fused, multiversion, par_fill1, par_items, slice,
-    sq_dev8, sum8, with_data,
+    buffer, check_dims, cpu_tensor, dot8, fused, multiversion, par_fill1, par_items, slice, sq_dev8, sum8, with_data,
 };
 
 /// `sqrt(2 / pi)`, as candle's `gelu` uses it.
@@ -42,16 +39,11 @@ pub fn layer_norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64)
     let (b, n, c) = token_dims("layer_norm_modulate", x, shift)?;
     check_dims("layer_norm_modulate scale", scale, &[b, c])?;
     if !fused(x) {
-        let y = reference::modulate(
-            &reference::layer_norm(&x.reshape((b, n, c))?, eps)?,
-            shift,
-            scale,
-        )?;
+        let y = reference::modulate(&reference::layer_norm(&x.reshape((b, n, c))?, eps)?, shift, scale)?;
         return y.reshape(x.dims());
     }
     let op = LayerNormModulate { eps: eps as f32, n };
-    x.contiguous()?
-        .apply_op3(&shift.contiguous()?, &scale.contiguous()?, op)
+    x.contiguous()?.apply_op3(&shift.contiguous()?, &scale.contiguous()?, op)
 }
 
 /// Gated residual `x + a * gate[b]` for the tokens x and a of B items, `[B, N, C]` or `[B·N, C]`, with gate
@@ -60,12 +52,10 @@ pub fn gated_residual(x: &Tensor, a: &Tensor, gate: &Tensor) -> Result<Tensor> {
     let (b, n, c) = token_dims("gated_residual", x, gate)?;
     check_dims("gated_residual a", a, x.dims())?;
     if !fused(x) {
-        let y =
-            (x.reshape((b, n, c))? + a.reshape((b, n, c))?.broadcast_mul(&gate.unsqueeze(1)?)?)?;
+        let y = (x.reshape((b, n, c))? + a.reshape((b, n, c))?.broadcast_mul(&gate.unsqueeze(1)?)?)?;
         return y.reshape(x.dims());
     }
-    x.contiguous()?
-        .apply_op3(&a.contiguous()?, &gate.contiguous()?, GatedResidual { n })
+    x.contiguous()?.apply_op3(&a.contiguous()?, &gate.contiguous()?, GatedResidual { n })
 }
 
 /// `(B, N, C)` of tokens x (`[B, N, C]` or `[B·N, C]`) whose per-item tensor is `[B, C]`.
@@ -102,8 +92,7 @@ pub mod reference {
 
     /// `x * (1 + scale[:, None]) + shift[:, None]`.
     pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-        x.broadcast_mul(&(scale + 1.0)?.unsqueeze(1)?)?
-            .broadcast_add(&shift.unsqueeze(1)?)
+        x.broadcast_mul(&(scale + 1.0)?.unsqueeze(1)?)?.broadcast_add(&shift.unsqueeze(1)?)
     }
 
     /// Softmax over the last dimension (`candle_nn::ops::softmax`, which has a backward).
@@ -125,13 +114,7 @@ fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
 }
 
 /// Forward of LayerNorm (+ modulation) over rows of `c` values; `rows_per_item` rows share one (shift, scale).
-fn ln_forward(
-    x: &[f32],
-    c: usize,
-    rows_per_item: usize,
-    modulation: Option<(&[f32], &[f32])>,
-    eps: f32,
-) -> Vec<f32> {
+fn ln_forward(x: &[f32], c: usize, rows_per_item: usize, modulation: Option<(&[f32], &[f32])>, eps: f32) -> Vec<f32> {
     par_fill1(x.len(), c * rows_per_item, |range, dst| {
         ln_forward_chunk(x, c, rows_per_item, modulation, eps, range, dst)
     })
@@ -193,9 +176,7 @@ fn ln_backward(
         outputs.push((d_shift.as_mut_slice(), c));
         outputs.push((d_scale.as_mut_slice(), c));
     }
-    par_items(items, outputs, |range, outs| {
-        ln_backward_chunk(x, g, c, rows_per_item, scale, eps, range, outs)
-    });
+    par_items(items, outputs, |range, outs| ln_backward_chunk(x, g, c, rows_per_item, scale, eps, range, outs));
     let mods = scale.map(|_| (d_shift, d_scale));
     (dx, mods)
 }
@@ -261,18 +242,13 @@ impl CustomOp1 for LayerNorm {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l, self.name())?;
         let c = l.dims().last().copied().unwrap_or(1);
-        Ok((
-            CpuStorage::F32(ln_forward(x, c, 1, None, self.eps)),
-            l.shape().clone(),
-        ))
+        Ok((CpuStorage::F32(ln_forward(x, c, 1, None, self.eps)), l.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let c = arg.dim(candle_core::D::Minus1)?;
         let dx = with_data(arg, self.name(), |x| {
-            with_data(grad, self.name(), |g| {
-                Ok(ln_backward(x, g, c, 1, None, self.eps).0)
-            })
+            with_data(grad, self.name(), |g| Ok(ln_backward(x, g, c, 1, None, self.eps).0))
         })?;
         Ok(Some(cpu_tensor(dx, arg.shape())?))
     }
@@ -299,16 +275,9 @@ impl CustomOp3 for LayerNormModulate {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, shift, scale) = (
-            slice(s1, l1, self.name())?,
-            slice(s2, l2, self.name())?,
-            slice(s3, l3, self.name())?,
-        );
+        let (x, shift, scale) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
         let c = l2.dims().last().copied().unwrap_or(1);
-        Ok((
-            CpuStorage::F32(ln_forward(x, c, self.n, Some((shift, scale)), self.eps)),
-            l1.shape().clone(),
-        ))
+        Ok((CpuStorage::F32(ln_forward(x, c, self.n, Some((shift, scale)), self.eps)), l1.shape().clone()))
     }
 
     fn bwd(
@@ -322,15 +291,9 @@ impl CustomOp3 for LayerNormModulate {
         let (n, c) = (self.n, shift.dim(1)?);
         let name = self.name();
         let (dx, mods) = with_data(x, name, |xd| {
-            with_data(grad, name, |g| {
-                with_data(scale, name, |sc| {
-                    Ok(ln_backward(xd, g, c, n, Some(sc), self.eps))
-                })
-            })
+            with_data(grad, name, |g| with_data(scale, name, |sc| Ok(ln_backward(xd, g, c, n, Some(sc), self.eps))))
         })?;
-        let Some((d_shift, d_scale)) = mods else {
-            bail!("{name}: modulation gradients missing")
-        };
+        let Some((d_shift, d_scale)) = mods else { bail!("{name}: modulation gradients missing") };
         Ok((
             Some(cpu_tensor(dx, x.shape())?),
             Some(cpu_tensor(d_shift, shift.shape())?),
@@ -362,11 +325,7 @@ impl CustomOp3 for GatedResidual {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, a, gate) = (
-            slice(s1, l1, self.name())?,
-            slice(s2, l2, self.name())?,
-            slice(s3, l3, self.name())?,
-        );
+        let (x, a, gate) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
         let (_, c) = l3.shape().dims2()?;
         let n = self.n;
         let out = par_fill1(x.len(), n * c, |range, out| {
@@ -375,12 +334,7 @@ impl CustomOp3 for GatedResidual {
                 for r in 0..n {
                     let at = (item * n + r) * c;
                     let o = &mut out[(i * n + r) * c..(i * n + r + 1) * c];
-                    for (((o, xv), av), gv) in o
-                        .iter_mut()
-                        .zip(&x[at..at + c])
-                        .zip(&a[at..at + c])
-                        .zip(gate)
-                    {
+                    for (((o, xv), av), gv) in o.iter_mut().zip(&x[at..at + c]).zip(&a[at..at + c]).zip(gate) {
                         o.write(xv + av * gv);
                     }
                 }
@@ -423,11 +377,7 @@ impl CustomOp3 for GatedResidual {
                 })
             })
         })?;
-        Ok((
-            Some(grad.clone()),
-            Some(cpu_tensor(da, a.shape())?),
-            Some(cpu_tensor(dgate, gate.shape())?),
-        ))
+        Ok((Some(grad.clone()), Some(cpu_tensor(da, a.shape())?), Some(cpu_tensor(dgate, gate.shape())?)))
     }
 }
 
@@ -465,11 +415,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     let (_, fan_in) = x.dims2()?;
     let (fan_out, w_in) = weight.dims2()?;
     if w_in != fan_in {
-        bail!(
-            "linear: input {:?} does not fit weight {:?}",
-            x.dims(),
-            weight.dims()
-        )
+        bail!("linear: input {:?} does not fit weight {:?}", x.dims(), weight.dims())
     }
     check_dims("linear bias", bias, &[fan_out])?;
     if !fused(x) {
@@ -477,13 +423,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     }
     let x = x.contiguous()?;
     let product = x.detach().matmul(&weight.detach().t()?)?;
-    x.apply_op3(
-        &weight.contiguous()?,
-        &bias.contiguous()?,
-        Linear {
-            product: Mutex::new(Some(product)),
-        },
-    )
+    x.apply_op3(&weight.contiguous()?, &bias.contiguous()?, Linear { product: Mutex::new(Some(product)) })
 }
 
 /// See [`linear`]; `product` is `x wᵀ`, taken by the forward.
@@ -506,14 +446,8 @@ impl CustomOp3 for Linear {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let bias = slice(s3, l3, self.name())?;
-        let product = self
-            .product
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        let Some(product) = product else {
-            bail!("{}: forward run twice", self.name())
-        };
+        let product = self.product.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(product) = product else { bail!("{}: forward run twice", self.name()) };
         let out = with_data(&product, self.name(), |p| Ok(add_bias_rows(p, bias)))?;
         Ok((CpuStorage::F32(out), product.shape().clone()))
     }
@@ -548,9 +482,7 @@ pub(crate) fn exp_fast(x: f32) -> f32 {
     let nf = z - SHIFTER;
     let n = z.to_bits().wrapping_sub(SHIFTER.to_bits()) as i32;
     let r = x - nf * 0.693_359_4 - nf * -2.121_944_4e-4;
-    let p = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
-        * r
-        + 1.666_666_5e-1)
+    let p = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
         * r
         + 0.5)
         * r
@@ -584,12 +516,7 @@ fn gelu_derivative(v: f32) -> f32 {
 /// Elementwise map in parallel blocks.
 fn par_map(x: &[f32], f: impl Fn(&[f32], &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
     const BLOCK: usize = 4096;
-    par_fill1(x.len(), BLOCK, |range, out| {
-        f(
-            &x[range.start * BLOCK..(range.end * BLOCK).min(x.len())],
-            out,
-        )
-    })
+    par_fill1(x.len(), BLOCK, |range, out| f(&x[range.start * BLOCK..(range.end * BLOCK).min(x.len())], out))
 }
 
 /// Defines `$name(src.., dst)` applying an `#[inline(always)]` scalar body elementwise, compiled twice: for
@@ -652,10 +579,7 @@ impl CustomOp1 for Gelu {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            arg.contiguous()?
-                .apply_op2_no_bwd(&grad.contiguous()?, &GeluGrad)?,
-        ))
+        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &GeluGrad)?))
     }
 }
 
@@ -667,13 +591,7 @@ impl CustomOp2 for GeluGrad {
         "wick-gelu-tanh-grad"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, g) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
         if x.len() != g.len() {
             bail!("{}: x and grad differ in size", self.name())
@@ -681,11 +599,7 @@ impl CustomOp2 for GeluGrad {
         const BLOCK: usize = 4096;
         let out = par_fill1(x.len(), BLOCK, |range, out| {
             let end = (range.end * BLOCK).min(x.len());
-            gelu_grad_slice(
-                &x[range.start * BLOCK..end],
-                &g[range.start * BLOCK..end],
-                out,
-            );
+            gelu_grad_slice(&x[range.start * BLOCK..end], &g[range.start * BLOCK..end], out);
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -699,10 +613,7 @@ impl CustomOp2 for GeluGrad {
 pub(crate) fn softmax_row(x: &[f32], bias: Option<&[f32]>, scale: f32, o: &mut [f32]) {
     match bias {
         None => o.iter_mut().zip(x).for_each(|(o, v)| *o = v * scale),
-        Some(bias) => o
-            .iter_mut()
-            .zip(x.iter().zip(bias))
-            .for_each(|(o, (v, b))| *o = v * scale + b),
+        Some(bias) => o.iter_mut().zip(x.iter().zip(bias)).for_each(|(o, (v, b))| *o = v * scale + b),
     }
     let max = o.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     o.iter_mut().for_each(|v| *v = exp_fast(*v - max));
@@ -720,15 +631,8 @@ pub(crate) fn softmax_grad_row(y: &[f32], g: &[f32], scale: f32, o: &mut [f32]) 
 }
 
 /// Forward over rows of `k`; `bias` (if any) has `n` rows per batch item, each item spanning `h·n` rows of x.
-pub(crate) fn softmax_forward(
-    x: &[f32],
-    k: usize,
-    bias: Option<(&[f32], usize, usize)>,
-    scale: f32,
-) -> Vec<f32> {
-    par_fill1(x.len(), k, |range, out| {
-        softmax_chunk(x, k, bias, scale, range, out)
-    })
+pub(crate) fn softmax_forward(x: &[f32], k: usize, bias: Option<(&[f32], usize, usize)>, scale: f32) -> Vec<f32> {
+    par_fill1(x.len(), k, |range, out| softmax_chunk(x, k, bias, scale, range, out))
 }
 
 multiversion! {
@@ -766,12 +670,7 @@ multiversion! {
 }
 
 /// Softmax backward over rows: `dx = scale · y · (g - Σ g y)` from the result y and its gradient.
-pub(crate) fn softmax_backward(
-    res: &Tensor,
-    grad: &Tensor,
-    scale: f32,
-    op: &str,
-) -> Result<Tensor> {
+pub(crate) fn softmax_backward(res: &Tensor, grad: &Tensor, scale: f32, op: &str) -> Result<Tensor> {
     let k = res.dim(candle_core::D::Minus1)?;
     let dx = with_data(res, op, |y| {
         with_data(grad, op, |g| {
@@ -799,75 +698,35 @@ mod tests {
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
     }
 
     /// Compares the fused op with the reference on values and on the gradients of every input (through a
     /// random linear functional of the output).
-    fn check(
-        shapes: &[&[usize]],
-        fused: impl Fn(&[Tensor]) -> Tensor,
-        reference: impl Fn(&[Tensor]) -> Tensor,
-    ) {
-        let vars: Vec<Var> = shapes
-            .iter()
-            .enumerate()
-            .map(|(i, s)| Var::from_tensor(&rand_tensor(s, i as u64)).unwrap())
-            .collect();
+    fn check(shapes: &[&[usize]], fused: impl Fn(&[Tensor]) -> Tensor, reference: impl Fn(&[Tensor]) -> Tensor) {
+        let vars: Vec<Var> =
+            shapes.iter().enumerate().map(|(i, s)| Var::from_tensor(&rand_tensor(s, i as u64)).unwrap()).collect();
         let inputs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let (yf, yr) = (fused(&inputs), reference(&inputs));
-        assert!(
-            max_diff(&yf, &yr) < 1e-5,
-            "values differ by {}",
-            max_diff(&yf, &yr)
-        );
+        assert!(max_diff(&yf, &yr) < 1e-5, "values differ by {}", max_diff(&yf, &yr));
         let w = rand_tensor(yf.dims(), 99);
         let gf = (&yf * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let gr = (&yr * &w).unwrap().sum_all().unwrap().backward().unwrap();
         for (i, v) in vars.iter().enumerate() {
             match (gf.get(v.as_tensor()), gr.get(v.as_tensor())) {
                 (Some(a), Some(b)) => {
-                    let scale = b
-                        .abs()
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .max(0)
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap();
-                    assert!(
-                        max_diff(a, b) <= 1e-4 * scale.max(1.0),
-                        "input {i}: grads differ by {}",
-                        max_diff(a, b)
-                    );
+                    let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+                    assert!(max_diff(a, b) <= 1e-4 * scale.max(1.0), "input {i}: grads differ by {}", max_diff(a, b));
                 }
                 (None, None) => {}
-                (a, b) => panic!(
-                    "input {i}: fused grad {:?}, reference grad {:?}",
-                    a.is_some(),
-                    b.is_some()
-                ),
+                (a, b) => panic!("input {i}: fused grad {:?}, reference grad {:?}", a.is_some(), b.is_some()),
             }
         }
     }
 
     #[test]
     fn layer_norm_matches_reference() {
-        check(
-            &[&[3, 5, 16]],
-            |t| layer_norm(&t[0], 1e-6).unwrap(),
-            |t| reference::layer_norm(&t[0], 1e-6).unwrap(),
-        );
+        check(&[&[3, 5, 16]], |t| layer_norm(&t[0], 1e-6).unwrap(), |t| reference::layer_norm(&t[0], 1e-6).unwrap());
     }
 
     #[test]
@@ -875,10 +734,7 @@ mod tests {
         check(
             &[&[3, 5, 16], &[3, 16], &[3, 16]],
             |t| layer_norm_modulate(&t[0], &t[1], &t[2], 1e-6).unwrap(),
-            |t| {
-                reference::modulate(&reference::layer_norm(&t[0], 1e-6).unwrap(), &t[1], &t[2])
-                    .unwrap()
-            },
+            |t| reference::modulate(&reference::layer_norm(&t[0], 1e-6).unwrap(), &t[1], &t[2]).unwrap(),
         );
     }
 
@@ -899,11 +755,7 @@ mod tests {
             &[&[15, 8], &[15, 8], &[3, 8]],
             |t| gated_residual(&t[0], &t[1], &t[2]).unwrap(),
             |t| {
-                let a = t[1]
-                    .reshape((3, 5, 8))
-                    .unwrap()
-                    .broadcast_mul(&t[2].unsqueeze(1).unwrap())
-                    .unwrap();
+                let a = t[1].reshape((3, 5, 8)).unwrap().broadcast_mul(&t[2].unsqueeze(1).unwrap()).unwrap();
                 (&t[0] + a.reshape((15, 8)).unwrap()).unwrap()
             },
         );
@@ -923,22 +775,13 @@ mod tests {
         check(
             &[&[20, 6], &[5, 6], &[5]],
             |t| linear(&t[0], &t[1], &t[2]).unwrap(),
-            |t| {
-                t[0].matmul(&t[1].t().unwrap())
-                    .unwrap()
-                    .broadcast_add(&t[2])
-                    .unwrap()
-            },
+            |t| t[0].matmul(&t[1].t().unwrap()).unwrap().broadcast_add(&t[2]).unwrap(),
         );
     }
 
     #[test]
     fn gelu_matches_candle() {
-        check(
-            &[&[5000]],
-            |t| gelu_tanh(&t[0]).unwrap(),
-            |t| t[0].gelu().unwrap(),
-        );
+        check(&[&[5000]], |t| gelu_tanh(&t[0]).unwrap(), |t| t[0].gelu().unwrap());
         let x = rand_tensor(&[10_000], 3);
         assert!(max_diff(&gelu_tanh(&x).unwrap(), &x.gelu().unwrap()) < 1e-6);
     }
@@ -950,17 +793,11 @@ mod tests {
         for i in -200_000..=200_000 {
             let x = i as f32 * 1e-4; // [-20, 20]
             let (v, exact) = (gelu_value(x) as f64, gelu64(x as f64));
-            assert!(
-                (v - exact).abs() <= 1e-6 * exact.abs().max(1e-2),
-                "gelu({x}) = {v}, exact {exact}"
-            );
+            assert!((v - exact).abs() <= 1e-6 * exact.abs().max(1e-2), "gelu({x}) = {v}, exact {exact}");
             let h = 1e-4;
             let slope = (gelu64(x as f64 + h) - gelu64(x as f64 - h)) / (2.0 * h);
             let d = gelu_derivative(x) as f64;
-            assert!(
-                (d - slope).abs() <= 1e-5 * slope.abs().max(1.0),
-                "gelu'({x}) = {d}, exact {slope}"
-            );
+            assert!((d - slope).abs() <= 1e-5 * slope.abs().max(1.0), "gelu'({x}) = {d}, exact {slope}");
         }
         assert!(gelu_value(f32::NAN).is_nan() && gelu_derivative(f32::NAN).is_nan());
         assert_eq!(gelu_value(100.0), 100.0);
@@ -981,16 +818,10 @@ mod tests {
         let x = rand_tensor(&[2, 3, 5, 4], 5);
         let bias = rand_tensor(&[2, 5, 4], 7);
         let fused = with_data(&x, "test", |xs| {
-            with_data(&bias, "test", |bs| {
-                cpu_tensor(softmax_forward(xs, 4, Some((bs, 3, 5)), 0.5), x.shape())
-            })
+            with_data(&bias, "test", |bs| cpu_tensor(softmax_forward(xs, 4, Some((bs, 3, 5)), 0.5), x.shape()))
         })
         .unwrap();
-        let z = x
-            .affine(0.5, 0.0)
-            .unwrap()
-            .broadcast_add(&bias.unsqueeze(1).unwrap())
-            .unwrap();
+        let z = x.affine(0.5, 0.0).unwrap().broadcast_add(&bias.unsqueeze(1).unwrap()).unwrap();
         assert!(max_diff(&fused, &reference::softmax_last_dim(&z).unwrap()) < 1e-6);
     }
 }

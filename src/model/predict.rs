@@ -19,11 +19,8 @@ pub fn predict_file(checkpoint: &Path, input: &Path, output: &Path) -> anyhow::R
     let (_varmap, model) = load_model(spec, &weights, &device)?;
     let mut inputs = candle_core::safetensors::load(input, &device)
         .with_context(|| format!("reading inputs {}", input.display()))?;
-    let mut take = |name: &str| {
-        inputs
-            .remove(name)
-            .with_context(|| format!("inputs {} have no tensor `{name}`", input.display()))
-    };
+    let mut take =
+        |name: &str| inputs.remove(name).with_context(|| format!("inputs {} have no tensor `{name}`", input.display()));
     let float = |name: &str, t: Tensor| -> anyhow::Result<Tensor> {
         if !t.dtype().is_float() {
             bail!("input `{name}` has dtype {:?}, expected a float", t.dtype())
@@ -35,22 +32,16 @@ pub fn predict_file(checkpoint: &Path, input: &Path, output: &Path) -> anyhow::R
     let boxes = float("boxes", take("boxes")?)?;
     let y = class_indices("y", take("y")?, spec.null_class())?;
     let box_classes = class_indices("box_classes", take("box_classes")?, spec.null_class())?;
-    let v = model
-        .forward(&x, &t, &y, &boxes, &box_classes)
-        .context("running the denoiser")?;
+    let v = model.forward(&x, &t, &y, &boxes, &box_classes).context("running the denoiser")?;
     let out = HashMap::from([("v".to_string(), v)]);
-    candle_core::safetensors::save(&out, output)
-        .with_context(|| format!("writing {}", output.display()))?;
+    candle_core::safetensors::save(&out, output).with_context(|| format!("writing {}", output.display()))?;
     Ok(())
 }
 
 /// Integer class indices (any integer dtype) to u32, each checked to lie in `0..=null_class`.
 fn class_indices(name: &str, t: Tensor, null_class: u32) -> anyhow::Result<Tensor> {
     if t.dtype().is_float() {
-        bail!(
-            "input `{name}` has dtype {:?}, expected integers",
-            t.dtype()
-        )
+        bail!("input `{name}` has dtype {:?}, expected integers", t.dtype())
     }
     let values = t.flatten_all()?.to_dtype(DType::I64)?.to_vec1::<i64>()?;
     if let Some(bad) = values.iter().find(|&&v| v < 0 || v > i64::from(null_class)) {

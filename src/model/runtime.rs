@@ -27,10 +27,7 @@ pub fn tune_cpu_runtime() -> CpuTuning {
     if candle_single_pool {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
-    CpuTuning {
-        allocator: tune_allocator(),
-        candle_single_pool,
-    }
+    CpuTuning { allocator: tune_allocator(), candle_single_pool }
 }
 
 /// Only the allocator part of [`tune_cpu_runtime`]; returns whether it applied (false off glibc).
@@ -44,8 +41,7 @@ pub fn tune_allocator() -> bool {
         const M_MMAP_THRESHOLD: i32 = -3;
         // SAFETY: mallopt only changes malloc's tunables; glibc allows calling it at any time.
         unsafe {
-            let mmap = mallopt(M_MMAP_THRESHOLD, 64 << 20) == 1
-                || mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1;
+            let mmap = mallopt(M_MMAP_THRESHOLD, 64 << 20) == 1 || mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1;
             mmap && mallopt(M_TRIM_THRESHOLD, i32::MAX) == 1
         }
     }

@@ -47,16 +47,7 @@ impl ModelSpec {
             ModelPreset::Small => (96, 4, 4),
             ModelPreset::Base => (128, 6, 4),
         };
-        Self {
-            image_size: 32,
-            patch: 4,
-            width,
-            depth,
-            heads,
-            classes: 4,
-            slots: 4,
-            adapter,
-        }
+        Self { image_size: 32, patch: 4, width, depth, heads, classes: 4, slots: 4, adapter }
     }
 
     /// The preset whose architecture this is (ignoring the adapter flag), if any.
@@ -130,15 +121,9 @@ impl ParamInit {
         match self {
             Self::Uniform { fan_in } => {
                 let bound = 1.0 / (fan_in as f64).sqrt();
-                candle_nn::Init::Uniform {
-                    lo: -bound,
-                    up: bound,
-                }
+                candle_nn::Init::Uniform { lo: -bound, up: bound }
             }
-            Self::Normal => candle_nn::Init::Randn {
-                mean: 0.0,
-                stdev: 1.0,
-            },
+            Self::Normal => candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 },
             Self::Zeros => candle_nn::Init::Const(0.0),
         }
     }
@@ -159,21 +144,9 @@ pub(crate) struct ParamInfo {
 pub(crate) fn param_table(spec: ModelSpec) -> Vec<ParamInfo> {
     let mut out = Vec::new();
     let mut linear = |name: &str, fan_in: usize, fan_out: usize, zero: bool| {
-        let init = if zero {
-            ParamInit::Zeros
-        } else {
-            ParamInit::Uniform { fan_in }
-        };
-        out.push(ParamInfo {
-            name: format!("{name}.weight"),
-            shape: vec![fan_out, fan_in],
-            init,
-        });
-        out.push(ParamInfo {
-            name: format!("{name}.bias"),
-            shape: vec![fan_out],
-            init,
-        });
+        let init = if zero { ParamInit::Zeros } else { ParamInit::Uniform { fan_in } };
+        out.push(ParamInfo { name: format!("{name}.weight"), shape: vec![fan_out, fan_in], init });
+        out.push(ParamInfo { name: format!("{name}.bias"), shape: vec![fan_out], init });
     };
     let w = spec.width;
     linear("patch_embed", spec.patch_dim(), w, false);
@@ -197,19 +170,11 @@ pub(crate) fn param_table(spec: ModelSpec) -> Vec<ParamInfo> {
     linear("final_ada", w, 2 * w, true);
     linear("final_linear", w, spec.patch_dim(), true);
     for name in ["class_embed.weight", "layout_class_embed.weight"] {
-        out.push(ParamInfo {
-            name: name.to_string(),
-            shape: vec![spec.classes + 1, w],
-            init: ParamInit::Normal,
-        });
+        out.push(ParamInfo { name: name.to_string(), shape: vec![spec.classes + 1, w], init: ParamInit::Normal });
     }
     if spec.adapter {
         for i in 0..spec.depth {
-            out.push(ParamInfo {
-                name: format!("blocks.{i}.adapter_gate"),
-                shape: vec![1],
-                init: ParamInit::Zeros,
-            });
+            out.push(ParamInfo { name: format!("blocks.{i}.adapter_gate"), shape: vec![1], init: ParamInit::Zeros });
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -218,18 +183,12 @@ pub(crate) fn param_table(spec: ModelSpec) -> Vec<ParamInfo> {
 
 /// Sorted parameter names and shapes of a spec (computed from the spec; nothing is allocated).
 pub fn param_shapes(spec: ModelSpec) -> Vec<(String, Vec<usize>)> {
-    param_table(spec)
-        .into_iter()
-        .map(|p| (p.name, p.shape))
-        .collect()
+    param_table(spec).into_iter().map(|p| (p.name, p.shape)).collect()
 }
 
 /// Number of scalar parameters of a spec.
 pub fn param_count(spec: ModelSpec) -> usize {
-    param_table(spec)
-        .iter()
-        .map(|p| p.shape.iter().product::<usize>())
-        .sum()
+    param_table(spec).iter().map(|p| p.shape.iter().product::<usize>()).sum()
 }
 
 /// True for the spatial adapter's parameters (`blocks.N.adapter_*`).

@@ -225,3 +225,50 @@ fn stop_command_checkpoints_and_the_run_resumes_to_the_end() {
     let events = train_events(&dir, TrainOptions { resume: true, ..Default::default() });
     assert!(matches!(events.last(), Some(TrainEvent::Finished { step: 43, .. })));
 }
+
+#[test]
+fn a_stage_warm_starts_from_another_runs_checkpoint_and_missing_adapter_weights_start_at_zero_gate() {
+    let runs = tempfile::tempdir().unwrap();
+    // A run of the model without adapter...
+    let mut plain = tiny_two_stage(3, 1);
+    plain.model.adapter = false;
+    plain.stages.truncate(1);
+    plain.stages[0].trainable = wick::config::Trainable::Group(wick::config::TrainableGroup::All);
+    let source = create_run(runs.path(), &plain);
+    train_events(&source, TrainOptions::default());
+    let checkpoint = source.checkpoints().unwrap().last().unwrap().dir.clone();
+
+    // ...warm-starts the adapter stage of a run with adapter.
+    let mut config = tiny_two_stage(2, 2);
+    config.stages.remove(0);
+    config.stages[0].warm_start = Some(checkpoint.clone());
+    let dir = create_run(runs.path(), &config);
+    let events = train_events(&dir, TrainOptions::default());
+    assert!(matches!(events.last(), Some(TrainEvent::Finished { .. })), "{events:?}");
+    let warning = events.iter().find_map(|e| match e {
+        TrainEvent::Warning { message, .. } if message.contains("warm start") => Some(message.clone()),
+        _ => None,
+    });
+    assert!(warning.expect("a warm-start event").contains("adapter tensors were not in it"));
+    let metrics = dir.read_metrics().unwrap();
+    assert_eq!(metrics[0].gates.len(), 2);
+
+    // The base weights it trained from are the source's, untouched (the adapter stage freezes them).
+    let load = |d: &std::path::Path| candle_core::safetensors::load(d.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let (before, after) = (load(&checkpoint), load(&dir.checkpoints().unwrap().last().unwrap().dir));
+    for (name, tensor) in &before {
+        let diff = (tensor - &after[name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(diff, 0.0, "{name} changed");
+    }
+
+    // A checkpoint of another preset is refused with the stage and the tensor named.
+    let mut wrong = tiny_two_stage(1, 1);
+    wrong.model.preset = wick::config::ModelPreset::Small;
+    wrong.stages[1].warm_start = Some(checkpoint);
+    let dir = create_run(runs.path(), &wrong);
+    let events = train_events(&dir, TrainOptions::default());
+    match events.last() {
+        Some(TrainEvent::Failed { message, .. }) => assert!(message.contains("stages[1].warm_start"), "{message}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}

@@ -55,14 +55,7 @@ pub struct BenchReport {
 pub fn run_bench(options: &BenchOptions, device: &Device) -> Result<BenchReport> {
     let spec = ModelSpec::from_preset(options.preset, true);
     let (varmap, model) = model::build_model(spec, device, 0)?;
-    let mut params: Vec<(String, candle_core::Var)> = varmap
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("parameter store poisoned"))?
-        .iter()
-        .map(|(n, v)| (n.clone(), v.clone()))
-        .collect();
-    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let params = model::sorted_vars(&varmap)?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let b = options.batch;
     let side = spec.image_size;

@@ -349,14 +349,9 @@ fn judge_train(seed: u64, steps: usize, out: &Path) -> Result<ExitCode> {
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    let tensors: std::collections::HashMap<String, candle_core::Tensor> = varmap
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("parameter store poisoned"))?
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
-    let bytes = wick::train::checkpointing::safetensors_bytes(&tensors)?;
+    let tensors: Vec<(String, candle_core::Tensor)> =
+        wick::model::sorted_vars(&varmap)?.into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+    let bytes = wick::train::checkpointing::safetensors_bytes(tensors.iter().map(|(n, t)| (n, t)))?;
     wick::run::atomic::atomic_write(out, &bytes)?;
     let report_path = out.with_extension("json");
     wick::run::atomic::atomic_write(&report_path, &serde_json::to_vec_pretty(&report)?)?;

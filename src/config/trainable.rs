@@ -35,9 +35,9 @@ impl Trainable {
     }
 }
 
-/// Whether a parameter belongs to the spatial adapter (its name contains `.adapter_`).
+/// Whether a parameter belongs to the spatial adapter (`blocks.N.adapter_*`; one rule for the whole crate).
 pub fn is_adapter_param(param_name: &str) -> bool {
-    param_name.contains(ADAPTER_MARKER)
+    crate::model::is_adapter_param(param_name)
 }
 
 /// Options for matching parameter names: `*` crosses dots (names have no path separators), case matters.

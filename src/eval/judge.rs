@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::{Device, Tensor, Var, D};
+use candle_core::{Device, Tensor, D};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
@@ -74,14 +74,7 @@ pub fn train_judge(
     let start = Instant::now();
     let dataset = ShapesDataset::new(&config.dataset, 32, 4, JUDGE_CLASSES as u32);
     let (varmap, judge) = build_judge(device, config.seed)?;
-    let mut params: Vec<(String, Var)> = varmap
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?
-        .iter()
-        .map(|(n, v)| (n.clone(), v.clone()))
-        .collect();
-    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let params = crate::model::sorted_vars(&varmap)?;
     let mut optimizer = AdamW::default();
     let mut prefetcher = Prefetcher::spawn(dataset.clone(), config.seed, 0, config.batch_size, 4);
     for step in 0..config.steps {

@@ -68,6 +68,15 @@ fn model_from_tensors(
     Ok((varmap, model))
 }
 
+/// Every variable of `varmap` with its name, sorted by name (`VarMap` iterates a HashMap: sort wherever
+/// order matters — optimizer steps, checkpoints, initialisation).
+pub fn sorted_vars(varmap: &VarMap) -> anyhow::Result<Vec<(String, Var)>> {
+    let data = varmap.data().lock().map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?;
+    let mut vars: Vec<(String, Var)> = data.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(vars)
+}
+
 /// The weights file of `path`: `path/model.safetensors` when `path` is a directory, else `path` itself.
 pub fn weights_file(path: &Path) -> PathBuf {
     if path.is_dir() {

@@ -161,14 +161,7 @@ impl Trainer {
         let device = select_device(&config.device)?;
         let spec = ModelSpec::from_preset(config.model.preset, config.model.adapter);
         let (varmap, _) = model::build_model(spec, &device, noise::stream_seed(config.seed, Stream::Init))?;
-        let mut params: NamedVars = varmap
-            .data()
-            .lock()
-            .map_err(|_| anyhow::anyhow!("parameter store poisoned"))?
-            .iter()
-            .map(|(name, var)| (name.clone(), var.clone()))
-            .collect();
-        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let params: NamedVars = model::sorted_vars(&varmap)?;
         let dataset = ShapesDataset::new(&config.dataset, spec.image_size, spec.slots, spec.null_class());
         let state = TrainerState {
             global_step: 0,

@@ -4,15 +4,18 @@
 //!
 //! ```text
 //! RunConfig (TOML, validated) ──▶ run::RunDir::create(runs/<id>/: run.toml, state.json)
-//!                              └─▶ train::spawn(config, run dir) ─ thread "trainer-<id>"
-//! trainer: for each stage, for each step: batch ◀─ data prefetch thread (pure function of seed + cursor)
-//!          forward → loss → backward → (accumulate) → NaN guard → clip → AdamW → schedule → EMA
-//!          every log_every: TrainEvent::Metrics; every save_every / stage end: atomic checkpoint
+//!                              └─▶ train::start(run dir) ─ thread "trainer-<id>"
+//! trainer: for each stage, for each step: batch ◀─ data::Prefetcher thread (pure function of seed + cursor)
+//!          forward → loss → backward → (accumulate) → NaN guard → clip → AdamW → EMA
+//!          every log_every: TrainEvent::Metrics (+ gate alerts)
+//!          every eval_every: eval::sampler (fixed EvalSet) ──images──▶ eval::worker thread "eval"
+//!                            (judge → FID / top-k / IoU) ──scores──▶ best checkpoint, early stopping
+//!          every save_every / eval / stage end: atomic checkpoint with its sample grid
 //!          commands (pause, resume, stop, save-now) polled at step boundaries
-//!    ══ unbounded channel (never blocks the trainer) ══▶ recorder thread: appends metrics.jsonl,
-//!          events.jsonl, rewrites state.json atomically, then forwards every event
+//!    ══ unbounded channel (never blocks the trainer) ══▶ run::recorder thread: appends metrics.jsonl,
+//!          evals.jsonl, events.jsonl, rewrites state.json atomically, then forwards every event
 //!    ══ unbounded channel ══▶ consumer: the CLI's progress bar (later: the GUI's RunStore)
-//! A run on disk loads back through run::RunDir: the disk is the truth.
+//! A run on disk loads back through run::RunDir (and eval::report): the disk is the truth.
 //! ```
 
 pub mod bench;

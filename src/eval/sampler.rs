@@ -44,7 +44,7 @@ pub struct EvalSet {
     pub slots: usize,
     /// Starting noise, [count, 3, H, W].
     pub noise: Vec<f32>,
-    /// Requested classes, [count].
+    /// Requested classes, `[count]`.
     pub labels: Vec<u32>,
     /// Requested boxes, [count, slots, 4].
     pub boxes: Vec<f32>,

@@ -89,7 +89,7 @@ impl AdamW {
         &self.moments
     }
 
-    /// The state as named tensors: `exp_avg.<param>`, `exp_avg_sq.<param>`, `steps.<param>` (i64 [1]).
+    /// The state as named tensors: `exp_avg.<param>`, `exp_avg_sq.<param>`, `steps.<param>` (i64 `[1]`).
     pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for (name, m) in &self.moments {

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use trainable::{is_adapter_param, ADAPTER_MARKER};
+pub use trainable::is_adapter_param;
 pub use validate::{metric_mode, ConfigIssue, LAYOUT_SLOTS, METRICS};
 
 /// The presets shipped with Wick (`assets/presets/<name>.toml`), as `(name, TOML text)`, compiled in so the

@@ -10,15 +10,11 @@ use super::{Trainable, TrainableGroup};
 /// What a `trainable` value may be, as shown in error messages.
 const EXPECTED: &str = r#""all", "adapter", "base" or a list of name globs like ["blocks.*.adapter_*"]"#;
 
-/// The marker that makes a parameter part of the spatial adapter: `blocks.N.adapter_gate`,
-/// `blocks.N.adapter_attn.q.weight`, ...
-pub const ADAPTER_MARKER: &str = ".adapter_";
-
 impl Trainable {
     /// Whether the parameter called `param_name` trains under this rule.
     ///
     /// * `all`: every parameter.
-    /// * `adapter`: names containing `.adapter_` (`blocks.3.adapter_gate`, `blocks.0.adapter_attn.q.weight`).
+    /// * `adapter`: `blocks.N.adapter_*` (`blocks.3.adapter_gate`, `blocks.0.adapter_attn.q.weight`).
     /// * `base`: every other parameter.
     /// * globs: any glob matches the whole name; `*` matches any characters, dots included, so
     ///   `blocks.*.adapter_*` matches `blocks.0.adapter_attn.q.weight`. A glob that does not parse matches

@@ -151,20 +151,10 @@ impl RunDir {
 
 /// The stage ledger as planned by the config, before any stage ran.
 pub fn planned_ledger(config: &RunConfig) -> Vec<super::state::LedgerEntry> {
-    let mut start = 0;
     config
-        .stages
-        .iter()
-        .map(|stage| {
-            let entry = super::state::LedgerEntry {
-                name: stage.name.clone(),
-                start_step: start,
-                end_step: start + stage.steps,
-                finished: false,
-            };
-            start += stage.steps;
-            entry
-        })
+        .stage_ledger()
+        .into_iter()
+        .map(|(name, start_step, end_step)| super::state::LedgerEntry { name, start_step, end_step, finished: false })
         .collect()
 }
 

@@ -192,16 +192,15 @@ impl Recorder {
         }
     }
 
-    /// Lays stages `from..` out consecutively from `start_step` with their planned lengths.
+    /// Lays stages `from..` (none of which has finished: stages run in order) out consecutively from
+    /// `start_step` with their planned lengths.
     fn replan(&mut self, from: usize, start_step: u64) {
         let mut start = start_step;
         for (index, entry) in self.state.stages.iter_mut().enumerate().skip(from) {
             let steps = self.planned_steps.get(index).copied().unwrap_or(0);
             entry.start_step = start;
-            if !entry.finished || index == from {
-                entry.end_step = start + steps;
-                entry.finished = false;
-            }
+            entry.end_step = start + steps;
+            entry.finished = false;
             start = entry.end_step;
         }
         self.state.total_steps = self.state.stages.last().map_or(0, |e| e.end_step);

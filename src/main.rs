@@ -94,6 +94,30 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Score checkpoints (FID, top-1/2/3, IoU) with any sampler settings, as a run's evaluation would.
+    Eval {
+        /// Checkpoint directories.
+        #[arg(required = true)]
+        checkpoints: Vec<PathBuf>,
+        /// Images generated (and real images compared).
+        #[arg(long, default_value_t = 500)]
+        samples: usize,
+        /// Seed of the fixed noise and layouts.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Euler steps.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Classifier-free guidance scale (1 = none).
+        #[arg(long, default_value_t = 2.0)]
+        guidance: f64,
+        /// Multiplies every adapter gate (1 = as trained, 0 = adapter off).
+        #[arg(long, default_value_t = 1.0)]
+        gate_scale: f64,
+        /// Use the raw weights even when the checkpoint has EMA weights.
+        #[arg(long)]
+        raw: bool,
+    },
     /// The judge network behind FID, top-k and IoU.
     Judge {
         #[command(subcommand)]
@@ -191,6 +215,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
             wick::run::atomic::atomic_write(&out, &png)?;
             wick::run::atomic::atomic_write(&out.with_extension("json"), &serde_json::to_vec_pretty(&description)?)?;
             eprintln!("wrote {} ({} columns × {} rows)", out.display(), description.columns.len(), description.rows.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Eval { checkpoints, samples, seed, steps, guidance, gate_scale, raw }) => {
+            let sampler = wick::eval::sampler::SamplerConfig { steps, guidance, gate_scale, use_ema: !raw, ..Default::default() };
+            let cache = cli.runs_dir.join(".cache");
+            println!("{:<40} {:>9} {:>6} {:>6} {:>6} {:>6}", "checkpoint", "fid", "top1", "top2", "top3", "iou");
+            for checkpoint in &checkpoints {
+                let scores = wick::eval::compare::evaluate_checkpoint(
+                    checkpoint,
+                    &sampler,
+                    seed,
+                    samples,
+                    Some(&cache),
+                    &candle_core::Device::Cpu,
+                )
+                .with_context(|| format!("evaluating {}", checkpoint.display()))?;
+                println!(
+                    "{:<40} {:>9.2} {:>6.3} {:>6.3} {:>6.3} {:>6.3}",
+                    checkpoint.display(),
+                    scores.fid,
+                    scores.top_k[0],
+                    scores.top_k[1],
+                    scores.top_k[2],
+                    scores.iou
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Judge { command: JudgeCommand::Train { seed, steps, out } }) => judge_train(seed, steps, &out),

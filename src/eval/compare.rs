@@ -96,3 +96,27 @@ pub fn compare_grid(
     let set = set.context("nothing was sampled")?;
     render_grid(&titles, &columns, &set, request.scale, crate::data::NUM_CLASSES)
 }
+
+/// Scores one checkpoint the way a run's evaluation does (FID, top-k, IoU on `samples` fixed inputs drawn
+/// from `seed`), with any sampler settings: how a user checks whether more steps, another guidance scale or a
+/// gate scale would have scored better, without training again. Real statistics are cached in `cache_dir`.
+pub fn evaluate_checkpoint(
+    checkpoint: &Path,
+    sampler: &SamplerConfig,
+    seed: u64,
+    samples: usize,
+    cache_dir: Option<&Path>,
+    device: &Device,
+) -> Result<super::worker::Scores> {
+    use super::worker::{open_judge, real_stats, score_images};
+    let dataset_config = dataset_of_checkpoint(checkpoint);
+    let (model, _) = load_checkpoint_model(checkpoint, sampler.use_ema, device)?;
+    let spec = model.spec();
+    let dataset = ShapesDataset::new(&dataset_config, spec.image_size, spec.slots, spec.null_class());
+    let set = EvalSet::fixed(&dataset, seed, samples);
+    let (judge, judge_key) = open_judge(None, device)?;
+    let real = real_stats(&judge, &judge_key, &dataset_config, samples, cache_dir, device)?;
+    let images = sample_images(&model, &set, sampler, spec.null_class(), device)
+        .with_context(|| format!("sampling {}", checkpoint.display()))?;
+    score_images(&judge, &real, &set, &images, device)
+}

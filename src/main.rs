@@ -81,15 +81,8 @@ enum Command {
         /// Rows.
         #[arg(long, default_value_t = 8)]
         count: usize,
-        /// Euler steps.
-        #[arg(long, default_value_t = 20)]
-        steps: usize,
-        /// Classifier-free guidance scale (1 = none).
-        #[arg(long, default_value_t = 2.0)]
-        guidance: f64,
-        /// Use the raw weights even when the checkpoint has EMA weights.
-        #[arg(long)]
-        raw: bool,
+        #[command(flatten)]
+        sampler: SamplerArgs,
         /// Output PNG (a .json describing the cells is written beside it).
         #[arg(long)]
         out: PathBuf,
@@ -105,18 +98,11 @@ enum Command {
         /// Seed of the fixed noise and layouts.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Euler steps.
-        #[arg(long, default_value_t = 20)]
-        steps: usize,
-        /// Classifier-free guidance scale (1 = none).
-        #[arg(long, default_value_t = 2.0)]
-        guidance: f64,
         /// Multiplies every adapter gate (1 = as trained, 0 = adapter off).
         #[arg(long, default_value_t = 1.0)]
         gate_scale: f64,
-        /// Use the raw weights even when the checkpoint has EMA weights.
-        #[arg(long)]
-        raw: bool,
+        #[command(flatten)]
+        sampler: SamplerArgs,
     },
     /// The judge network behind FID, top-k and IoU.
     Judge {
@@ -141,6 +127,36 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+}
+
+/// Sampler settings shared by `wick sample` and `wick eval` (defaults: the evaluation's).
+#[derive(clap::Args)]
+struct SamplerArgs {
+    /// Euler steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Classifier-free guidance scale (1 = none).
+    #[arg(long, default_value_t = 2.0)]
+    guidance: f64,
+    /// Guidance also drops the layout in its unconditional branch (strengthens the layout too).
+    #[arg(long)]
+    guide_layout: bool,
+    /// Use the raw weights even when the checkpoint has EMA weights.
+    #[arg(long)]
+    raw: bool,
+}
+
+impl SamplerArgs {
+    fn config(&self, gate_scale: f64) -> wick::eval::sampler::SamplerConfig {
+        wick::eval::sampler::SamplerConfig {
+            steps: self.steps,
+            guidance: self.guidance,
+            guide_layout: self.guide_layout,
+            gate_scale,
+            use_ema: !self.raw,
+            ..Default::default()
+        }
+    }
 }
 
 /// `wick --version`: crate version, git hash, cargo features.
@@ -206,8 +222,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", wick::eval::report::format_report(&rows, &recommendation));
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Sample { checkpoints, gate_scales, seed, count, steps, guidance, raw, out }) => {
-            let sampler = wick::eval::sampler::SamplerConfig { steps, guidance, use_ema: !raw, ..Default::default() };
+        Some(Command::Sample { checkpoints, gate_scales, seed, count, sampler, out }) => {
+            let sampler = sampler.config(1.0);
             let request = wick::eval::compare::CompareRequest { checkpoints, gate_scales, seed, count, sampler, scale: 4 };
             let (png, description) = wick::eval::compare::compare_grid(&request, &candle_core::Device::Cpu, |done, total| {
                 eprintln!("sampled column {done}/{total}");
@@ -217,8 +233,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             eprintln!("wrote {} ({} columns × {} rows)", out.display(), description.columns.len(), description.rows.len());
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Eval { checkpoints, samples, seed, steps, guidance, gate_scale, raw }) => {
-            let sampler = wick::eval::sampler::SamplerConfig { steps, guidance, gate_scale, use_ema: !raw, ..Default::default() };
+        Some(Command::Eval { checkpoints, samples, seed, gate_scale, sampler }) => {
+            let sampler = sampler.config(gate_scale);
             let cache = cli.runs_dir.join(".cache");
             println!("{:<40} {:>9} {:>6} {:>6} {:>6} {:>6}", "checkpoint", "fid", "top1", "top2", "top3", "iou");
             for checkpoint in &checkpoints {

@@ -24,6 +24,7 @@ fn evaluations_are_recorded_and_the_best_checkpoint_is_marked() {
         let (t1, t2, t3) = (e.top1.unwrap(), e.top2.unwrap(), e.top3.unwrap());
         assert!(0.0 <= t1 && t1 <= t2 && t2 <= t3 && t3 <= 1.0, "{e:?}");
         assert!(e.iou.is_some_and(|i| (0.0..=1.0).contains(&i)));
+        assert!(e.val_loss.is_some_and(|l| l.is_finite() && l > 0.0), "validation loss missing: {e:?}");
         assert_eq!(e.samples, 16);
         assert!(e.eval_secs >= e.sample_secs);
     }

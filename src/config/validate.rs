@@ -12,7 +12,7 @@ use super::{DatasetConfig, EarlyStoppingConfig, MetricMode, RunConfig, StageConf
 pub const LAYOUT_SLOTS: usize = 4;
 
 /// Metrics early stopping can watch.
-pub const METRICS: [&str; 6] = ["loss", "fid", "top1", "top2", "top3", "iou"];
+pub const METRICS: [&str; 7] = ["loss", "val_loss", "fid", "top1", "top2", "top3", "iou"];
 
 /// Longest run name accepted (it prefixes a directory name).
 const MAX_NAME_CHARS: usize = 100;
@@ -35,7 +35,7 @@ impl std::fmt::Display for ConfigIssue {
 /// The direction in which a metric improves, or `None` for an unknown metric.
 pub fn metric_mode(metric: &str) -> Option<MetricMode> {
     match metric {
-        "loss" | "fid" => Some(MetricMode::Min),
+        "loss" | "val_loss" | "fid" => Some(MetricMode::Min),
         "top1" | "top2" | "top3" | "iou" => Some(MetricMode::Max),
         _ => None,
     }

@@ -1,4 +1,4 @@
-//! The checkpoint table of a run — step, stage, loss, evaluation metrics, gate mean, best and Pareto marks —
+//! The checkpoint table of a run — step, stage, loss, validation loss, evaluation metrics, gate mean, best and Pareto marks —
 //! and the recommendation of which checkpoint to use. `wick report` prints it; the GUI shows the same rows.
 
 use std::collections::BTreeMap;
@@ -88,8 +88,8 @@ pub fn checkpoint_report(dir: &RunDir) -> Result<(Vec<ReportRow>, Recommendation
 pub fn format_report(rows: &[ReportRow], recommendation: &Recommendation) -> String {
     let cell = |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     let mut out = format!(
-        "{:<15} {:>7} {:<10} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>8}  marks\n",
-        "checkpoint", "step", "stage", "loss", "fid", "top1", "top2", "top3", "iou", "gate"
+        "{:<15} {:>7} {:<10} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>8}  marks\n",
+        "checkpoint", "step", "stage", "loss", "val_loss", "fid", "top1", "top2", "top3", "iou", "gate"
     );
     for r in rows {
         let e = r.eval.as_ref();
@@ -100,11 +100,12 @@ pub fn format_report(rows: &[ReportRow], recommendation: &Recommendation) -> Str
             .collect::<Vec<_>>()
             .join(" ");
         out.push_str(&format!(
-            "{:<15} {:>7} {:<10} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>8}  {}\n",
+            "{:<15} {:>7} {:<10} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>8}  {}\n",
             r.checkpoint,
             r.step,
             r.stage,
             cell(r.loss, 4),
+            cell(e.and_then(|e| e.val_loss), 4),
             cell(e.and_then(|e| e.fid), 3),
             cell(e.and_then(|e| e.top1), 3),
             cell(e.and_then(|e| e.top2), 3),

@@ -17,8 +17,12 @@ use crate::model::Denoiser;
 pub struct SamplerConfig {
     /// Euler steps from t = 1 (noise) to t = 0 (image).
     pub steps: usize,
-    /// Classifier-free guidance scale: 1 = conditional only, > 1 pushes towards the class.
+    /// Classifier-free guidance scale: 1 = conditional only, > 1 pushes towards the condition.
     pub guidance: f64,
+    /// What the unconditional branch of guidance drops: `false` = the class only (guidance strengthens the
+    /// class), `true` = the class and the layout (guidance strengthens both). Dropping the layout needs a
+    /// model that saw empty layouts in training (`layout_dropout` > 0 in the stages that train the adapter).
+    pub guide_layout: bool,
     /// Multiplies every adapter gate (1 = as trained, 0 = adapter off).
     pub gate_scale: f64,
     /// Sample with the EMA weights when the checkpoint has them.
@@ -29,7 +33,7 @@ pub struct SamplerConfig {
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        Self { steps: 20, guidance: 2.0, gate_scale: 1.0, use_ema: true, batch_size: 64 }
+        Self { steps: 20, guidance: 2.0, guide_layout: false, gate_scale: 1.0, use_ema: true, batch_size: 64 }
     }
 }
 
@@ -135,9 +139,14 @@ fn sample_chunk(
         let mut l = labels.to_vec();
         l.extend(std::iter::repeat_n(null_class, n));
         let mut b = boxes.to_vec();
-        b.extend_from_slice(boxes);
         let mut c = box_classes.to_vec();
-        c.extend_from_slice(box_classes);
+        if config.guide_layout {
+            b.extend(std::iter::repeat_n(0.0, boxes.len()));
+            c.extend(std::iter::repeat_n(null_class, box_classes.len()));
+        } else {
+            b.extend_from_slice(boxes);
+            c.extend_from_slice(box_classes);
+        }
         (l, b, c, 2 * n)
     } else {
         (labels.to_vec(), boxes.to_vec(), box_classes.to_vec(), n)

@@ -48,6 +48,11 @@ pub struct EvalRecord {
     pub iou: Option<f64>,
     /// Mean training loss of the steps logged since the previous evaluation.
     pub loss: Option<f64>,
+    /// Validation loss: the flow-matching loss of the weights samples are drawn with, on a fixed held-out
+    /// batch with fixed timesteps and noise (classes and layouts kept) — the same inputs at every evaluation,
+    /// so unlike the training loss it is free of batch-to-batch noise. `None` in runs recorded before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
     /// Images generated and judged.
     pub samples: usize,
     /// Seconds spent sampling on the trainer thread.
@@ -60,7 +65,7 @@ pub struct EvalRecord {
 }
 
 impl EvalRecord {
-    /// The value of a metric by name (`fid`, `top1`, `top2`, `top3`, `iou`, `loss`).
+    /// The value of a metric by name (`fid`, `top1`, `top2`, `top3`, `iou`, `loss`, `val_loss`).
     pub fn metric(&self, name: &str) -> Option<f64> {
         match name {
             "fid" => self.fid,
@@ -69,6 +74,7 @@ impl EvalRecord {
             "top3" => self.top3,
             "iou" => self.iou,
             "loss" => self.loss,
+            "val_loss" => self.val_loss,
             _ => None,
         }
     }

@@ -11,6 +11,7 @@ pub mod ema;
 pub mod noise;
 pub mod optimizer;
 mod trainer;
+pub mod validation;
 
 use std::thread::JoinHandle;
 

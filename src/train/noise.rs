@@ -15,6 +15,8 @@ pub enum Stream {
     DataOrder = 2,
     /// Noise, timesteps and dropout of training steps.
     StepNoise = 3,
+    /// Timesteps and noise of the fixed validation batch.
+    Validation = 4,
 }
 
 /// A well-mixed 64-bit key from the run seed and a purpose (SplitMix64 finaliser).

@@ -15,6 +15,7 @@ use super::checkpointing::{assign_weights, load_checkpoint, save_checkpoint, Nam
 use super::ema::Ema;
 use super::noise::{self, Stream};
 use super::optimizer::{clip_grads, global_grad_norm, AdamW};
+use super::validation::{ValidationSet, VALIDATION_IMAGES};
 use super::{TrainCommand, TrainOptions};
 use crate::config::{metric_mode, MetricMode, RunConfig, StageConfig};
 use crate::eval::grid::render_grid;
@@ -147,6 +148,8 @@ struct Trainer {
     eval_set: Option<Arc<EvalSet>>,
     /// The judge's worker (started at the first evaluation).
     worker: Option<EvalWorker>,
+    /// The fixed held-out batch of the validation loss (made when first needed).
+    validation: Option<ValidationSet>,
 }
 
 impl Trainer {
@@ -206,6 +209,7 @@ impl Trainer {
             last_log: (Instant::now(), 0),
             eval_set: None,
             worker: None,
+            validation: None,
         })
     }
 
@@ -814,6 +818,13 @@ impl Trainer {
         let worker = self.worker.as_ref().context("the evaluation worker is not running")?;
         worker.submit(EvalJob { images })?;
         let grid = self.sample_grid()?;
+        if self.validation.is_none() {
+            self.validation = Some(ValidationSet::new(&self.dataset, self.config.seed, VALIDATION_IMAGES, &self.device)?);
+        }
+        let val_loss = match &self.validation {
+            Some(set) => Some(set.loss(&model)?).filter(|l| l.is_finite()),
+            None => None,
+        };
         let scores = self.worker.as_ref().context("the evaluation worker is not running")?.result()?;
         let (loss_sum, loss_count) = std::mem::take(&mut self.state.losses_since_eval);
         let mut record = EvalRecord {
@@ -825,6 +836,7 @@ impl Trainer {
             top3: Some(scores.top_k[2]),
             iou: scores.iou.is_finite().then_some(scores.iou),
             loss: (loss_count > 0).then(|| loss_sum / loss_count as f64),
+            val_loss,
             samples: set.count,
             sample_secs,
             eval_secs: 0.0,

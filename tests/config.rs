@@ -308,7 +308,10 @@ fn adapter_stage_needs_an_adapter() {
     let mut config = valid();
     config.model.adapter = false;
     let issue = only_issue(&config, "stages[1].trainable");
-    assert!(issue.message.contains("nothing would train"), "{issue}");
+    assert!(issue.message.contains("nothing useful would train"), "{issue}");
+    config.stages[1].trainable = Trainable::Group(TrainableGroup::Layout);
+    let issue = only_issue(&config, "stages[1].trainable");
+    assert!(issue.message.contains("is \"layout\" but model.adapter = false"), "{issue}");
     // Without the adapter, base / all / globs stages are fine.
     config.stages.remove(1);
     assert_valid(&config);
@@ -529,7 +532,7 @@ fn bad_trainable_gets_a_clear_message() {
     assert_eq!(path, "stages[0].trainable");
     assert!(
         message.starts_with(
-            r#"expected "all", "adapter", "base" or a list of name globs like ["blocks.*.adapter_*"], found "adaptr""#
+            r#"expected "all", "adapter", "layout", "base" or a list of name globs like ["blocks.*.adapter_*"], found "adaptr""#
         ),
         "{message}"
     );
@@ -537,7 +540,7 @@ fn bad_trainable_gets_a_clear_message() {
 
     let (path, message) = parse_error("[[stages]]\ntrainable = 3\n");
     assert_eq!(path, "stages[0].trainable");
-    assert!(message.contains(r#"expected "all", "adapter", "base""#), "{message}");
+    assert!(message.contains(r#"expected "all", "adapter", "layout", "base""#), "{message}");
 
     let (path, _) = parse_error("[[stages]]\ntrainable = [\"blocks.*\", 3]\n");
     assert_eq!(path, "stages[0].trainable[1]");
@@ -552,6 +555,7 @@ fn trainable_parses_every_form() {
     };
     assert_eq!(parse("\"all\""), Trainable::Group(TrainableGroup::All));
     assert_eq!(parse("\"adapter\""), Trainable::Group(TrainableGroup::Adapter));
+    assert_eq!(parse("\"layout\""), Trainable::Group(TrainableGroup::Layout));
     assert_eq!(parse("\"base\""), Trainable::Group(TrainableGroup::Base));
     assert_eq!(parse("[\"a.*\", \"b\"]"), Trainable::Globs(vec!["a.*".into(), "b".into()]));
     assert_eq!(parse("[]"), Trainable::Globs(vec![]));
@@ -773,6 +777,18 @@ fn trainable_groups_split_adapter_from_base() {
 }
 
 #[test]
+fn the_layout_group_is_the_adapter_and_the_layout_encoder() {
+    let layout = Trainable::Group(TrainableGroup::Layout);
+    for name in ["blocks.0.adapter_gate", "blocks.3.adapter_attn.kv.weight", "box_mlp.0.weight", "layout_class_embed.weight"] {
+        assert!(layout.matches(name), "{name}");
+    }
+    for name in ["class_embed.weight", "blocks.0.attn.qkv.weight", "t_mlp.0.bias", "final_linear.weight", "patch_embed.bias"] {
+        assert!(!layout.matches(name), "{name}");
+    }
+    assert_eq!(layout.to_string(), "layout");
+}
+
+#[test]
 fn trainable_globs_cross_dots() {
     let adapter_glob = Trainable::Globs(vec!["blocks.*.adapter_*".into()]);
     assert!(adapter_glob.matches("blocks.0.adapter_attn.q.weight"));
@@ -857,16 +873,19 @@ fn demo_preset_is_the_three_stage_curriculum() {
     let [base, adapter, finetune] = [&demo.stages[0], &demo.stages[1], &demo.stages[2]];
     assert_eq!(base.trainable, Trainable::Group(TrainableGroup::Base));
     assert_eq!(base.layout_dropout, 1.0);
-    assert_eq!((base.schedule.kind, base.schedule.warmup_steps, base.schedule.floor), (ScheduleKind::Cosine, 50, 0.1));
-    assert_eq!((base.grad_clip, base.ema_decay, base.class_dropout), (1.0, 0.999, 0.1));
-    assert_eq!(adapter.trainable, Trainable::Group(TrainableGroup::Adapter));
-    assert_eq!(adapter.layout_dropout, 0.0);
-    assert_eq!((adapter.lr, adapter.schedule.kind, adapter.schedule.warmup_steps), (3e-3, ScheduleKind::Constant, 20));
+    assert_eq!(base.schedule.kind, ScheduleKind::Cosine);
+    assert_eq!((base.grad_clip, base.class_dropout), (1.0, 0.1));
+    // The layout path learns with the image model frozen, and sees some empty layouts so that guidance can
+    // drop the layout in its unconditional branch.
+    assert_eq!(adapter.trainable, Trainable::Group(TrainableGroup::Layout));
+    assert!(adapter.layout_dropout > 0.0 && adapter.layout_dropout < 0.5);
+    assert!(demo.eval.sampler.guide_layout);
+    assert_eq!(adapter.schedule.kind, ScheduleKind::Constant);
     assert_eq!(finetune.trainable, Trainable::Group(TrainableGroup::All));
-    assert_eq!((finetune.lr, finetune.schedule.kind, finetune.schedule.floor), (2e-4, ScheduleKind::Cosine, 0.0));
+    assert!(finetune.lr < adapter.lr && finetune.lr < base.lr);
     for stage in &demo.stages {
         assert_eq!(stage.batch_size, 64);
-        assert_eq!(stage.eval_every, 100);
+        assert!(stage.eval_every > 0 && stage.steps % stage.eval_every == 0, "{}: evaluated at its end", stage.name);
     }
 }
 

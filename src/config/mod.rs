@@ -224,6 +224,9 @@ pub enum TrainableGroup {
     All,
     /// Only the spatial adapter (`blocks.*.adapter_*`).
     Adapter,
+    /// The layout path: the adapter and the layout encoder that feeds it (`box_mlp.*`,
+    /// `layout_class_embed.*`). Like `adapter`, it leaves the image-only model untouched.
+    Layout,
     /// Everything but the adapter.
     Base,
 }

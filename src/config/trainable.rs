@@ -8,14 +8,15 @@ use serde::Deserialize;
 use super::{Trainable, TrainableGroup};
 
 /// What a `trainable` value may be, as shown in error messages.
-const EXPECTED: &str = r#""all", "adapter", "base" or a list of name globs like ["blocks.*.adapter_*"]"#;
+const EXPECTED: &str = r#""all", "adapter", "layout", "base" or a list of name globs like ["blocks.*.adapter_*"]"#;
 
 impl Trainable {
     /// Whether the parameter called `param_name` trains under this rule.
     ///
     /// * `all`: every parameter.
     /// * `adapter`: `blocks.N.adapter_*` (`blocks.3.adapter_gate`, `blocks.0.adapter_attn.q.weight`).
-    /// * `base`: every other parameter.
+    /// * `layout`: the adapter and the layout encoder (`box_mlp.*`, `layout_class_embed.*`).
+    /// * `base`: every parameter but the adapter's.
     /// * globs: any glob matches the whole name; `*` matches any characters, dots included, so
     ///   `blocks.*.adapter_*` matches `blocks.0.adapter_attn.q.weight`. A glob that does not parse matches
     ///   nothing ([`RunConfig::validate`](super::RunConfig::validate) reports it).
@@ -23,6 +24,7 @@ impl Trainable {
         match self {
             Self::Group(TrainableGroup::All) => true,
             Self::Group(TrainableGroup::Adapter) => is_adapter_param(param_name),
+            Self::Group(TrainableGroup::Layout) => crate::model::is_layout_param(param_name),
             Self::Group(TrainableGroup::Base) => !is_adapter_param(param_name),
             Self::Globs(globs) => globs
                 .iter()
@@ -47,6 +49,7 @@ impl fmt::Display for Trainable {
         match self {
             Self::Group(TrainableGroup::All) => f.write_str("all"),
             Self::Group(TrainableGroup::Adapter) => f.write_str("adapter"),
+            Self::Group(TrainableGroup::Layout) => f.write_str("layout"),
             Self::Group(TrainableGroup::Base) => f.write_str("base"),
             Self::Globs(globs) => {
                 let quoted: Vec<String> = globs.iter().map(|g| format!("{g:?}")).collect();
@@ -57,8 +60,8 @@ impl fmt::Display for Trainable {
 }
 
 impl<'de> Deserialize<'de> for Trainable {
-    /// Accepts `"all"`, `"adapter"`, `"base"` or an array of strings; anything else fails with
-    /// `expected "all", "adapter", "base" or a list of name globs like ["blocks.*.adapter_*"], found "adaptr"`.
+    /// Accepts `"all"`, `"adapter"`, `"layout"`, `"base"` or an array of strings; anything else fails with
+    /// `expected "all", "adapter", "layout", "base" or a list of name globs like ["blocks.*.adapter_*"], found "adaptr"`.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_any(TrainableVisitor)
     }
@@ -77,9 +80,10 @@ impl<'de> Visitor<'de> for TrainableVisitor {
         match value {
             "all" => Ok(Trainable::Group(TrainableGroup::All)),
             "adapter" => Ok(Trainable::Group(TrainableGroup::Adapter)),
+            "layout" => Ok(Trainable::Group(TrainableGroup::Layout)),
             "base" => Ok(Trainable::Group(TrainableGroup::Base)),
             other => {
-                let hint = super::parse::did_you_mean(other, &["all", "adapter", "base"])
+                let hint = super::parse::did_you_mean(other, &["all", "adapter", "layout", "base"])
                     .map(|s| format!(" — did you mean \"{s}\"?"))
                     .unwrap_or_default();
                 Err(E::custom(format!("expected {EXPECTED}, found {other:?}{hint}")))

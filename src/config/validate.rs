@@ -335,11 +335,16 @@ fn check_stage(stage: &StageConfig, prefix: &str, model_has_adapter: bool, issue
 
 fn check_trainable(trainable: &Trainable, prefix: &str, model_has_adapter: bool, issues: &mut Issues) {
     match trainable {
-        Trainable::Group(TrainableGroup::Adapter) if !model_has_adapter => issues.add(
-            format!("{prefix}.trainable"),
-            "is \"adapter\" but model.adapter = false — nothing would train; set model.adapter = true, \
-             or train \"base\" or \"all\"",
-        ),
+        Trainable::Group(group @ (TrainableGroup::Adapter | TrainableGroup::Layout)) if !model_has_adapter => {
+            issues.add(
+                format!("{prefix}.trainable"),
+                format!(
+                    "is \"{}\" but model.adapter = false — nothing useful would train; set model.adapter = true, \
+                     or train \"base\" or \"all\"",
+                    Trainable::Group(*group)
+                ),
+            )
+        }
         Trainable::Group(_) => {}
         Trainable::Globs(globs) if globs.is_empty() => issues.add(
             format!("{prefix}.trainable"),

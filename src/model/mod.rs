@@ -2,7 +2,7 @@
 //! optional zero-gated spatial adapter that cross-attends from image tokens to layout tokens (one per box slot).
 //!
 //! - [`ModelSpec`]: the architecture numbers of a preset; [`param_shapes`], [`param_count`],
-//!   [`is_adapter_param`] describe its parameters (names as the reference's `state_dict`).
+//!   [`is_adapter_param`], [`is_layout_param`] describe its parameters (names as the reference's `state_dict`).
 //! - [`Denoiser`]: the model on a `VarBuilder`; [`build_model`] makes a fresh, seeded one, [`load_model`] a
 //!   saved one (strict), [`spec_from_weights`] recognises the preset of a weights file.
 //! - [`flow_matching_loss`]: the rectified-flow objective; [`predict_file`]: `wick predict`.
@@ -32,4 +32,4 @@ pub use init::{sorted_vars, build_model, load_model, randomize_zero_init, spec_f
 pub use loss::flow_matching_loss;
 pub use predict::predict_file;
 pub use runtime::{tune_allocator, tune_cpu_runtime, CpuTuning};
-pub use spec::{is_adapter_param, param_count, param_shapes, ModelSpec};
+pub use spec::{is_adapter_param, is_layout_param, param_count, param_shapes, ModelSpec};

@@ -191,6 +191,13 @@ pub fn param_count(spec: ModelSpec) -> usize {
     param_table(spec).iter().map(|p| p.shape.iter().product::<usize>()).sum()
 }
 
+/// True for the layout path's parameters: the layout encoder (`box_mlp.*`, `layout_class_embed.*`) and the
+/// spatial adapter (`blocks.N.adapter_*`) — everything that only acts when an image has a layout. While the
+/// gates are 0 none of them changes the output (or gets a gradient).
+pub fn is_layout_param(name: &str) -> bool {
+    is_adapter_param(name) || name.starts_with("box_mlp.") || name.starts_with("layout_class_embed.")
+}
+
 /// True for the spatial adapter's parameters (`blocks.N.adapter_*`).
 pub fn is_adapter_param(name: &str) -> bool {
     let mut parts = name.split('.');

@@ -72,6 +72,35 @@ fn verify_passes_then_names_the_corrupted_file() {
     assert!(stdout.contains(target.to_str().unwrap()), "{stdout}");
 }
 
+#[test]
+fn eval_scores_a_checkpoint_the_same_way_twice_and_names_a_missing_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), &tiny_two_stage(3, 3).to_toml_string().unwrap());
+    let runs = tmp.path().join("runs");
+    let out = run(&["train", config.to_str().unwrap(), "--runs-dir", runs.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let checkpoint = the_run(&runs).checkpoints().unwrap().last().unwrap().dir.clone();
+    let args = ["eval", checkpoint.to_str().unwrap(), "--samples", "12", "--steps", "3", "--guidance", "3", "--guide-layout"];
+    let eval = |extra: &[&str]| {
+        let out = wick().args(args).args(extra).args(["--runs-dir", runs.to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = eval(&[]);
+    let row = first.lines().nth(1).expect("a row per checkpoint");
+    let numbers: Vec<f64> = row.split_whitespace().skip(1).map(|v| v.parse().unwrap()).collect();
+    assert_eq!(numbers.len(), 5, "fid top1 top2 top3 iou: {row}");
+    assert!(numbers[0].is_finite() && numbers[1..].iter().all(|v| (0.0..=1.0).contains(v)), "{row}");
+    assert_eq!(eval(&[]), first, "the same inputs score the same");
+    assert_ne!(eval(&["--raw"]), first, "the sampler settings reach the sampler");
+
+    let missing = tmp.path().join("no-such-checkpoint");
+    let out = run(&["eval", missing.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no-such-checkpoint") && stderr.contains("model.safetensors"), "{stderr}");
+}
+
 /// Kills `wick train` with SIGKILL at several instants, resumes each time, and checks every logged loss
 /// against an uninterrupted run, bit for bit.
 #[test]

@@ -154,7 +154,14 @@ pub fn planned_ledger(config: &RunConfig) -> Vec<super::state::LedgerEntry> {
     config
         .stage_ledger()
         .into_iter()
-        .map(|(name, start_step, end_step)| super::state::LedgerEntry { name, start_step, end_step, finished: false })
+        .map(|(name, start_step, end_step)| super::state::LedgerEntry {
+            name,
+            start_step,
+            end_step,
+            finished: false,
+            first_eval: None,
+            last_eval: None,
+        })
         .collect()
 }
 

@@ -105,6 +105,13 @@ impl Recorder {
                 self.evals.append(e)?;
                 self.evals.sync()?;
                 self.state.last_eval_step = Some(e.step);
+                // An evaluation after step s belongs to the stage whose steps end at or after s.
+                if let Some(entry) =
+                    self.state.stages.iter_mut().find(|entry| entry.start_step < e.step && e.step <= entry.end_step)
+                {
+                    entry.first_eval.get_or_insert_with(|| e.into());
+                    entry.last_eval = Some(e.into());
+                }
                 self.state.early_stopping = e.early_stopping.clone();
                 tracing::info!("{}", event.message());
             }

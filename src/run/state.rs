@@ -40,7 +40,7 @@ impl RunStatus {
 }
 
 /// One stage on the global step axis.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LedgerEntry {
     /// Stage name.
     pub name: String,
@@ -50,6 +50,33 @@ pub struct LedgerEntry {
     pub end_step: u64,
     /// Whether the stage has finished.
     pub finished: bool,
+    /// The stage's first evaluation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_eval: Option<EvalSummary>,
+    /// The stage's latest evaluation (at its end once it has finished, when it evaluates there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_eval: Option<EvalSummary>,
+}
+
+/// The headline figures of one evaluation, as the stage ledger keeps them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalSummary {
+    /// Global step evaluated.
+    pub step: u64,
+    /// FID (judge).
+    pub fid: Option<f64>,
+    /// top-1 accuracy of the requested class.
+    pub top1: Option<f64>,
+    /// Mean IoU of requested and judged boxes.
+    pub iou: Option<f64>,
+    /// Validation loss.
+    pub val_loss: Option<f64>,
+}
+
+impl From<&super::events::EvalRecord> for EvalSummary {
+    fn from(e: &super::events::EvalRecord) -> Self {
+        Self { step: e.step, fid: e.fid, top1: e.top1, iou: e.iou, val_loss: e.val_loss }
+    }
 }
 
 /// state.json's `best`.

@@ -172,3 +172,36 @@ fn saved_window_state_from_an_older_version_still_loads() {
     assert_eq!(state.panel, Panel::Live);
     assert!(state.dark_mode);
 }
+
+#[test]
+fn closing_the_window_while_training_stops_with_a_checkpoint_and_the_run_resumes_next_launch() {
+    wick::model::tune_cpu_runtime();
+    let runs = tempfile::tempdir().unwrap();
+    let root = {
+        let mut harness = harness(runs.path(), &ScriptedDialog::new());
+        settle(&mut harness);
+        harness.state_mut().commands.push(wick::app::AppCommand::LoadPreset("smoke".into()));
+        settle(&mut harness);
+        harness.get_by_label("Start").click();
+        settle(&mut harness);
+        assert!(harness.state().is_training());
+        // What eframe calls when the window closes.
+        harness.state_mut().shutdown();
+        let root = harness.state().session.as_ref().unwrap().root.clone();
+        let state = RunDir::open(&root).unwrap().read_state().unwrap();
+        assert_eq!(state.status, RunStatus::Stopped, "stopped with a checkpoint, not left running");
+        root
+    };
+
+    // Next launch: the run is listed as stopped and resumes to the end.
+    let mut harness = harness(runs.path(), &ScriptedDialog::new());
+    step_until(&mut harness, Duration::from_secs(10), |h| h.state().runs.iter().any(|r| r.root == root));
+    assert_eq!(harness.state().runs[0].status, RunStatus::Stopped);
+    harness.get_by_label("Resume run").click();
+    settle(&mut harness);
+    assert!(harness.state().is_training());
+    step_until(&mut harness, Duration::from_secs(120), |h| !h.state().is_training());
+    assert_eq!(harness.state().session.as_ref().unwrap().status, RunStatus::Finished);
+    let state = RunDir::open(&root).unwrap().read_state().unwrap();
+    assert_eq!((state.status, state.global_step), (RunStatus::Finished, 50));
+}

@@ -197,6 +197,19 @@ fn plot_ui(
         plot = plot.y_axis_formatter(|mark, _| format!("{:.1e}", 10f64.powf(mark.value)));
     }
     let primary = stores[0];
+    // Every plot spans the same x-range in auto mode: the whole plan (and every point), so linked plots line up.
+    let x_end = stores
+        .iter()
+        .map(|st| {
+            let plan_end = st.ledger.last().map_or(0.0, |e| x_of(st, e.end_step, settings));
+            let data_end = st.series.get(names::LOSS).map_or(0.0, |l| match settings.x_axis {
+                XAxis::Step => l.steps.last().copied().unwrap_or(0.0),
+                XAxis::WallTime => l.wall_secs.last().copied().unwrap_or(0.0),
+            });
+            plan_end.max(data_end)
+        })
+        .fold(1.0, f64::max);
+    plot = plot.include_x(0.0).include_x(x_end).y_axis_min_width(56.0);
     let response = plot.show(ui, |plot_ui| {
         // Stage bands of the primary run.
         for (i, entry) in primary.ledger.iter().enumerate() {

@@ -16,9 +16,9 @@ use wick::train::{self, TrainOptions};
 fn harness(runs_dir: &Path, dialog: &ScriptedDialog) -> Harness<'static, WickApp> {
     let runs_dir = runs_dir.to_path_buf();
     let dialog = dialog.clone();
-    Harness::builder()
-        .with_size(egui::vec2(1700.0, 1100.0))
-        .build_eframe(move |cc| WickApp::with_state(cc.egui_ctx.clone(), runs_dir, Box::new(dialog), Persisted::default()))
+    Harness::builder().with_size(egui::vec2(1700.0, 1100.0)).build_eframe(move |cc| {
+        WickApp::with_state(cc.egui_ctx.clone(), runs_dir, Box::new(dialog), Persisted::default())
+    })
 }
 
 /// Whether the Start button is disabled.
@@ -34,7 +34,11 @@ fn settle(harness: &mut Harness<'_, WickApp>) {
 }
 
 /// Steps (with short sleeps) until `done` holds, at most `limit`.
-fn step_until(harness: &mut Harness<'_, WickApp>, limit: Duration, mut done: impl FnMut(&Harness<'_, WickApp>) -> bool) {
+fn step_until(
+    harness: &mut Harness<'_, WickApp>,
+    limit: Duration,
+    mut done: impl FnMut(&Harness<'_, WickApp>) -> bool,
+) {
     let start = Instant::now();
     while !done(harness) {
         assert!(start.elapsed() < limit, "gave up after {limit:?}");
@@ -78,7 +82,8 @@ fn stages_can_be_added_duplicated_moved_and_removed() {
     let runs = tempfile::tempdir().unwrap();
     let mut harness = harness(runs.path(), &ScriptedDialog::new());
     settle(&mut harness);
-    let names = |h: &Harness<'_, WickApp>| h.state().setup.config.stages.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    let names =
+        |h: &Harness<'_, WickApp>| h.state().setup.config.stages.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
     let before = names(&harness);
     assert_eq!(before.len(), 3);
 

@@ -36,11 +36,7 @@ impl FileDialog for RfdDialog {
         rfd::FileDialog::new().set_title("Open run folder").pick_folder()
     }
     fn save_csv(&self, file_name: &str) -> Option<PathBuf> {
-        rfd::FileDialog::new()
-            .set_title("Export CSV")
-            .add_filter("CSV", &["csv"])
-            .set_file_name(file_name)
-            .save_file()
+        rfd::FileDialog::new().set_title("Export CSV").add_filter("CSV", &["csv"]).set_file_name(file_name).save_file()
     }
 }
 

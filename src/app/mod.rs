@@ -228,7 +228,8 @@ impl WickApp {
                 store.refresh_blocks();
             }
             ended = events.iter().any(|e| e.is_terminal());
-            end_message = events.iter().rev().find(|e| e.is_terminal()).map(|e| format!("{}: {}", session.id, e.message()));
+            end_message =
+                events.iter().rev().find(|e| e.is_terminal()).map(|e| format!("{}: {}", session.id, e.message()));
             failure = session.failure.take().map(|why| format!("Run {} failed: {why}", session.id));
             if more {
                 self.ctx.request_repaint();
@@ -394,7 +395,8 @@ impl WickApp {
             self.selected = vec![root];
         }
         self.persisted.last_opened_run = self.selected.first().cloned();
-        let keep: Vec<PathBuf> = self.selected.iter().cloned().chain(self.session.iter().map(|s| s.root.clone())).collect();
+        let keep: Vec<PathBuf> =
+            self.selected.iter().cloned().chain(self.session.iter().map(|s| s.root.clone())).collect();
         self.stores.retain(|root, _| keep.contains(root));
         self.loaded_version.retain(|root, _| keep.contains(root));
         self.plot_cache.retain_runs(&keep);
@@ -449,7 +451,8 @@ impl WickApp {
     }
 
     fn export_csv(&mut self) {
-        let Some(root) = self.selected.first().cloned().or_else(|| self.session.as_ref().map(|s| s.root.clone())) else {
+        let Some(root) = self.selected.first().cloned().or_else(|| self.session.as_ref().map(|s| s.root.clone()))
+        else {
             self.say("Select a run to export its series", true);
             return;
         };
@@ -481,7 +484,10 @@ impl WickApp {
     pub fn shutdown(&mut self) {
         if let Some(session) = &mut self.session {
             if session.is_active() && !session.stop_and_wait(session::EXIT_WAIT) {
-                tracing::warn!("the trainer did not stop within {:?}; the run will show as interrupted", session::EXIT_WAIT);
+                tracing::warn!(
+                    "the trainer did not stop within {:?}; the run will show as interrupted",
+                    session::EXIT_WAIT
+                );
             }
         }
     }

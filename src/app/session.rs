@@ -97,7 +97,8 @@ impl TrainingSession {
                     ended = true;
                     if !matches!(self.status, RunStatus::Finished | RunStatus::Stopped | RunStatus::Failed) {
                         self.status = RunStatus::Failed;
-                        self.failure = Some("the trainer ended without saying why — see log.txt in the run folder".into());
+                        self.failure =
+                            Some("the trainer ended without saying why — see log.txt in the run folder".into());
                     }
                     break;
                 }

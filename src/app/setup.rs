@@ -42,8 +42,14 @@ pub enum StageOp {
 impl SetupState {
     /// A draft holding `config`.
     pub fn new(config: RunConfig, preset: &str) -> Self {
-        let mut state =
-            Self { config, selected_stage: 0, issues: Vec::new(), preset: preset.to_string(), file: None, validated: None };
+        let mut state = Self {
+            config,
+            selected_stage: 0,
+            issues: Vec::new(),
+            preset: preset.to_string(),
+            file: None,
+            validated: None,
+        };
         state.revalidate();
         state
     }
@@ -74,7 +80,9 @@ impl SetupState {
     /// Whether stage `index` has any problem.
     pub fn stage_has_issues(&self, index: usize) -> bool {
         let prefix = format!("stages[{index}]");
-        self.issues.iter().any(|i| i.path == prefix || i.path.starts_with(&format!("{prefix}.")) || i.path.starts_with(&format!("{prefix}[")))
+        self.issues.iter().any(|i| {
+            i.path == prefix || i.path.starts_with(&format!("{prefix}.")) || i.path.starts_with(&format!("{prefix}["))
+        })
     }
 
     /// Why Start is disabled, if it is.

@@ -210,66 +210,74 @@ fn plot_ui(
         })
         .fold(1.0, f64::max);
     plot = plot.include_x(0.0).include_x(x_end).y_axis_min_width(56.0);
-    let response = plot.show(ui, |plot_ui| {
-        // Stage bands of the primary run.
-        for (i, entry) in primary.ledger.iter().enumerate() {
-            let (a, b) = (x_of(primary, entry.start_step, settings), x_of(primary, entry.end_step, settings));
-            if b > a {
-                let fill = if i % 2 == 0 { Color32::from_white_alpha(10) } else { Color32::from_rgba_unmultiplied(90, 140, 220, 14) };
-                plot_ui.span(Span::new(format!("stage {}", entry.name), a..=b).fill(fill).border_width(0.0));
+    let response =
+        plot.show(ui, |plot_ui| {
+            // Stage bands of the primary run.
+            for (i, entry) in primary.ledger.iter().enumerate() {
+                let (a, b) = (x_of(primary, entry.start_step, settings), x_of(primary, entry.end_step, settings));
+                if b > a {
+                    let fill = if i % 2 == 0 {
+                        Color32::from_white_alpha(10)
+                    } else {
+                        Color32::from_rgba_unmultiplied(90, 140, 220, 14)
+                    };
+                    plot_ui.span(Span::new(format!("stage {}", entry.name), a..=b).fill(fill).border_width(0.0));
+                }
             }
-        }
-        if spec.clip_line {
-            if let Some(config) = &primary.config {
-                for (stage, entry) in config.stages.iter().zip(&primary.ledger) {
-                    if stage.grad_clip > 0.0 {
-                        let y = if log { stage.grad_clip.log10() } else { stage.grad_clip };
-                        let (a, b) = (x_of(primary, entry.start_step, settings), x_of(primary, entry.end_step, settings));
-                        plot_ui.line(
-                            Line::new("clip threshold", PlotPoints::new(vec![[a, y], [b, y]]))
-                                .color(Color32::from_rgb(0xe0, 0x4f, 0x4f))
-                                .style(LineStyle::dashed_loose()),
+            if spec.clip_line {
+                if let Some(config) = &primary.config {
+                    for (stage, entry) in config.stages.iter().zip(&primary.ledger) {
+                        if stage.grad_clip > 0.0 {
+                            let y = if log { stage.grad_clip.log10() } else { stage.grad_clip };
+                            let (a, b) =
+                                (x_of(primary, entry.start_step, settings), x_of(primary, entry.end_step, settings));
+                            plot_ui.line(
+                                Line::new("clip threshold", PlotPoints::new(vec![[a, y], [b, y]]))
+                                    .color(Color32::from_rgb(0xe0, 0x4f, 0x4f))
+                                    .style(LineStyle::dashed_loose()),
+                            );
+                        }
+                    }
+                }
+            }
+            for (r, store) in stores.iter().enumerate() {
+                for (s, (name, label, strong)) in spec.series.iter().enumerate() {
+                    let Some(env) = cache.get(&key(&store.root, name, settings)) else { continue };
+                    let color = PALETTE[(s + 3 * r) % PALETTE.len()];
+                    let legend = if overlay { format!("{}: {label}", short_id(&store.id)) } else { label.clone() };
+                    let faint = !*strong && name == names::LOSS;
+                    let line_color = if faint { color.gamma_multiply(0.35) } else { color };
+                    plot_ui.line(
+                        Line::new(legend.clone(), PlotPoints::Borrowed(&env.line))
+                            .color(line_color)
+                            .width(if *strong { 1.6 } else { 1.0 }),
+                    );
+                    if env.line.len() < 64 {
+                        plot_ui.points(
+                            Points::new(legend.clone(), PlotPoints::Borrowed(&env.line)).color(line_color).radius(2.5),
+                        );
+                    }
+                    if !env.nan_markers.is_empty() {
+                        plot_ui.points(
+                            Points::new("non-finite", PlotPoints::Borrowed(&env.nan_markers))
+                                .shape(MarkerShape::Cross)
+                                .radius(5.0)
+                                .color(Color32::from_rgb(0xe0, 0x4f, 0x4f)),
                         );
                     }
                 }
             }
-        }
-        for (r, store) in stores.iter().enumerate() {
-            for (s, (name, label, strong)) in spec.series.iter().enumerate() {
-                let Some(env) = cache.get(&key(&store.root, name, settings)) else { continue };
-                let color = PALETTE[(s + 3 * r) % PALETTE.len()];
-                let legend = if overlay { format!("{}: {label}", short_id(&store.id)) } else { label.clone() };
-                let faint = !*strong && name == names::LOSS;
-                let line_color = if faint { color.gamma_multiply(0.35) } else { color };
-                plot_ui.line(
-                    Line::new(legend.clone(), PlotPoints::Borrowed(&env.line))
-                        .color(line_color)
-                        .width(if *strong { 1.6 } else { 1.0 }),
-                );
-                if env.line.len() < 64 {
-                    plot_ui.points(Points::new(legend.clone(), PlotPoints::Borrowed(&env.line)).color(line_color).radius(2.5));
-                }
-                if !env.nan_markers.is_empty() {
-                    plot_ui.points(
-                        Points::new("non-finite", PlotPoints::Borrowed(&env.nan_markers))
-                            .shape(MarkerShape::Cross)
-                            .radius(5.0)
-                            .color(Color32::from_rgb(0xe0, 0x4f, 0x4f)),
+            if settings.show_markers {
+                for marker in &primary.markers {
+                    plot_ui.vline(
+                        VLine::new(marker.kind.label(), x_of(primary, marker.step, settings))
+                            .color(marker_color(marker.kind))
+                            .width(if marker.kind == MarkerKind::Checkpoint { 0.5 } else { 1.2 }),
                     );
                 }
             }
-        }
-        if settings.show_markers {
-            for marker in &primary.markers {
-                plot_ui.vline(
-                    VLine::new(marker.kind.label(), x_of(primary, marker.step, settings))
-                        .color(marker_color(marker.kind))
-                        .width(if marker.kind == MarkerKind::Checkpoint { 0.5 } else { 1.2 }),
-                );
-            }
-        }
-        plot_ui.auto_bounds().x
-    });
+            plot_ui.auto_bounds().x
+        });
 
     // Event messages near the pointer.
     if settings.show_markers {

@@ -29,7 +29,9 @@ pub fn app_ui(ui: &mut Ui, app: &mut WickApp) {
         runs::runs_ui(ui, app, &mut commands);
     });
     egui::CentralPanel::default_margins().show(ui, |ui| match app.persisted.panel {
-        Panel::Setup => setup::setup_ui(ui, &mut app.setup, app.session.as_ref().is_some_and(|s| s.is_active()), &mut commands),
+        Panel::Setup => {
+            setup::setup_ui(ui, &mut app.setup, app.session.as_ref().is_some_and(|s| s.is_active()), &mut commands)
+        }
         Panel::Live => live::live_ui(ui, app, &mut commands),
         other => coming::coming_ui(ui, other),
     });

@@ -52,9 +52,7 @@ fn run_row_ui(ui: &mut Ui, app: &WickApp, run: &RunSummary, training: bool, comm
     ui.horizontal(|ui| {
         ui.weak(format!("started {}", format_unix(run.created_unix_secs)));
         if run.resumable() && !training {
-            let resume = ui
-                .small_button("Resume run")
-                .on_hover_text("Continue from the newest intact checkpoint");
+            let resume = ui.small_button("Resume run").on_hover_text("Continue from the newest intact checkpoint");
             if resume.clicked() {
                 commands.push(AppCommand::ResumeRun(run.root.clone()));
             }

@@ -26,7 +26,8 @@ pub fn setup_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &
             let ui = &mut columns[0];
             ui.heading("Run");
             egui::Grid::new("run_grid").num_columns(2).spacing([12.0, 6.0]).show(ui, |ui| {
-                fields.row(ui, "Name", "name", |ui| ui.add(TextEdit::singleline(&mut config.name).desired_width(180.0)));
+                fields
+                    .row(ui, "Name", "name", |ui| ui.add(TextEdit::singleline(&mut config.name).desired_width(180.0)));
                 fields.row(ui, "Seed", "seed", |ui| ui.add(DragValue::new(&mut config.seed)));
                 fields.row(ui, "Device", "device", |ui| device_ui(ui, &mut config.device));
                 fields.row(ui, "Threads", "threads", |ui| {
@@ -40,18 +41,27 @@ pub fn setup_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &
                         &[(ModelPreset::Tiny, "tiny"), (ModelPreset::Small, "small"), (ModelPreset::Base, "base")],
                     )
                 });
-                fields.row(ui, "Layout adapter", "model.adapter", |ui| ui.checkbox(&mut config.model.adapter, "with adapter"));
+                fields.row(ui, "Layout adapter", "model.adapter", |ui| {
+                    ui.checkbox(&mut config.model.adapter, "with adapter")
+                });
             });
             ui.add_space(8.0);
             ui.heading("Dataset (shapes)");
             egui::Grid::new("dataset_grid").num_columns(2).spacing([12.0, 6.0]).show(ui, |ui| {
                 let d = &mut config.dataset;
                 fields.row(ui, "Variant", "dataset.variant", |ui| {
-                    combo_ui(ui, "variant", &mut d.variant, &[(ShapesVariant::Plain, "plain"), (ShapesVariant::Noisy, "noisy")])
+                    combo_ui(
+                        ui,
+                        "variant",
+                        &mut d.variant,
+                        &[(ShapesVariant::Plain, "plain"), (ShapesVariant::Noisy, "noisy")],
+                    )
                 });
                 fields.row(ui, "Min objects", "dataset.min_objects", |ui| ui.add(DragValue::new(&mut d.min_objects)));
                 fields.row(ui, "Max objects", "dataset.max_objects", |ui| ui.add(DragValue::new(&mut d.max_objects)));
-                fields.row(ui, "Train size", "dataset.train_size", |ui| ui.add(DragValue::new(&mut d.train_size).speed(10)));
+                fields.row(ui, "Train size", "dataset.train_size", |ui| {
+                    ui.add(DragValue::new(&mut d.train_size).speed(10))
+                });
                 fields.row(ui, "Subset fraction", "dataset.subset_fraction", |ui| {
                     ui.add(DragValue::new(&mut d.subset_fraction).speed(0.01).max_decimals(3))
                 });
@@ -60,12 +70,16 @@ pub fn setup_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &
             ui.add_space(8.0);
             ui.heading("Checkpoints and evaluation");
             egui::Grid::new("ckpt_grid").num_columns(2).spacing([12.0, 6.0]).show(ui, |ui| {
-                fields.row(ui, "Keep last", "checkpoints.keep_last", |ui| ui.add(DragValue::new(&mut config.checkpoints.keep_last)));
+                fields.row(ui, "Keep last", "checkpoints.keep_last", |ui| {
+                    ui.add(DragValue::new(&mut config.checkpoints.keep_last))
+                });
                 fields.row(ui, "Max bad steps", "checkpoints.max_bad_steps", |ui| {
                     ui.add(DragValue::new(&mut config.checkpoints.max_bad_steps))
                 });
                 fields.row(ui, "Eval samples", "eval.samples", |ui| ui.add(DragValue::new(&mut config.eval.samples)));
-                fields.row(ui, "Best metric", "eval.best_metric", |ui| metric_ui(ui, "best_metric", &mut config.eval.best_metric));
+                fields.row(ui, "Best metric", "eval.best_metric", |ui| {
+                    metric_ui(ui, "best_metric", &mut config.eval.best_metric)
+                });
             });
 
             let ui = &mut columns[1];
@@ -206,7 +220,13 @@ fn timeline_ui(ui: &mut Ui, stages: &[StageConfig], selected: usize, commands: &
     let painter = ui.painter_at(rect);
     painter.rect_filled(rect, 3.0, ui.visuals().extreme_bg_color);
     if total == 0 {
-        painter.text(rect.center(), egui::Align2::CENTER_CENTER, "no steps", egui::FontId::proportional(12.0), Color32::GRAY);
+        painter.text(
+            rect.center(),
+            egui::Align2::CENTER_CENTER,
+            "no steps",
+            egui::FontId::proportional(12.0),
+            Color32::GRAY,
+        );
         return;
     }
     let palette = [
@@ -227,7 +247,13 @@ fn timeline_ui(ui: &mut Ui, stages: &[StageConfig], selected: usize, commands: &
             fill = fill.gamma_multiply(0.6);
         }
         painter.rect_filled(r.shrink(1.0), 2.0, fill);
-        painter.text(r.center(), egui::Align2::CENTER_CENTER, &stage.name, egui::FontId::proportional(11.0), Color32::WHITE);
+        painter.text(
+            r.center(),
+            egui::Align2::CENTER_CENTER,
+            &stage.name,
+            egui::FontId::proportional(11.0),
+            Color32::WHITE,
+        );
         painter.text(
             egui::pos2(x0 + 2.0, bar.max.y + 1.0),
             egui::Align2::LEFT_TOP,
@@ -237,7 +263,8 @@ fn timeline_ui(ui: &mut Ui, stages: &[StageConfig], selected: usize, commands: &
         );
         if let Some(pos) = response.hover_pos().or(response.interact_pointer_pos()) {
             if r.contains(egui::pos2(pos.x, r.center().y)) {
-                hovered_text = Some(format!("{}: steps {}..{} ({} steps)", stage.name, start, start + stage.steps, stage.steps));
+                hovered_text =
+                    Some(format!("{}: steps {}..{} ({} steps)", stage.name, start, start + stage.steps, stage.steps));
                 if response.clicked() {
                     commands.push(AppCommand::Stage(StageOp::Select(i)));
                 }
@@ -267,7 +294,9 @@ fn stage_list_ui(
     for (i, stage) in stages.iter().enumerate() {
         let prefix = format!("stages[{i}]");
         let bad = issues.iter().any(|issue| {
-            issue.path == prefix || issue.path.starts_with(&format!("{prefix}.")) || issue.path.starts_with(&format!("{prefix}["))
+            issue.path == prefix
+                || issue.path.starts_with(&format!("{prefix}."))
+                || issue.path.starts_with(&format!("{prefix}["))
         });
         let mut text = RichText::new(format!("{}. {} — {} steps", i + 1, stage.name, stage.steps));
         if bad {
@@ -300,7 +329,8 @@ fn stage_list_ui(
 fn stage_editor_ui(ui: &mut Ui, stage: &mut StageConfig, index: usize, fields: &mut Fields<'_>) {
     let p = |field: &str| format!("stages[{index}].{field}");
     egui::Grid::new(format!("stage_grid_{index}")).num_columns(2).spacing([12.0, 6.0]).show(ui, |ui| {
-        fields.row(ui, "Stage name", p("name"), |ui| ui.add(TextEdit::singleline(&mut stage.name).desired_width(160.0)));
+        fields
+            .row(ui, "Stage name", p("name"), |ui| ui.add(TextEdit::singleline(&mut stage.name).desired_width(160.0)));
         fields.row(ui, "Steps", p("steps"), |ui| ui.add(DragValue::new(&mut stage.steps).speed(10)));
         fields.row(ui, "Trainable", p("trainable"), |ui| trainable_ui(ui, &mut stage.trainable));
         if let Trainable::Globs(globs) = &stage.trainable {
@@ -311,17 +341,25 @@ fn stage_editor_ui(ui: &mut Ui, stage: &mut StageConfig, index: usize, fields: &
         fields.row(ui, "Batch size", p("batch_size"), |ui| ui.add(DragValue::new(&mut stage.batch_size)));
         fields.row(ui, "Grad accumulation", p("grad_accum"), |ui| ui.add(DragValue::new(&mut stage.grad_accum)));
         fields.row(ui, "Learning rate", p("lr"), |ui| {
-            ui.add(DragValue::new(&mut stage.lr).speed(1e-5).max_decimals(6).custom_formatter(|v, _| format!("{v:.2e}")))
+            ui.add(
+                DragValue::new(&mut stage.lr).speed(1e-5).max_decimals(6).custom_formatter(|v, _| format!("{v:.2e}")),
+            )
         });
         fields.row(ui, "Schedule", p("schedule.kind"), |ui| {
             combo_ui(
                 ui,
                 "schedule_kind",
                 &mut stage.schedule.kind,
-                &[(ScheduleKind::Constant, "constant"), (ScheduleKind::Cosine, "cosine"), (ScheduleKind::Linear, "linear")],
+                &[
+                    (ScheduleKind::Constant, "constant"),
+                    (ScheduleKind::Cosine, "cosine"),
+                    (ScheduleKind::Linear, "linear"),
+                ],
             )
         });
-        fields.row(ui, "Warmup steps", p("schedule.warmup_steps"), |ui| ui.add(DragValue::new(&mut stage.schedule.warmup_steps)));
+        fields.row(ui, "Warmup steps", p("schedule.warmup_steps"), |ui| {
+            ui.add(DragValue::new(&mut stage.schedule.warmup_steps))
+        });
         fields.row(ui, "LR floor", p("schedule.floor"), |ui| {
             ui.add(DragValue::new(&mut stage.schedule.floor).speed(0.01).max_decimals(3))
         });
@@ -341,7 +379,9 @@ fn stage_editor_ui(ui: &mut Ui, stage: &mut StageConfig, index: usize, fields: &
             ui.add(DragValue::new(&mut stage.layout_dropout).speed(0.01).max_decimals(3))
         });
         fields.row(ui, "Log every", p("log_every"), |ui| ui.add(DragValue::new(&mut stage.log_every)));
-        fields.row(ui, "Eval every", p("eval_every"), |ui| ui.add(DragValue::new(&mut stage.eval_every)).on_hover_text("0 = never"));
+        fields.row(ui, "Eval every", p("eval_every"), |ui| {
+            ui.add(DragValue::new(&mut stage.eval_every)).on_hover_text("0 = never")
+        });
         fields.row(ui, "Save every", p("save_every"), |ui| {
             ui.add(DragValue::new(&mut stage.save_every)).on_hover_text("0 = only at the end of the stage")
         });
@@ -368,9 +408,8 @@ fn stage_editor_ui(ui: &mut Ui, stage: &mut StageConfig, index: usize, fields: &
         }
         fields.row(ui, "Warm start", p("warm_start"), |ui| {
             let mut text = stage.warm_start.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-            let response = ui.add(
-                TextEdit::singleline(&mut text).desired_width(220.0).hint_text("checkpoint directory (optional)"),
-            );
+            let response = ui
+                .add(TextEdit::singleline(&mut text).desired_width(220.0).hint_text("checkpoint directory (optional)"));
             if response.changed() {
                 stage.warm_start = (!text.is_empty()).then(|| text.into());
             }

@@ -113,20 +113,14 @@ fn progress_ui(ui: &mut Ui, app: &WickApp, current: Option<&std::path::Path>) {
     let stage_name = stage.map_or("", |e| e.name.as_str());
     let fraction = if total > 0 { step as f32 / total as f32 } else { 0.0 };
     ui.add(
-        ProgressBar::new(fraction.clamp(0.0, 1.0))
-            .desired_width(260.0)
-            .text(format!("{stage_name}  {step} / {total}")),
+        ProgressBar::new(fraction.clamp(0.0, 1.0)).desired_width(260.0).text(format!("{stage_name}  {step} / {total}")),
     );
     if let Some(session) = session.filter(|s| s.is_active()) {
         let stage_eta = stage.and_then(|e| session.eta_secs(e.end_step));
         let plan_eta = session.eta_secs(total);
         match (stage_eta, plan_eta) {
             (Some(stage_secs), Some(plan_secs)) => {
-                ui.label(format!(
-                    "ETA stage {} · plan {}",
-                    format_duration(stage_secs),
-                    format_duration(plan_secs)
-                ));
+                ui.label(format!("ETA stage {} · plan {}", format_duration(stage_secs), format_duration(plan_secs)));
             }
             _ => {
                 ui.weak("ETA —");

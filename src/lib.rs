@@ -14,10 +14,14 @@
 //!          commands (pause, resume, stop, save-now) polled at step boundaries
 //!    ══ unbounded channel (never blocks the trainer) ══▶ run::recorder thread: appends metrics.jsonl,
 //!          evals.jsonl, events.jsonl, rewrites state.json atomically, then forwards every event
-//!    ══ unbounded channel ══▶ consumer: the CLI's progress bar (later: the GUI's RunStore)
-//! A run on disk loads back through run::RunDir (and eval::report): the disk is the truth.
+//!    ══ unbounded channel + notify (ctx.request_repaint) ══▶ consumers: the CLI's progress bar, or the
+//!          window's app::session, drained ≤ 4 ms per frame into the run's app::store::RunStore
+//! A run on disk loads back through run::RunDir (and eval::report) into the same RunStore on a loader
+//! thread: the disk is the truth. The window (app: state, logic, commands; ui: one file per panel) draws
+//! only from RunStores, handing the plots per-pixel min/max envelopes (app::envelope).
 //! ```
 
+pub mod app;
 pub mod bench;
 pub mod build_info;
 pub mod config;
@@ -28,3 +32,4 @@ pub mod model;
 pub mod monitor;
 pub mod run;
 pub mod train;
+pub mod ui;

@@ -13,7 +13,8 @@ use wick::config::{ConfigError, ModelPreset, RunConfig};
 use wick::run::{RunDir, TrainEvent};
 use wick::train::{self, TrainOptions};
 
-/// Wick: a training workbench for candle. Without a subcommand it trains the demo curriculum.
+/// Wick: a training workbench for candle. Without a subcommand it opens the window (the demo curriculum
+/// loaded in Setup); `wick demo` trains the demo curriculum headless.
 #[derive(Parser)]
 #[command(name = "wick", version = VERSION, about)]
 struct Cli {
@@ -26,6 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train the demo curriculum (assets/presets/demo.toml) headless, with a progress bar.
+    Demo,
     /// Start a run from a config file (TOML) and train it to the end.
     Train {
         /// The run config, e.g. assets/presets/smoke.toml.
@@ -200,8 +203,12 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         None => {
+            wick::app::run_native(wick::app::AppOptions { runs_dir: cli.runs_dir })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Demo) => {
             let preset = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/presets/demo.toml");
-            eprintln!("wick: no subcommand — training the demo curriculum ({}) headless", preset.display());
+            eprintln!("wick demo: training the demo curriculum ({}) headless", preset.display());
             train_new(&preset, &cli.runs_dir, None, None)
         }
         Some(Command::Train { config, name, stop_at }) => train_new(&config, &cli.runs_dir, name, stop_at),

@@ -1,0 +1,547 @@
+//! The eframe App: state, per-frame logic (drain events within a budget, take worker results) and the
+//! commands clicks push during a frame, applied after the panels are drawn. No drawing here: panels are in
+//! [`crate::ui`].
+//!
+//! ```text
+//! frame: logic()  ─ trainer events (≤ 4 ms) ─▶ RunStore of the live run
+//!                 ─ runs scanner results, loaded RunStores, setup validation
+//!        ui()     ─ panels draw from the state and push AppCommands
+//!                 ─ commands applied (start, stop, load, save, select…)
+//! ```
+
+pub mod dialog;
+pub mod envelope;
+pub mod plot_data;
+pub mod session;
+pub mod setup;
+pub mod state;
+pub mod store;
+pub mod workers;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::RunConfig;
+use crate::run::{RunDir, RunStatus};
+use crate::train::TrainCommand;
+
+use dialog::FileDialog;
+use plot_data::PlotCache;
+use session::TrainingSession;
+use setup::{SetupState, StageOp};
+use state::{Panel, Persisted, STORAGE_KEY};
+use store::RunStore;
+use workers::{RunSummary, RunsScanner, ScanRequest, StoreLoader};
+
+/// How the window is started.
+pub struct AppOptions {
+    /// The folder holding the runs.
+    pub runs_dir: PathBuf,
+}
+
+/// Opens the window and runs it until it is closed.
+pub fn run_native(options: AppOptions) -> anyhow::Result<()> {
+    let native = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default().with_title("Wick").with_inner_size([1400.0, 900.0]),
+        ..Default::default()
+    };
+    eframe::run_native(
+        "Wick",
+        native,
+        Box::new(move |cc| Ok(Box::new(WickApp::new(cc, options.runs_dir, Box::new(dialog::RfdDialog))))),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot open the window: {e}"))
+}
+
+/// What a click asks for; applied after the frame's panels are drawn.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AppCommand {
+    /// Start a new run from the Setup draft.
+    Start,
+    /// Pause the live run.
+    Pause,
+    /// Resume the paused live run.
+    Resume,
+    /// Stop the live run with a checkpoint.
+    Stop,
+    /// Continue a stopped or interrupted run from its newest checkpoint.
+    ResumeRun(PathBuf),
+    /// Replace the draft with a built-in preset.
+    LoadPreset(String),
+    /// Open a config file into the draft.
+    OpenConfig,
+    /// Save the draft to a file.
+    SaveConfig,
+    /// Add a run directory from elsewhere.
+    OpenRunFolder,
+    /// View a run; with `add`, toggle it in the overlay set instead.
+    SelectRun {
+        /// The run directory.
+        root: PathBuf,
+        /// Ctrl-click: add to (or remove from) the overlay.
+        add: bool,
+    },
+    /// An edit of the stage list.
+    Stage(StageOp),
+    /// Export the Live panel's shown series as CSV.
+    ExportCsv,
+    /// Show a panel.
+    ShowPanel(Panel),
+}
+
+/// A message in the status line: shown once, until replaced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusMessage {
+    /// The text.
+    pub text: String,
+    /// Whether it reports an error.
+    pub error: bool,
+}
+
+/// The Wick window.
+pub struct WickApp {
+    /// Persisted settings.
+    pub persisted: Persisted,
+    /// The runs folder.
+    pub runs_dir: PathBuf,
+    /// The Setup draft.
+    pub setup: SetupState,
+    /// The run this window trains (also kept after it ended, until the next start).
+    pub session: Option<TrainingSession>,
+    /// Every run found, newest first.
+    pub runs: Vec<RunSummary>,
+    /// Viewed runs; the first is the primary one (top bar, CSV export).
+    pub selected: Vec<PathBuf>,
+    /// Loaded runs.
+    pub stores: HashMap<PathBuf, RunStore>,
+    /// The Live panel's prepared plot data.
+    pub plot_cache: PlotCache,
+    /// The status line.
+    pub status: Option<StatusMessage>,
+    /// Commands pushed during this frame.
+    pub commands: Vec<AppCommand>,
+    loading: HashSet<PathBuf>,
+    loaded_version: HashMap<PathBuf, f64>,
+    scanner: RunsScanner,
+    loader: StoreLoader,
+    dialog: Box<dyn FileDialog>,
+    ctx: egui::Context,
+    csv_result: Option<crossbeam_channel::Receiver<Result<String, String>>>,
+}
+
+impl WickApp {
+    /// The window's state, restoring persisted settings from eframe's storage when there are any.
+    pub fn new(cc: &eframe::CreationContext<'_>, runs_dir: PathBuf, dialog: Box<dyn FileDialog>) -> Self {
+        let persisted: Persisted =
+            cc.storage.and_then(|storage| eframe::get_value(storage, STORAGE_KEY)).unwrap_or_default();
+        Self::with_state(cc.egui_ctx.clone(), runs_dir, dialog, persisted)
+    }
+
+    /// The window's state from explicit persisted settings (tests, benchmarks).
+    pub fn with_state(
+        ctx: egui::Context,
+        runs_dir: PathBuf,
+        dialog: Box<dyn FileDialog>,
+        persisted: Persisted,
+    ) -> Self {
+        let scanner = RunsScanner::start(
+            ScanRequest { runs_dir: runs_dir.clone(), extra: persisted.extra_runs.clone() },
+            ctx.clone(),
+        );
+        let selected = persisted.last_opened_run.iter().filter(|p| p.join("run.toml").is_file()).cloned().collect();
+        let app = Self {
+            persisted,
+            runs_dir,
+            setup: SetupState::with_default_preset(),
+            session: None,
+            runs: Vec::new(),
+            selected,
+            stores: HashMap::new(),
+            plot_cache: PlotCache::default(),
+            status: None,
+            commands: Vec::new(),
+            loading: HashSet::new(),
+            loaded_version: HashMap::new(),
+            scanner,
+            loader: StoreLoader::new(ctx.clone()),
+            dialog,
+            ctx,
+            csv_result: None,
+        };
+        app.apply_theme();
+        app
+    }
+
+    /// Shows a message in the status line (errors also go to the log).
+    pub fn say(&mut self, text: impl Into<String>, error: bool) {
+        let text = text.into();
+        if error {
+            tracing::warn!("{text}");
+        }
+        self.status = Some(StatusMessage { text, error });
+    }
+
+    /// The summary of a listed run.
+    pub fn summary(&self, root: &Path) -> Option<&RunSummary> {
+        self.runs.iter().find(|r| r.root == root)
+    }
+
+    /// The run the top bar describes: the live one, else the primary selection.
+    pub fn current_run(&self) -> Option<&Path> {
+        match &self.session {
+            Some(s) if s.is_active() || self.selected.is_empty() => Some(&s.root),
+            _ => self.selected.first().map(PathBuf::as_path),
+        }
+    }
+
+    /// The status of a run: from the live session's events, else from its store or the last scan.
+    pub fn status_of(&self, root: &Path) -> Option<RunStatus> {
+        if let Some(session) = self.session.as_ref().filter(|s| s.root == root) {
+            return Some(session.status);
+        }
+        self.summary(root).map(|s| s.status).or_else(|| self.stores.get(root).and_then(RunStore::status))
+    }
+
+    /// Whether this window is training a run right now.
+    pub fn is_training(&self) -> bool {
+        self.session.as_ref().is_some_and(TrainingSession::is_active)
+    }
+
+    fn apply_theme(&self) {
+        self.ctx.set_theme(if self.persisted.dark_mode { egui::Theme::Dark } else { egui::Theme::Light });
+    }
+
+    /// Per-frame work that does not draw: trainer events, worker results, validation.
+    pub fn logic(&mut self) {
+        // Trainer events, within the frame's budget.
+        let mut failure = None;
+        let mut ended = false;
+        let mut end_message = None;
+        if let Some(session) = &mut self.session {
+            let (events, more) = session.drain(session::DRAIN_BUDGET);
+            if !events.is_empty() {
+                let store = self.stores.entry(session.root.clone()).or_insert_with(|| RunStore::new(&session.root));
+                for event in &events {
+                    store.apply(event);
+                }
+                store.refresh_blocks();
+            }
+            ended = events.iter().any(|e| e.is_terminal());
+            end_message =
+                events.iter().rev().find(|e| e.is_terminal()).map(|e| format!("{}: {}", session.id, e.message()));
+            failure = session.failure.take().map(|why| format!("Run {} failed: {why}", session.id));
+            if more {
+                self.ctx.request_repaint();
+            }
+        }
+        if ended {
+            self.scanner.rescan(self.scan_request());
+        }
+        if let Some(text) = failure {
+            self.say(text, true);
+        } else if let Some(text) = end_message {
+            self.say(text, false);
+        }
+        // Runs folder.
+        while let Ok(result) = self.scanner.results.try_recv() {
+            self.runs = result.runs;
+            if let Some((dir, why)) = result.errors.first() {
+                let text = format!("cannot read run {}: {why}", dir.display());
+                if self.status.as_ref().map(|s| &s.text) != Some(&text) {
+                    self.say(text, true);
+                }
+            }
+        }
+        // Loaded runs.
+        while let Ok((root, result)) = self.loader.results.try_recv() {
+            self.loading.remove(&root);
+            match result {
+                Ok(store) => {
+                    let live = self.session.as_ref().is_some_and(|s| s.root == root && s.is_active());
+                    if !live {
+                        self.stores.insert(root, store);
+                    }
+                }
+                Err(why) => self.say(format!("cannot load run {}: {why}", root.display()), true),
+            }
+        }
+        self.request_loads();
+        self.setup.revalidate();
+        if let Some(rx) = &self.csv_result {
+            if let Ok(result) = rx.try_recv() {
+                self.csv_result = None;
+                match result {
+                    Ok(text) => self.say(text, false),
+                    Err(text) => self.say(text, true),
+                }
+            }
+        }
+    }
+
+    /// Loads selected runs that are not in memory, or whose state.json changed on disk (a run written by
+    /// another process). The live run is fed by its events instead.
+    fn request_loads(&mut self) {
+        for root in self.selected.clone() {
+            if self.loading.contains(&root) {
+                continue;
+            }
+            if self.session.as_ref().is_some_and(|s| s.root == root) {
+                continue;
+            }
+            let version = self.summary(&root).map_or(0.0, |s| s.updated_unix_secs);
+            let stale = self.loaded_version.get(&root).is_none_or(|v| *v != version);
+            if stale {
+                self.loaded_version.insert(root.clone(), version);
+                self.loading.insert(root.clone());
+                self.loader.load(root);
+            }
+        }
+    }
+
+    /// Views a run already in memory (benchmarks, tests): it is not reloaded from disk.
+    pub fn show_store(&mut self, store: RunStore) {
+        let root = store.root.clone();
+        let version = self.summary(&root).map_or(0.0, |s| s.updated_unix_secs);
+        self.loaded_version.insert(root.clone(), version);
+        self.stores.insert(root.clone(), store);
+        self.select(root.clone(), false);
+        self.loaded_version.insert(root, version);
+    }
+
+    /// Whether a run is being loaded from disk.
+    pub fn is_loading(&self, root: &Path) -> bool {
+        self.loading.contains(root)
+    }
+
+    fn scan_request(&self) -> ScanRequest {
+        ScanRequest { runs_dir: self.runs_dir.clone(), extra: self.persisted.extra_runs.clone() }
+    }
+
+    /// Applies the commands pushed during the frame.
+    pub fn apply_commands(&mut self) {
+        for command in std::mem::take(&mut self.commands) {
+            if let Err(e) = self.apply(command) {
+                self.say(format!("{e:#}"), true);
+            }
+        }
+    }
+
+    fn apply(&mut self, command: AppCommand) -> anyhow::Result<()> {
+        match command {
+            AppCommand::Start => self.start_new_run()?,
+            AppCommand::Pause => self.send(TrainCommand::Pause),
+            AppCommand::Resume => self.send(TrainCommand::Resume),
+            AppCommand::Stop => {
+                self.send(TrainCommand::Stop);
+                self.say("Stopping at the next step boundary (with a checkpoint)…", false);
+            }
+            AppCommand::ResumeRun(root) => self.resume_run(&root)?,
+            AppCommand::LoadPreset(name) => {
+                let config = RunConfig::preset(&name)?;
+                self.setup.preset = name.clone();
+                self.setup.replace(config, None);
+                self.say(format!("Loaded the {name} preset"), false);
+            }
+            AppCommand::OpenConfig => {
+                if let Some(path) = self.dialog.open_config() {
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                    let config = RunConfig::from_toml_str(&text, &path.display().to_string())?;
+                    self.setup.replace(config, Some(path.clone()));
+                    self.say(format!("Opened {}", path.display()), false);
+                }
+            }
+            AppCommand::SaveConfig => {
+                let suggested = format!("{}.toml", self.setup.config.name);
+                if let Some(path) = self.dialog.save_config(&suggested) {
+                    let text = self.setup.config.to_toml_string()?;
+                    crate::run::atomic::atomic_write(&path, text.as_bytes())?;
+                    self.setup.file = Some(path.clone());
+                    self.say(format!("Saved {}", path.display()), false);
+                }
+            }
+            AppCommand::OpenRunFolder => {
+                if let Some(path) = self.dialog.open_run_folder() {
+                    let dir = RunDir::open(&path)?;
+                    let root = dir.root().to_path_buf();
+                    if !self.persisted.extra_runs.contains(&root) && root.parent() != Some(self.runs_dir.as_path()) {
+                        self.persisted.extra_runs.push(root.clone());
+                    }
+                    self.scanner.rescan(self.scan_request());
+                    self.select(root, false);
+                    self.persisted.panel = Panel::Live;
+                    self.say(format!("Opened run {}", dir.id()), false);
+                }
+            }
+            AppCommand::SelectRun { root, add } => self.select(root, add),
+            AppCommand::Stage(op) => self.setup.apply(op),
+            AppCommand::ExportCsv => self.export_csv(),
+            AppCommand::ShowPanel(panel) => self.persisted.panel = panel,
+        }
+        Ok(())
+    }
+
+    fn select(&mut self, root: PathBuf, add: bool) {
+        if add {
+            if let Some(i) = self.selected.iter().position(|r| r == &root) {
+                if self.selected.len() > 1 {
+                    self.selected.remove(i);
+                }
+            } else {
+                self.selected.push(root);
+            }
+        } else {
+            self.selected = vec![root];
+        }
+        self.persisted.last_opened_run = self.selected.first().cloned();
+        let keep: Vec<PathBuf> =
+            self.selected.iter().cloned().chain(self.session.iter().map(|s| s.root.clone())).collect();
+        self.stores.retain(|root, _| keep.contains(root));
+        self.loaded_version.retain(|root, _| keep.contains(root));
+        self.plot_cache.retain_runs(&keep);
+    }
+
+    fn send(&mut self, command: TrainCommand) {
+        if let Some(session) = &mut self.session {
+            session.send(command);
+        }
+    }
+
+    fn notify(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let ctx = self.ctx.clone();
+        Arc::new(move || ctx.request_repaint())
+    }
+
+    fn start_new_run(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.is_training(), "a run is already training — stop it first");
+        self.setup.revalidate();
+        if let Some(blocker) = self.setup.start_blocker() {
+            anyhow::bail!(blocker);
+        }
+        let config = self.setup.config.clone();
+        let dir = RunDir::create(&self.runs_dir, &config.name, &config)?;
+        self.begin_session(dir, false)
+    }
+
+    fn resume_run(&mut self, root: &Path) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.is_training(), "a run is already training — stop it first");
+        let dir = RunDir::open(root)?;
+        self.begin_session(dir, true)
+    }
+
+    fn begin_session(&mut self, dir: RunDir, resume: bool) -> anyhow::Result<()> {
+        let root = dir.root().to_path_buf();
+        let mut store = if resume { RunStore::load(&root)? } else { RunStore::new(&root) };
+        store.config = dir.config().ok();
+        store.state = dir.read_state().ok();
+        if store.ledger.is_empty() {
+            store.ledger = store.state.as_ref().map(|s| s.stages.clone()).unwrap_or_default();
+        }
+        let session = TrainingSession::start(dir, resume, self.notify())?;
+        let verb = if resume { "Resumed" } else { "Started" };
+        self.say(format!("{verb} run {}", session.id), false);
+        self.session = Some(session);
+        self.loading.remove(&root);
+        self.stores.insert(root.clone(), store);
+        self.select(root, false);
+        self.persisted.panel = Panel::Live;
+        self.scanner.rescan(self.scan_request());
+        Ok(())
+    }
+
+    fn export_csv(&mut self) {
+        let Some(root) = self.selected.first().cloned().or_else(|| self.session.as_ref().map(|s| s.root.clone()))
+        else {
+            self.say("Select a run to export its series", true);
+            return;
+        };
+        let Some(store) = self.stores.get(&root) else {
+            self.say("The run is still loading — try again in a moment", true);
+            return;
+        };
+        let Some(path) = self.dialog.save_csv(&format!("{}.csv", store.id)) else { return };
+        let x_range = self.plot_cache.x_range;
+        let x_axis = self.persisted.live.x_axis;
+        // Copy what is needed, then write on a thread: a long run is millions of lines.
+        let series: Vec<(String, store::Series)> = store.series.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.csv_result = Some(rx);
+        let ctx = self.ctx.clone();
+        let spawned = std::thread::Builder::new().name("csv-export".into()).spawn(move || {
+            let result = write_csv(&path, &series, x_range, x_axis)
+                .map(|rows| format!("Exported {rows} rows to {}", path.display()))
+                .map_err(|e| format!("cannot export {}: {e:#}", path.display()));
+            let _ = tx.send(result);
+            ctx.request_repaint();
+        });
+        if let Err(e) = spawned {
+            self.say(format!("cannot start the export: {e}"), true);
+        }
+    }
+
+    /// On exit: stop a live run with a checkpoint, waiting a bounded time.
+    pub fn shutdown(&mut self) {
+        if let Some(session) = &mut self.session {
+            if session.is_active() && !session.stop_and_wait(session::EXIT_WAIT) {
+                tracing::warn!(
+                    "the trainer did not stop within {:?}; the run will show as interrupted",
+                    session::EXIT_WAIT
+                );
+            }
+        }
+    }
+}
+
+/// Writes every point of `series` within the x-range (all when `None`) as `series,step,wall_secs,value` rows.
+pub fn write_csv(
+    path: &Path,
+    series: &[(String, store::Series)],
+    x_range: Option<(f64, f64)>,
+    x_axis: state::XAxis,
+) -> anyhow::Result<usize> {
+    use std::io::Write;
+    let file = std::fs::File::create(path)?;
+    let mut out = std::io::BufWriter::new(file);
+    writeln!(out, "series,step,wall_secs,value")?;
+    let mut rows = 0;
+    for (name, s) in series {
+        for i in 0..s.len() {
+            let x = match x_axis {
+                state::XAxis::Step => s.steps[i],
+                state::XAxis::WallTime => s.wall_secs[i],
+            };
+            if x_range.is_some_and(|(lo, hi)| x < lo || x > hi) {
+                continue;
+            }
+            let value = if s.values[i].is_finite() { s.values[i].to_string() } else { "NaN".to_string() };
+            writeln!(out, "{name},{},{},{value}", s.steps[i], s.wall_secs[i])?;
+            rows += 1;
+        }
+    }
+    out.flush()?;
+    Ok(rows)
+}
+
+impl eframe::App for WickApp {
+    fn logic(&mut self, _ctx: &egui::Context, _frame: &mut eframe::Frame) {
+        WickApp::logic(self);
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        let theme_before = self.persisted.dark_mode;
+        crate::ui::app_ui(ui, self);
+        self.apply_commands();
+        if theme_before != self.persisted.dark_mode {
+            self.apply_theme();
+        }
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, STORAGE_KEY, &self.persisted);
+    }
+
+    fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
+        self.shutdown();
+    }
+}

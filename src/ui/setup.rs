@@ -1,0 +1,454 @@
+//! The Setup panel: dataset, model, device, seed; the stage list with its timeline; every field validated
+//! inline (errors next to the field their path names); presets; open / save TOML.
+
+use std::collections::HashSet;
+
+use egui::{Color32, ComboBox, DragValue, Response, RichText, Sense, TextEdit, Ui};
+
+use crate::app::setup::{SetupState, StageOp};
+use crate::app::AppCommand;
+use crate::config::{
+    ConfigIssue, EarlyStoppingConfig, MetricMode, ModelPreset, ScheduleKind, ShapesVariant, StageConfig, Trainable,
+    TrainableGroup, METRICS, PRESETS,
+};
+
+use super::ERROR_COLOR;
+
+/// Draws the Setup panel. `training` disables nothing here (the draft is only used by the next Start).
+pub fn setup_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &mut Vec<AppCommand>) {
+    setup.revalidate();
+    toolbar_ui(ui, setup, training, commands);
+    ui.separator();
+    let SetupState { config, issues, selected_stage, .. } = setup;
+    let mut fields = Fields { issues: issues.as_slice(), shown: HashSet::new() };
+    egui::ScrollArea::vertical().auto_shrink([false, false]).show(ui, |ui| {
+        ui.columns(2, |columns| {
+            let ui = &mut columns[0];
+            ui.heading("Run");
+            egui::Grid::new("run_grid").num_columns(2).spacing([12.0, 6.0]).show(ui, |ui| {
+                fields
+                    .row(ui, "Name", "name", |ui| ui.add(TextEdit::singleline(&mut config.name).desired_width(180.0)));
+                fields.row(ui, "Seed", "seed", |ui| ui.add(DragValue::new(&mut config.seed)));
+                fields.row(ui, "Device", "device", |ui| device_ui(ui, &mut config.device));
+                fields.row(ui, "Threads", "threads", |ui| {
+                    ui.add(DragValue::new(&mut config.threads)).on_hover_text("0 = every core")
+                });
+                fields.row(ui, "Model preset", "model.preset", |ui| {
+                    combo_ui(
+                        ui,
+                        "model_preset",
+                        &mut config.model.preset,
+                        &[(ModelPreset::Tiny, "tiny"), (ModelPreset::Small, "small"), (ModelPreset::Base, "base")],
+                    )
+                });
+                fields.row(ui, "Layout adapter", "model.adapter", |ui| {
+                    ui.checkbox(&mut config.model.adapter, "with adapter")
+                });
+            });
+            ui.add_space(8.0);
+            ui.heading("Dataset (shapes)");
+            egui::Grid::new("dataset_grid").num_columns(2).spacing([12.0, 6.0]).show(ui, |ui| {
+                let d = &mut config.dataset;
+                fields.row(ui, "Variant", "dataset.variant", |ui| {
+                    combo_ui(
+                        ui,
+                        "variant",
+                        &mut d.variant,
+                        &[(ShapesVariant::Plain, "plain"), (ShapesVariant::Noisy, "noisy")],
+                    )
+                });
+                fields.row(ui, "Min objects", "dataset.min_objects", |ui| ui.add(DragValue::new(&mut d.min_objects)));
+                fields.row(ui, "Max objects", "dataset.max_objects", |ui| ui.add(DragValue::new(&mut d.max_objects)));
+                fields.row(ui, "Train size", "dataset.train_size", |ui| {
+                    ui.add(DragValue::new(&mut d.train_size).speed(10))
+                });
+                fields.row(ui, "Subset fraction", "dataset.subset_fraction", |ui| {
+                    ui.add(DragValue::new(&mut d.subset_fraction).speed(0.01).max_decimals(3))
+                });
+                fields.row(ui, "Dataset seed", "dataset.seed", |ui| ui.add(DragValue::new(&mut d.seed)));
+            });
+            ui.add_space(8.0);
+            ui.heading("Checkpoints and evaluation");
+            egui::Grid::new("ckpt_grid").num_columns(2).spacing([12.0, 6.0]).show(ui, |ui| {
+                fields.row(ui, "Keep last", "checkpoints.keep_last", |ui| {
+                    ui.add(DragValue::new(&mut config.checkpoints.keep_last))
+                });
+                fields.row(ui, "Max bad steps", "checkpoints.max_bad_steps", |ui| {
+                    ui.add(DragValue::new(&mut config.checkpoints.max_bad_steps))
+                });
+                fields.row(ui, "Eval samples", "eval.samples", |ui| ui.add(DragValue::new(&mut config.eval.samples)));
+                fields.row(ui, "Best metric", "eval.best_metric", |ui| {
+                    metric_ui(ui, "best_metric", &mut config.eval.best_metric)
+                });
+            });
+
+            let ui = &mut columns[1];
+            ui.heading("Stages");
+            fields.issue_ui(ui, "stages");
+            timeline_ui(ui, &config.stages, *selected_stage, commands);
+            ui.add_space(4.0);
+            stage_list_ui(ui, &config.stages, *selected_stage, fields.issues, commands);
+            ui.separator();
+            if let Some(stage) = config.stages.get_mut(*selected_stage) {
+                let index = *selected_stage;
+                ui.label(RichText::new(format!("Stage {}: {}", index + 1, stage.name)).strong());
+                stage_editor_ui(ui, stage, index, &mut fields);
+            }
+        });
+        let leftover: Vec<&ConfigIssue> = fields.issues.iter().filter(|i| !fields.shown.contains(&i.path)).collect();
+        if !leftover.is_empty() {
+            ui.separator();
+            ui.label(RichText::new("Other problems").strong().color(ERROR_COLOR));
+            for issue in leftover {
+                ui.label(RichText::new(issue.to_string()).color(ERROR_COLOR));
+            }
+        }
+    });
+}
+
+fn toolbar_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &mut Vec<AppCommand>) {
+    ui.horizontal(|ui| {
+        let label = ui.label("Preset");
+        let preset_response = ComboBox::from_id_salt("preset")
+            .selected_text(setup.preset.clone())
+            .show_ui(ui, |ui| {
+                for (name, _) in PRESETS {
+                    if ui.selectable_label(setup.preset == *name, *name).clicked() {
+                        setup.preset = (*name).to_string();
+                        commands.push(AppCommand::LoadPreset((*name).to_string()));
+                    }
+                }
+            })
+            .response
+            .labelled_by(label.id);
+        let _ = preset_response;
+        if ui.button("Load preset").on_hover_text("Replace the config with the chosen preset").clicked() {
+            commands.push(AppCommand::LoadPreset(setup.preset.clone()));
+        }
+        ui.separator();
+        if ui.button("Open…").on_hover_text("Open a run config (TOML)").clicked() {
+            commands.push(AppCommand::OpenConfig);
+        }
+        if ui.button("Save…").on_hover_text("Save this config as TOML").clicked() {
+            commands.push(AppCommand::SaveConfig);
+        }
+        if let Some(file) = &setup.file {
+            ui.weak(file.display().to_string());
+        }
+        ui.separator();
+        let total = setup.config.total_steps();
+        ui.label(format!("{} stages, {total} steps", setup.config.stages.len()));
+        match setup.issues.len() {
+            0 if training => {
+                ui.weak("ready (a run is training)");
+            }
+            0 => {
+                ui.label(RichText::new("ready to start").color(Color32::from_rgb(0x4c, 0xaf, 0x50)));
+            }
+            n => {
+                ui.label(RichText::new(format!("{n} problem(s) — see the fields in red")).color(ERROR_COLOR));
+            }
+        }
+    });
+}
+
+/// Rows of labelled fields with their issues, remembering which issue paths were shown.
+struct Fields<'a> {
+    issues: &'a [ConfigIssue],
+    shown: HashSet<String>,
+}
+
+impl Fields<'_> {
+    /// A grid row: the label, then the widget (labelled by it for screen readers and tests) and the problems
+    /// of `path` in red.
+    fn row(&mut self, ui: &mut Ui, label: &str, path: impl Into<String>, widget: impl FnOnce(&mut Ui) -> Response) {
+        let path = path.into();
+        let label = ui.label(label);
+        ui.horizontal(|ui| {
+            let _ = widget(ui).labelled_by(label.id);
+            self.issue_ui(ui, &path);
+        });
+        ui.end_row();
+    }
+
+    /// The problems of exactly `path`, in red.
+    fn issue_ui(&mut self, ui: &mut Ui, path: &str) {
+        let mut any = false;
+        for issue in self.issues.iter().filter(|i| i.path == path) {
+            ui.label(RichText::new(&issue.message).color(ERROR_COLOR));
+            any = true;
+        }
+        if any {
+            self.shown.insert(path.to_string());
+        }
+    }
+}
+
+fn combo_ui<T: PartialEq + Copy>(ui: &mut Ui, id: &str, value: &mut T, options: &[(T, &str)]) -> Response {
+    let selected = options.iter().find(|(v, _)| v == value).map_or("?", |(_, name)| *name);
+    ComboBox::from_id_salt(id)
+        .selected_text(selected)
+        .show_ui(ui, |ui| {
+            for (option, name) in options {
+                ui.selectable_value(value, *option, *name);
+            }
+        })
+        .response
+}
+
+fn metric_ui(ui: &mut Ui, id: &str, metric: &mut String) -> Response {
+    ComboBox::from_id_salt(id)
+        .selected_text(metric.clone())
+        .show_ui(ui, |ui| {
+            for name in METRICS {
+                ui.selectable_value(metric, name.to_string(), name);
+            }
+        })
+        .response
+}
+
+fn device_ui(ui: &mut Ui, device: &mut String) -> Response {
+    ui.add(TextEdit::singleline(device).desired_width(100.0).hint_text("auto, cpu, cuda:0"))
+        .on_hover_text("auto (CUDA when built with it and available, else CPU), cpu, or cuda:N")
+}
+
+/// The stages as bars on one global step axis; click one to edit it.
+fn timeline_ui(ui: &mut Ui, stages: &[StageConfig], selected: usize, commands: &mut Vec<AppCommand>) {
+    let total: u64 = stages.iter().map(|s| s.steps).sum();
+    let width = ui.available_width().max(100.0);
+    let (rect, response) = ui.allocate_exact_size(egui::vec2(width, 34.0), Sense::click());
+    let painter = ui.painter_at(rect);
+    painter.rect_filled(rect, 3.0, ui.visuals().extreme_bg_color);
+    if total == 0 {
+        painter.text(
+            rect.center(),
+            egui::Align2::CENTER_CENTER,
+            "no steps",
+            egui::FontId::proportional(12.0),
+            Color32::GRAY,
+        );
+        return;
+    }
+    let palette = [
+        Color32::from_rgb(0x3f, 0x6f, 0xb5),
+        Color32::from_rgb(0x5b, 0x9a, 0x5b),
+        Color32::from_rgb(0xb5, 0x7f, 0x3f),
+        Color32::from_rgb(0x8a, 0x5b, 0xb0),
+    ];
+    let bar = egui::Rect::from_min_max(rect.min, egui::pos2(rect.max.x, rect.min.y + 22.0));
+    let mut start = 0u64;
+    let mut hovered_text = None;
+    for (i, stage) in stages.iter().enumerate() {
+        let x0 = bar.min.x + bar.width() * start as f32 / total as f32;
+        let x1 = bar.min.x + bar.width() * (start + stage.steps) as f32 / total as f32;
+        let r = egui::Rect::from_min_max(egui::pos2(x0, bar.min.y), egui::pos2(x1.max(x0 + 1.0), bar.max.y));
+        let mut fill = palette[i % palette.len()];
+        if i != selected {
+            fill = fill.gamma_multiply(0.6);
+        }
+        painter.rect_filled(r.shrink(1.0), 2.0, fill);
+        painter.text(
+            r.center(),
+            egui::Align2::CENTER_CENTER,
+            &stage.name,
+            egui::FontId::proportional(11.0),
+            Color32::WHITE,
+        );
+        painter.text(
+            egui::pos2(x0 + 2.0, bar.max.y + 1.0),
+            egui::Align2::LEFT_TOP,
+            start.to_string(),
+            egui::FontId::proportional(9.0),
+            ui.visuals().weak_text_color(),
+        );
+        if let Some(pos) = response.hover_pos().or(response.interact_pointer_pos()) {
+            if r.contains(egui::pos2(pos.x, r.center().y)) {
+                hovered_text =
+                    Some(format!("{}: steps {}..{} ({} steps)", stage.name, start, start + stage.steps, stage.steps));
+                if response.clicked() {
+                    commands.push(AppCommand::Stage(StageOp::Select(i)));
+                }
+            }
+        }
+        start += stage.steps;
+    }
+    painter.text(
+        egui::pos2(bar.max.x - 2.0, bar.max.y + 1.0),
+        egui::Align2::RIGHT_TOP,
+        total.to_string(),
+        egui::FontId::proportional(9.0),
+        ui.visuals().weak_text_color(),
+    );
+    if let Some(text) = hovered_text {
+        response.on_hover_text(text);
+    }
+}
+
+fn stage_list_ui(
+    ui: &mut Ui,
+    stages: &[StageConfig],
+    selected: usize,
+    issues: &[ConfigIssue],
+    commands: &mut Vec<AppCommand>,
+) {
+    for (i, stage) in stages.iter().enumerate() {
+        let prefix = format!("stages[{i}]");
+        let bad = issues.iter().any(|issue| {
+            issue.path == prefix
+                || issue.path.starts_with(&format!("{prefix}."))
+                || issue.path.starts_with(&format!("{prefix}["))
+        });
+        let mut text = RichText::new(format!("{}. {} — {} steps", i + 1, stage.name, stage.steps));
+        if bad {
+            text = text.color(ERROR_COLOR);
+        }
+        if ui.selectable_label(i == selected, text).clicked() {
+            commands.push(AppCommand::Stage(StageOp::Select(i)));
+        }
+    }
+    ui.horizontal_wrapped(|ui| {
+        let has = selected < stages.len();
+        if ui.button("Add stage").clicked() {
+            commands.push(AppCommand::Stage(StageOp::Add));
+        }
+        if ui.add_enabled(has, egui::Button::new("Duplicate stage")).clicked() {
+            commands.push(AppCommand::Stage(StageOp::Duplicate(selected)));
+        }
+        if ui.add_enabled(has, egui::Button::new("Remove stage")).clicked() {
+            commands.push(AppCommand::Stage(StageOp::Remove(selected)));
+        }
+        if ui.add_enabled(has && selected > 0, egui::Button::new("Move up")).clicked() {
+            commands.push(AppCommand::Stage(StageOp::MoveUp(selected)));
+        }
+        if ui.add_enabled(selected + 1 < stages.len(), egui::Button::new("Move down")).clicked() {
+            commands.push(AppCommand::Stage(StageOp::MoveDown(selected)));
+        }
+    });
+}
+
+fn stage_editor_ui(ui: &mut Ui, stage: &mut StageConfig, index: usize, fields: &mut Fields<'_>) {
+    let p = |field: &str| format!("stages[{index}].{field}");
+    egui::Grid::new(format!("stage_grid_{index}")).num_columns(2).spacing([12.0, 6.0]).show(ui, |ui| {
+        fields
+            .row(ui, "Stage name", p("name"), |ui| ui.add(TextEdit::singleline(&mut stage.name).desired_width(160.0)));
+        fields.row(ui, "Steps", p("steps"), |ui| ui.add(DragValue::new(&mut stage.steps).speed(10)));
+        fields.row(ui, "Trainable", p("trainable"), |ui| trainable_ui(ui, &mut stage.trainable));
+        if let Trainable::Globs(globs) = &stage.trainable {
+            for (g, _) in globs.iter().enumerate() {
+                fields.issue_ui(ui, &format!("stages[{index}].trainable[{g}]"));
+            }
+        }
+        fields.row(ui, "Batch size", p("batch_size"), |ui| ui.add(DragValue::new(&mut stage.batch_size)));
+        fields.row(ui, "Grad accumulation", p("grad_accum"), |ui| ui.add(DragValue::new(&mut stage.grad_accum)));
+        fields.row(ui, "Learning rate", p("lr"), |ui| {
+            ui.add(
+                DragValue::new(&mut stage.lr).speed(1e-5).max_decimals(6).custom_formatter(|v, _| format!("{v:.2e}")),
+            )
+        });
+        fields.row(ui, "Schedule", p("schedule.kind"), |ui| {
+            combo_ui(
+                ui,
+                "schedule_kind",
+                &mut stage.schedule.kind,
+                &[
+                    (ScheduleKind::Constant, "constant"),
+                    (ScheduleKind::Cosine, "cosine"),
+                    (ScheduleKind::Linear, "linear"),
+                ],
+            )
+        });
+        fields.row(ui, "Warmup steps", p("schedule.warmup_steps"), |ui| {
+            ui.add(DragValue::new(&mut stage.schedule.warmup_steps))
+        });
+        fields.row(ui, "LR floor", p("schedule.floor"), |ui| {
+            ui.add(DragValue::new(&mut stage.schedule.floor).speed(0.01).max_decimals(3))
+        });
+        fields.row(ui, "Weight decay", p("weight_decay"), |ui| {
+            ui.add(DragValue::new(&mut stage.weight_decay).speed(0.001).max_decimals(4))
+        });
+        fields.row(ui, "Grad clip", p("grad_clip"), |ui| {
+            ui.add(DragValue::new(&mut stage.grad_clip).speed(0.01).max_decimals(3)).on_hover_text("0 = no clipping")
+        });
+        fields.row(ui, "EMA decay", p("ema_decay"), |ui| {
+            ui.add(DragValue::new(&mut stage.ema_decay).speed(0.0005).max_decimals(4)).on_hover_text("0 = no EMA")
+        });
+        fields.row(ui, "Class dropout", p("class_dropout"), |ui| {
+            ui.add(DragValue::new(&mut stage.class_dropout).speed(0.01).max_decimals(3))
+        });
+        fields.row(ui, "Layout dropout", p("layout_dropout"), |ui| {
+            ui.add(DragValue::new(&mut stage.layout_dropout).speed(0.01).max_decimals(3))
+        });
+        fields.row(ui, "Log every", p("log_every"), |ui| ui.add(DragValue::new(&mut stage.log_every)));
+        fields.row(ui, "Eval every", p("eval_every"), |ui| {
+            ui.add(DragValue::new(&mut stage.eval_every)).on_hover_text("0 = never")
+        });
+        fields.row(ui, "Save every", p("save_every"), |ui| {
+            ui.add(DragValue::new(&mut stage.save_every)).on_hover_text("0 = only at the end of the stage")
+        });
+        fields.row(ui, "Sample every", p("sample_every"), |ui| {
+            ui.add(DragValue::new(&mut stage.sample_every)).on_hover_text("0 = only with checkpoints")
+        });
+        fields.row(ui, "Early stopping", p("early_stopping"), |ui| {
+            let mut on = stage.early_stopping.is_some();
+            let response = ui.checkbox(&mut on, "stop when the metric stops improving");
+            if response.changed() {
+                stage.early_stopping = on.then(EarlyStoppingConfig::default);
+            }
+            response
+        });
+        if let Some(es) = &mut stage.early_stopping {
+            fields.row(ui, "Metric", p("early_stopping.metric"), |ui| metric_ui(ui, "es_metric", &mut es.metric));
+            fields.row(ui, "Mode", p("early_stopping.mode"), |ui| {
+                combo_ui(ui, "es_mode", &mut es.mode, &[(MetricMode::Min, "min"), (MetricMode::Max, "max")])
+            });
+            fields.row(ui, "Patience", p("early_stopping.patience"), |ui| ui.add(DragValue::new(&mut es.patience)));
+            fields.row(ui, "Min delta", p("early_stopping.min_delta"), |ui| {
+                ui.add(DragValue::new(&mut es.min_delta).speed(0.001).max_decimals(4))
+            });
+        }
+        fields.row(ui, "Warm start", p("warm_start"), |ui| {
+            let mut text = stage.warm_start.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+            let response = ui
+                .add(TextEdit::singleline(&mut text).desired_width(220.0).hint_text("checkpoint directory (optional)"));
+            if response.changed() {
+                stage.warm_start = (!text.is_empty()).then(|| text.into());
+            }
+            response
+        });
+    });
+}
+
+fn trainable_ui(ui: &mut Ui, trainable: &mut Trainable) -> Response {
+    let current = match trainable {
+        Trainable::Group(TrainableGroup::All) => "all",
+        Trainable::Group(TrainableGroup::Adapter) => "adapter",
+        Trainable::Group(TrainableGroup::Base) => "base",
+        Trainable::Globs(_) => "name globs",
+    };
+    let mut response = ComboBox::from_id_salt("trainable")
+        .selected_text(current)
+        .show_ui(ui, |ui| {
+            for (name, value) in [
+                ("all", Trainable::Group(TrainableGroup::All)),
+                ("adapter", Trainable::Group(TrainableGroup::Adapter)),
+                ("base", Trainable::Group(TrainableGroup::Base)),
+            ] {
+                if ui.selectable_label(current == name, name).clicked() {
+                    *trainable = value;
+                }
+            }
+            if ui.selectable_label(current == "name globs", "name globs").clicked() && current != "name globs" {
+                *trainable = Trainable::Globs(vec!["blocks.*.adapter_*".to_string()]);
+            }
+        })
+        .response;
+    if let Trainable::Globs(globs) = trainable {
+        let mut text = globs.join(", ");
+        let edit = ui.add(TextEdit::singleline(&mut text).desired_width(200.0).hint_text("glob, glob, …"));
+        if edit.changed() {
+            *globs = text.split(',').map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect();
+        }
+        response = response.union(edit);
+    }
+    response
+}

@@ -1,0 +1,212 @@
+//! The window, driven without a window by egui_kittest: widgets are found by their accessible labels.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use egui_kittest::kittest::{NodeT, Queryable};
+use egui_kittest::Harness;
+use wick::app::dialog::ScriptedDialog;
+use wick::app::state::{Panel, Persisted};
+use wick::app::WickApp;
+use wick::run::{RunDir, RunStatus};
+use wick::train::{self, TrainOptions};
+
+fn harness(runs_dir: &Path, dialog: &ScriptedDialog) -> Harness<'static, WickApp> {
+    let runs_dir = runs_dir.to_path_buf();
+    let dialog = dialog.clone();
+    Harness::builder().with_size(egui::vec2(1700.0, 1100.0)).build_eframe(move |cc| {
+        WickApp::with_state(cc.egui_ctx.clone(), runs_dir, Box::new(dialog), Persisted::default())
+    })
+}
+
+/// Whether the Start button is disabled.
+fn start_disabled(harness: &Harness<'_, WickApp>) -> bool {
+    harness.get_by_label("Start").accesskit_node().is_disabled()
+}
+
+/// A few frames, letting commands apply and workers answer.
+fn settle(harness: &mut Harness<'_, WickApp>) {
+    for _ in 0..3 {
+        harness.step();
+    }
+}
+
+/// Steps (with short sleeps) until `done` holds, at most `limit`.
+fn step_until(
+    harness: &mut Harness<'_, WickApp>,
+    limit: Duration,
+    mut done: impl FnMut(&Harness<'_, WickApp>) -> bool,
+) {
+    let start = Instant::now();
+    while !done(harness) {
+        assert!(start.elapsed() < limit, "gave up after {limit:?}");
+        harness.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    harness.step();
+}
+
+#[test]
+fn an_invalid_stage_field_shows_its_error_inline_and_disables_start() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut harness = harness(runs.path(), &ScriptedDialog::new());
+    settle(&mut harness);
+    assert_eq!(harness.state().persisted.panel, Panel::Setup);
+    assert_eq!(harness.state().setup.config.name, "demo", "the demo curriculum is loaded at start");
+    assert!(!start_disabled(&harness), "the demo config is valid");
+    let steps = harness.state().setup.config.stages[0].steps;
+
+    harness.get_by_label("Steps").set_value_accesskit(0.0);
+    settle(&mut harness);
+    assert_eq!(harness.state().setup.config.stages[0].steps, 0);
+    harness.get_by_label_contains("must be > 0");
+    assert!(start_disabled(&harness), "Start is disabled while the config has errors");
+
+    harness.get_by_label("Steps").set_value_accesskit(steps as f64);
+    harness.get_by_label("Learning rate").set_value_accesskit(-0.001);
+    settle(&mut harness);
+    assert!(harness.query_by_label_contains("must be > 0").is_none());
+    harness.get_by_label_contains("must be a positive number");
+    assert!(start_disabled(&harness));
+
+    harness.get_by_label("Learning rate").set_value_accesskit(0.001);
+    settle(&mut harness);
+    assert!(harness.query_by_label_contains("must be a positive number").is_none());
+    assert!(!start_disabled(&harness), "fixed: Start is enabled again, issues: {:?}", harness.state().setup.issues);
+}
+
+#[test]
+fn stages_can_be_added_duplicated_moved_and_removed() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut harness = harness(runs.path(), &ScriptedDialog::new());
+    settle(&mut harness);
+    let names =
+        |h: &Harness<'_, WickApp>| h.state().setup.config.stages.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    let before = names(&harness);
+    assert_eq!(before.len(), 3);
+
+    harness.get_by_label("Add stage").click();
+    settle(&mut harness);
+    assert_eq!(names(&harness).len(), 4);
+    assert_eq!(harness.state().setup.selected_stage, 3);
+
+    harness.get_by_label("Duplicate stage").click();
+    settle(&mut harness);
+    let after = names(&harness);
+    assert_eq!(after.len(), 5);
+    assert_eq!(after[4], format!("{}-copy", after[3]));
+    harness.get_by_label_contains(&format!("5. {}", after[4]));
+
+    harness.get_by_label("Move up").click();
+    settle(&mut harness);
+    assert_eq!(names(&harness)[3], after[4]);
+
+    harness.get_by_label("Remove stage").click();
+    settle(&mut harness);
+    harness.get_by_label("Remove stage").click();
+    settle(&mut harness);
+    assert_eq!(names(&harness), before);
+    assert!(!start_disabled(&harness));
+}
+
+#[test]
+fn the_smoke_preset_trains_from_start_to_finished_and_is_listed() {
+    wick::model::tune_cpu_runtime();
+    let runs = tempfile::tempdir().unwrap();
+    let mut harness = harness(runs.path(), &ScriptedDialog::new());
+    settle(&mut harness);
+
+    harness.get_by_label("Preset").click();
+    settle(&mut harness);
+    harness.get_by_label("smoke").click();
+    settle(&mut harness);
+    assert_eq!(harness.state().setup.config.name, "smoke");
+
+    harness.get_by_label("Start").click();
+    settle(&mut harness);
+    assert!(harness.state().is_training(), "status: {:?}", harness.state().status);
+    assert_eq!(harness.state().persisted.panel, Panel::Live);
+    assert!(start_disabled(&harness), "no second run while one trains");
+
+    step_until(&mut harness, Duration::from_secs(120), |h| {
+        let app = h.state();
+        !app.is_training() && app.runs.iter().any(|r| r.status == RunStatus::Finished)
+    });
+    let app = harness.state();
+    let session = app.session.as_ref().unwrap();
+    assert_eq!(session.status, RunStatus::Finished, "failure: {:?}", app.status);
+    let id = session.id.clone();
+    assert!(id.starts_with("smoke-"));
+    let store = &app.stores[&session.root];
+    assert_eq!(store.series["loss"].len(), 50, "every logged step reached the RunStore");
+    assert!(harness.query_all_by_label("finished").count() >= 2, "top bar and Runs panel say finished");
+    assert!(harness.query_all_by_label(&id).count() >= 2, "the run is named in the top bar and listed in Runs");
+}
+
+#[test]
+fn a_run_written_by_the_engine_opens_from_a_folder_elsewhere() {
+    wick::model::tune_cpu_runtime();
+    let runs = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let config = common::tiny_two_stage(2, 1);
+    let dir = RunDir::create(elsewhere.path(), "from-cli", &config).unwrap();
+    train::start(dir.clone(), TrainOptions::default()).unwrap().join();
+    let id = dir.id();
+
+    let dialog = ScriptedDialog::new();
+    let mut harness = harness(runs.path(), &dialog);
+    settle(&mut harness);
+    assert!(harness.query_by_label(&id).is_none());
+
+    dialog.push(dir.root());
+    harness.get_by_label("Open run folder…").click();
+    step_until(&mut harness, Duration::from_secs(20), |h| {
+        h.state().runs.iter().any(|r| r.id == id) && h.state().stores.contains_key(dir.root())
+    });
+    assert_eq!(harness.state().persisted.panel, Panel::Live);
+    assert!(harness.query_all_by_label(&id).count() >= 2, "listed in Runs and named in the top bar");
+    assert_eq!(harness.state().stores[dir.root()].series["loss"].len(), 3);
+    assert_eq!(harness.state().persisted.extra_runs, vec![dir.root().to_path_buf()]);
+}
+
+#[test]
+fn saved_window_state_from_an_older_version_still_loads() {
+    let state: Persisted = serde_json::from_str(r#"{"panel": "Live", "unknown_field_from_the_future": 1}"#).unwrap();
+    assert_eq!(state.panel, Panel::Live);
+    assert!(state.dark_mode);
+}
+
+#[test]
+fn closing_the_window_while_training_stops_with_a_checkpoint_and_the_run_resumes_next_launch() {
+    wick::model::tune_cpu_runtime();
+    let runs = tempfile::tempdir().unwrap();
+    let root = {
+        let mut harness = harness(runs.path(), &ScriptedDialog::new());
+        settle(&mut harness);
+        harness.state_mut().commands.push(wick::app::AppCommand::LoadPreset("smoke".into()));
+        settle(&mut harness);
+        harness.get_by_label("Start").click();
+        settle(&mut harness);
+        assert!(harness.state().is_training());
+        // What eframe calls when the window closes.
+        harness.state_mut().shutdown();
+        let root = harness.state().session.as_ref().unwrap().root.clone();
+        let state = RunDir::open(&root).unwrap().read_state().unwrap();
+        assert_eq!(state.status, RunStatus::Stopped, "stopped with a checkpoint, not left running");
+        root
+    };
+
+    // Next launch: the run is listed as stopped and resumes to the end.
+    let mut harness = harness(runs.path(), &ScriptedDialog::new());
+    step_until(&mut harness, Duration::from_secs(10), |h| h.state().runs.iter().any(|r| r.root == root));
+    assert_eq!(harness.state().runs[0].status, RunStatus::Stopped);
+    harness.get_by_label("Resume run").click();
+    settle(&mut harness);
+    assert!(harness.state().is_training());
+    step_until(&mut harness, Duration::from_secs(120), |h| !h.state().is_training());
+    assert_eq!(harness.state().session.as_ref().unwrap().status, RunStatus::Finished);
+    let state = RunDir::open(&root).unwrap().read_state().unwrap();
+    assert_eq!((state.status, state.global_step), (RunStatus::Finished, 50));
+}

@@ -68,6 +68,34 @@ pub fn checkpoints_ui(ui: &mut Ui, app: &mut WickApp, commands: &mut Vec<AppComm
     table_ui(ui, state, commands);
 }
 
+/// A painted ✔ (green) or ✘ (red), whose accessible label is that character: egui's default fonts have
+/// neither glyph.
+pub fn mark_ui(ui: &mut Ui, ok: bool) -> egui::Response {
+    let size = ui.text_style_height(&egui::TextStyle::Body);
+    let (rect, response) = ui.allocate_exact_size(egui::vec2(size, size), egui::Sense::hover());
+    let label = if ok { "✔" } else { "✘" };
+    response.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Label, true, label));
+    if ui.is_rect_visible(rect) {
+        let r = rect.shrink(size * 0.18);
+        let painter = ui.painter();
+        if ok {
+            let stroke = egui::Stroke::new(2.0, OK_COLOR);
+            let points = [
+                r.left_center() + egui::vec2(0.0, r.height() * 0.05),
+                egui::pos2(r.left() + r.width() * 0.38, r.bottom()),
+                r.right_top(),
+            ];
+            painter.line_segment([points[0], points[1]], stroke);
+            painter.line_segment([points[1], points[2]], stroke);
+        } else {
+            let stroke = egui::Stroke::new(2.0, ERROR_COLOR);
+            painter.line_segment([r.left_top(), r.right_bottom()], stroke);
+            painter.line_segment([r.right_top(), r.left_bottom()], stroke);
+        }
+    }
+    response
+}
+
 fn table_ui(ui: &mut Ui, state: &mut CheckpointsState, commands: &mut Vec<AppCommand>) {
     let Some(report) = &state.report else { return };
     let cell = |v: Option<f64>, digits: usize| {
@@ -75,9 +103,10 @@ fn table_ui(ui: &mut Ui, state: &mut CheckpointsState, commands: &mut Vec<AppCom
     };
     let mut toggles = Vec::new();
     egui::ScrollArea::both().auto_shrink([false, false]).show(ui, |ui| {
-        egui::Grid::new("checkpoints_table").striped(true).num_columns(14).spacing([14.0, 4.0]).show(ui, |ui| {
+        egui::Grid::new("checkpoints_table").striped(true).num_columns(15).spacing([14.0, 4.0]).show(ui, |ui| {
             for title in [
                 "Checkpoint",
+                "",
                 "Stage",
                 "Step",
                 "Loss",
@@ -89,8 +118,8 @@ fn table_ui(ui: &mut Ui, state: &mut CheckpointsState, commands: &mut Vec<AppCom
                 "IoU",
                 "Gate mean",
                 "Size",
-                "Integrity",
                 "",
+                "Integrity",
             ] {
                 ui.label(RichText::new(title).strong());
             }
@@ -102,6 +131,16 @@ fn table_ui(ui: &mut Ui, state: &mut CheckpointsState, commands: &mut Vec<AppCom
                 if ui.checkbox(&mut picked, &row.checkpoint).on_hover_text("Compare this checkpoint").changed() {
                     toggles.push(info.dir.clone());
                 }
+                ui.horizontal(|ui| {
+                    if row.best {
+                        ui.label(RichText::new("best").strong().color(BEST_COLOR))
+                            .on_hover_text("The best checkpoint by the run's metric");
+                    }
+                    if row.pareto {
+                        ui.label(RichText::new("Pareto").color(PARETO_COLOR))
+                            .on_hover_text("On the FID / top-1 Pareto front");
+                    }
+                });
                 ui.label(&row.stage);
                 ui.label(row.step.to_string());
                 ui.label(cell(row.loss, 4));
@@ -114,31 +153,31 @@ fn table_ui(ui: &mut Ui, state: &mut CheckpointsState, commands: &mut Vec<AppCom
                 ui.label(cell(eval.and_then(|e| e.iou), 3));
                 ui.label(cell(row.gate_mean, 4));
                 ui.label(format_bytes(info.size_bytes));
+                if ui
+                    .small_button("Fork from here")
+                    .on_hover_text("A new Setup draft whose first stage starts from these weights")
+                    .clicked()
+                {
+                    commands.push(AppCommand::Panels(PanelCommand::Fork(info.dir.clone())));
+                }
                 match state.integrity_of(&info.dir) {
                     Integrity::Unchecked => ui.weak("not yet checked"),
                     Integrity::Checking => ui.weak("checking…"),
-                    Integrity::Verified => ui.label(RichText::new("✔ verified").color(OK_COLOR)),
+                    Integrity::Verified => {
+                        ui.horizontal(|ui| {
+                            mark_ui(ui, true);
+                            ui.label(RichText::new("verified").color(OK_COLOR));
+                        })
+                        .response
+                    }
                     Integrity::Damaged(problems) => {
-                        ui.label(RichText::new(format!("✘ {}", problems.join("; "))).color(ERROR_COLOR))
+                        ui.horizontal(|ui| {
+                            mark_ui(ui, false);
+                            ui.label(RichText::new(problems.join("; ")).color(ERROR_COLOR));
+                        })
+                        .response
                     }
                 };
-                ui.horizontal(|ui| {
-                    if row.best {
-                        ui.label(RichText::new("best").strong().color(BEST_COLOR))
-                            .on_hover_text("The best checkpoint by the run's metric");
-                    }
-                    if row.pareto {
-                        ui.label(RichText::new("Pareto").color(PARETO_COLOR))
-                            .on_hover_text("On the FID / top-1 Pareto front");
-                    }
-                    if ui
-                        .small_button("Fork from here")
-                        .on_hover_text("A new Setup draft whose first stage starts from these weights")
-                        .clicked()
-                    {
-                        commands.push(AppCommand::Panels(PanelCommand::Fork(info.dir.clone())));
-                    }
-                });
                 ui.end_row();
             }
         });

@@ -67,7 +67,7 @@ fn choice_ui(ui: &mut Ui, state: &mut CompareState) {
     let mut remove = None;
     for (index, dir) in chosen.iter().enumerate() {
         ui.horizontal(|ui| {
-            if ui.small_button("✖").on_hover_text("Remove").clicked() {
+            if ui.small_button("×").on_hover_text("Remove").clicked() {
                 remove = Some(index);
             }
             ui.label(short_name(dir));

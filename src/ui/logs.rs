@@ -19,7 +19,7 @@ pub fn logs_ui(ui: &mut Ui, app: &mut WickApp) {
         ui.checkbox(&mut state.filter.debug, "DEBUG");
         ui.separator();
         ui.add(egui::TextEdit::singleline(&mut state.search).hint_text("Search").desired_width(220.0));
-        if !state.search.is_empty() && ui.small_button("✖").on_hover_text("Clear the search").clicked() {
+        if !state.search.is_empty() && ui.small_button("×").on_hover_text("Clear the search").clicked() {
             state.search.clear();
         }
         ui.separator();

@@ -2,8 +2,7 @@
 
 use egui::{RichText, Ui};
 
-use super::checkpoints::OK_COLOR;
-use super::ERROR_COLOR;
+use super::checkpoints::mark_ui;
 use crate::app::panels::PanelCommand;
 use crate::app::{AppCommand, WickApp};
 
@@ -39,11 +38,7 @@ pub fn preflight_ui(ui: &mut Ui, app: &mut WickApp, commands: &mut Vec<AppComman
     egui::ScrollArea::vertical().auto_shrink([false, false]).show(ui, |ui| {
         egui::Grid::new("preflight_checks").num_columns(3).spacing([10.0, 4.0]).striped(true).show(ui, |ui| {
             for item in items {
-                if item.ok {
-                    ui.label(RichText::new("✔").color(OK_COLOR));
-                } else {
-                    ui.label(RichText::new("✘").color(ERROR_COLOR));
-                }
+                mark_ui(ui, item.ok);
                 ui.label(&item.label);
                 ui.add(egui::Label::new(&item.message).wrap());
                 ui.end_row();

@@ -277,7 +277,7 @@ pub struct CompareState {
     pub textures: CompareTextures,
     /// Checkpoints of every listed run, for the picker: (run id, [(checkpoint name, directory)]).
     pub available: Vec<(String, Vec<(String, PathBuf)>)>,
-    available_for: Vec<PathBuf>,
+    available_for: Vec<(PathBuf, f64)>,
     available_rx: Option<Receiver<Vec<(String, Vec<(String, PathBuf)>)>>>,
 }
 
@@ -332,8 +332,9 @@ impl CompareState {
         }
     }
 
-    /// Lists the checkpoints of `runs` on a worker when the list of runs changed.
-    pub fn refresh_available(&mut self, runs: Vec<PathBuf>, ctx: &egui::Context) {
+    /// Lists the checkpoints of `runs` (each with the version of its state.json) on a worker when a run was
+    /// added, removed or changed on disk.
+    pub fn refresh_available(&mut self, runs: Vec<(PathBuf, f64)>, ctx: &egui::Context) {
         if runs == self.available_for || self.available_rx.is_some() {
             return;
         }
@@ -344,7 +345,7 @@ impl CompareState {
         let spawned = std::thread::Builder::new().name("compare-list".into()).spawn(move || {
             let list = runs
                 .iter()
-                .filter_map(|root| {
+                .filter_map(|(root, _)| {
                     let dir = crate::run::RunDir::open(root).ok()?;
                     let checkpoints =
                         dir.checkpoints().ok()?.into_iter().filter(|c| c.sealed).map(|c| (c.name, c.dir)).collect();

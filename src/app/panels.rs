@@ -86,12 +86,12 @@ impl WickApp {
         }
         let panel = self.persisted.panel;
         let panels = &mut self.panels;
-        if panel == Panel::Checkpoints || panels.checkpoints.report.is_some() || panels.checkpoints.is_loading() {
+        if panel == Panel::Checkpoints {
             panels.checkpoints.want(primary.as_deref(), &ctx);
         }
         panels.compare.poll();
         if panel == Panel::Compare {
-            let roots: Vec<PathBuf> = self.runs.iter().map(|r| r.root.clone()).collect();
+            let roots: Vec<(PathBuf, f64)> = self.runs.iter().map(|r| (r.root.clone(), r.updated_unix_secs)).collect();
             panels.compare.refresh_available(roots, &ctx);
         }
         if panel == Panel::Logs || panels.logs.tail.is_some() {

@@ -164,6 +164,19 @@ fn two_checkpoints_are_compared_side_by_side_and_the_grid_saved() {
     harness.get_by_label("Save PNG…").click();
     step_until(&mut harness, Duration::from_secs(10), |_| out.is_file());
     assert!(std::fs::read(&out).unwrap().starts_with(b"\x89PNG"));
+
+    // One checkpoint at several gate scales: one column per scale.
+    harness.query_all_by_label("×").next().expect("a remove button per checkpoint").click();
+    settle(&mut harness);
+    assert_eq!(harness.state().panels.compare.settings.checkpoints.len(), 1);
+    harness.state_mut().panels.compare.settings.gate_scales_text = "0, 1".to_string();
+    harness.get_by_label("Generate").click();
+    settle(&mut harness);
+    step_until(&mut harness, Duration::from_secs(60), |h| h.state().panels.compare.job.is_none());
+    let compare = &harness.state().panels.compare;
+    assert_eq!(compare.error, None);
+    let columns = &compare.result.as_ref().unwrap().description.columns;
+    assert_eq!(columns, &["step-00000006 gate×0", "step-00000006 gate×1"]);
 }
 
 #[test]
@@ -266,4 +279,25 @@ fn toasts_show_run_events_and_errors_stay_until_clicked() {
     settle(&mut harness);
     assert!(harness.query_by_label_contains("out of memory").is_none(), "a click dismisses the error");
     assert_eq!(harness.state().panels.toasts.items.len(), 1);
+}
+
+#[test]
+fn a_run_trained_in_the_window_raises_toasts_and_fills_the_checkpoint_table_as_it_saves() {
+    wick::model::tune_cpu_runtime();
+    let runs = tempfile::tempdir().unwrap();
+    let mut harness = harness(runs.path(), &ScriptedDialog::new(), Panel::Setup, None);
+    harness.state_mut().setup.replace(RunConfig::preset("smoke").unwrap(), None);
+    settle(&mut harness);
+    harness.get_by_label("Start").click();
+    settle(&mut harness);
+    assert!(harness.state().is_training(), "status: {:?}", harness.state().status);
+    harness.state_mut().persisted.panel = Panel::Checkpoints;
+    step_until(&mut harness, Duration::from_secs(120), |h| {
+        let app = h.state();
+        !app.is_training() && app.panels.checkpoints.report.as_ref().is_some_and(|r| r.rows.len() == 5)
+    });
+    let toasts: Vec<String> = harness.state().panels.toasts.items.iter().map(|t| t.text.clone()).collect();
+    assert!(toasts.iter().any(|t| t.contains("stage base finished")), "toasts: {toasts:?}");
+    harness.get_by_label_contains("stage base finished");
+    harness.get_by_label("step-00000050");
 }

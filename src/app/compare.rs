@@ -402,6 +402,18 @@ mod tests {
     }
 
     #[test]
+    fn one_checkpoint_means_one_column_per_gate_scale() {
+        let mut settings = CompareSettings::default();
+        assert!(settings.request().is_err(), "nothing chosen");
+        settings.checkpoints = vec![PathBuf::from("a")];
+        assert_eq!(settings.request().map(|r| r.gate_scales), Ok(vec![0.0, 0.5, 1.0]));
+        settings.checkpoints.push(PathBuf::from("b"));
+        assert_eq!(settings.request().map(|r| r.gate_scales), Ok(vec![]), "several checkpoints: scales unused");
+        settings.checkpoints.extend(["c", "d", "e"].map(PathBuf::from));
+        assert!(settings.request().unwrap_err().contains("at most 4"));
+    }
+
+    #[test]
     fn cells_are_found_under_the_pointer() {
         let g = geometry();
         assert_eq!(g.cell_at(1.5, 1.5), Some((0, 0)));

@@ -33,6 +33,29 @@ pub struct CheckpointReport {
     pub recommendation: String,
     /// The run's config (forks start from it).
     pub config: Option<RunConfig>,
+    /// What the report was made from: an unchanged fingerprint means the report need not be read again.
+    pub fingerprint: ReportFingerprint,
+}
+
+/// Cheap summary of what a checkpoint report depends on: the sealed checkpoints, the size of evals.jsonl and
+/// the best checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReportFingerprint {
+    /// Sealed checkpoint names.
+    pub checkpoints: Vec<String>,
+    /// Size of evals.jsonl.
+    pub evals_bytes: u64,
+    /// The best checkpoint state.json names.
+    pub best: Option<String>,
+}
+
+/// The fingerprint of a run's checkpoints (a directory listing and two small reads).
+pub fn report_fingerprint(dir: &RunDir) -> anyhow::Result<ReportFingerprint> {
+    Ok(ReportFingerprint {
+        checkpoints: dir.checkpoints()?.into_iter().filter(|c| c.sealed).map(|c| c.name).collect(),
+        evals_bytes: std::fs::metadata(dir.evals_path()).map_or(0, |m| m.len()),
+        best: dir.read_state().ok().and_then(|s| s.best).map(|b| b.checkpoint),
+    })
 }
 
 /// What is known about a checkpoint's files.
@@ -49,7 +72,8 @@ pub enum Integrity {
     Damaged(Vec<String>),
 }
 
-type LoadResult = (PathBuf, Result<CheckpointReport, String>);
+/// A finished load: the run and its new report (`None`: unchanged since the last one), or why it failed.
+type LoadResult = (PathBuf, Result<Option<CheckpointReport>, String>);
 
 /// State of the Checkpoints panel.
 pub struct CheckpointsState {
@@ -93,9 +117,14 @@ impl Default for CheckpointsState {
     }
 }
 
-/// Loads a run's checkpoint report with sizes (disk: call it on a worker).
-pub fn load_report(root: &Path) -> anyhow::Result<CheckpointReport> {
+/// Loads a run's checkpoint report with sizes (disk: call it on a worker); `None` when its fingerprint equals
+/// `previous`.
+pub fn load_report(root: &Path, previous: Option<&ReportFingerprint>) -> anyhow::Result<Option<CheckpointReport>> {
     let dir = RunDir::open(root)?;
+    let fingerprint = report_fingerprint(&dir)?;
+    if previous == Some(&fingerprint) {
+        return Ok(None);
+    }
     let (rows, recommendation) = checkpoint_report(&dir)?;
     let dirs: HashMap<String, PathBuf> = dir.checkpoints()?.into_iter().map(|c| (c.name, c.dir)).collect();
     let rows = rows
@@ -106,12 +135,13 @@ pub fn load_report(root: &Path) -> anyhow::Result<CheckpointReport> {
             CheckpointInfo { row, dir, size_bytes }
         })
         .collect();
-    Ok(CheckpointReport {
+    Ok(Some(CheckpointReport {
         root: root.to_path_buf(),
         rows,
         recommendation: recommendation.message,
         config: dir.config().ok(),
-    })
+        fingerprint,
+    }))
 }
 
 /// Sum of the sizes of the files directly in `dir` (0 when unreadable).
@@ -162,10 +192,11 @@ impl CheckpointsState {
                 continue;
             }
             match result {
-                Ok(report) => {
+                Ok(Some(report)) => {
                     self.error = None;
                     self.report = Some(report);
                 }
+                Ok(None) => self.error = None,
                 Err(why) => self.error = Some(why),
             }
         }
@@ -179,8 +210,9 @@ impl CheckpointsState {
                 self.loading = Some(root.clone());
                 let tx = self.load_tx.clone();
                 let ctx = ctx.clone();
+                let previous = self.report.as_ref().filter(|r| r.root == root).map(|r| r.fingerprint.clone());
                 let spawned = std::thread::Builder::new().name("checkpoint-report".into()).spawn(move || {
-                    let result = load_report(&root)
+                    let result = load_report(&root, previous.as_ref())
                         .map_err(|e| format!("cannot read the checkpoints of {}: {e:#}", root.display()));
                     let _ = tx.send((root, result));
                     ctx.request_repaint();

@@ -76,8 +76,10 @@ impl WickApp {
     pub fn panels_logic(&mut self) {
         let ctx = self.ctx.clone();
         let primary = self.primary_run();
-        // A run written by another process changed on disk: its table is read again.
-        if let Some(root) = &primary {
+        // A run written by another process changed on disk: its table is read again (when its checkpoints
+        // changed). The live run's events say when instead.
+        let live = self.session.as_ref().is_some_and(|s| s.is_active() && primary.as_ref() == Some(&s.root));
+        if let Some(root) = primary.as_ref().filter(|_| !live) {
             let version = self.summary(root).map(|s| s.updated_unix_secs);
             if version.is_some() && version != self.panels.seen_version {
                 self.panels.seen_version = version;

@@ -252,6 +252,9 @@ impl CompareJob {
     }
 }
 
+/// A run's id and its sealed checkpoints: (name, directory).
+pub type RunCheckpoints = (String, Vec<(String, PathBuf)>);
+
 /// State of the Compare panel.
 #[derive(Default)]
 pub struct CompareState {
@@ -276,9 +279,9 @@ pub struct CompareState {
     /// Textures made from the result (grid, difference for (a, b), zoomed cell, flicker columns).
     pub textures: CompareTextures,
     /// Checkpoints of every listed run, for the picker: (run id, [(checkpoint name, directory)]).
-    pub available: Vec<(String, Vec<(String, PathBuf)>)>,
+    pub available: Vec<RunCheckpoints>,
     available_for: Vec<(PathBuf, f64)>,
-    available_rx: Option<Receiver<Vec<(String, Vec<(String, PathBuf)>)>>>,
+    available_rx: Option<Receiver<Vec<RunCheckpoints>>>,
 }
 
 /// Textures of the Compare panel (runtime only; remade when the result or the chosen columns change).

@@ -192,8 +192,8 @@ fn preflight_into(config: &RunConfig, items: &mut Vec<CheckItem>) -> anyhow::Res
         // Evaluations: every eval_every steps and at the stage's end; sample grids with every checkpoint.
         let sampler = &config.eval.sampler;
         let passes = sampler.steps as f64 * if (sampler.guidance - 1.0).abs() > f64::EPSILON { 2.0 } else { 1.0 };
-        let evals = if stage.eval_every > 0 { stage.steps / stage.eval_every + 1 } else { 0 };
-        let saves = if stage.save_every > 0 { stage.steps / stage.save_every + 1 } else { 1 };
+        let evals = stage.steps.checked_div(stage.eval_every).map_or(0, |n| n + 1);
+        let saves = stage.steps.checked_div(stage.save_every).map_or(1, |n| n + 1);
         let per_image = forward_secs_per_image.max(0.0);
         plan_secs += evals as f64 * config.eval.samples as f64 * passes * per_image;
         plan_secs += saves as f64 * config.eval.grid_rows as f64 * passes * per_image;

@@ -15,6 +15,10 @@ pub trait FileDialog {
     fn open_run_folder(&self) -> Option<PathBuf>;
     /// Choose where to save a CSV file, suggesting `file_name`.
     fn save_csv(&self, file_name: &str) -> Option<PathBuf>;
+    /// Choose where to save a PNG image, suggesting `file_name`.
+    fn save_png(&self, _file_name: &str) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// The real dialogs (rfd: the XDG desktop portal on Linux).
@@ -37,6 +41,9 @@ impl FileDialog for RfdDialog {
     }
     fn save_csv(&self, file_name: &str) -> Option<PathBuf> {
         rfd::FileDialog::new().set_title("Export CSV").add_filter("CSV", &["csv"]).set_file_name(file_name).save_file()
+    }
+    fn save_png(&self, file_name: &str) -> Option<PathBuf> {
+        rfd::FileDialog::new().set_title("Save PNG").add_filter("PNG", &["png"]).set_file_name(file_name).save_file()
     }
 }
 
@@ -75,6 +82,9 @@ impl FileDialog for ScriptedDialog {
         self.next()
     }
     fn save_csv(&self, _file_name: &str) -> Option<PathBuf> {
+        self.next()
+    }
+    fn save_png(&self, _file_name: &str) -> Option<PathBuf> {
         self.next()
     }
 }

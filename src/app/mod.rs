@@ -9,13 +9,20 @@
 //!                 ─ commands applied (start, stop, load, save, select…)
 //! ```
 
+pub mod checkpoints;
+pub mod compare;
 pub mod dialog;
 pub mod envelope;
+pub mod logs;
+pub mod panels;
 pub mod plot_data;
+pub mod preflight;
 pub mod session;
 pub mod setup;
 pub mod state;
 pub mod store;
+pub mod system;
+pub mod toasts;
 pub mod workers;
 
 use std::collections::{HashMap, HashSet};
@@ -88,6 +95,8 @@ pub enum AppCommand {
     ExportCsv,
     /// Show a panel.
     ShowPanel(Panel),
+    /// A command of the Checkpoints, Compare, Logs, System or Preflight panel.
+    Panels(panels::PanelCommand),
 }
 
 /// A message in the status line: shown once, until replaced.
@@ -121,6 +130,8 @@ pub struct WickApp {
     pub status: Option<StatusMessage>,
     /// Commands pushed during this frame.
     pub commands: Vec<AppCommand>,
+    /// State of the Checkpoints, Compare, Logs, System and Preflight panels and of the toasts.
+    pub panels: panels::PanelsState,
     loading: HashSet<PathBuf>,
     loaded_version: HashMap<PathBuf, f64>,
     scanner: RunsScanner,
@@ -161,6 +172,7 @@ impl WickApp {
             plot_cache: PlotCache::default(),
             status: None,
             commands: Vec::new(),
+            panels: panels::PanelsState::default(),
             loading: HashSet::new(),
             loaded_version: HashMap::new(),
             scanner,
@@ -226,6 +238,7 @@ impl WickApp {
                     store.apply(event);
                 }
                 store.refresh_blocks();
+                self.panels.observe_events(&session.root, &session.id, &events);
             }
             ended = events.iter().any(|e| e.is_terminal());
             end_message =
@@ -277,6 +290,7 @@ impl WickApp {
                 }
             }
         }
+        self.panels_logic();
     }
 
     /// Loads selected runs that are not in memory, or whose state.json changed on disk (a run written by
@@ -378,6 +392,7 @@ impl WickApp {
             AppCommand::Stage(op) => self.setup.apply(op),
             AppCommand::ExportCsv => self.export_csv(),
             AppCommand::ShowPanel(panel) => self.persisted.panel = panel,
+            AppCommand::Panels(command) => self.apply_panel_command(command)?,
         }
         Ok(())
     }

@@ -1,10 +1,16 @@
 //! Drawing: one file per panel. Panels read the app's state and push [`AppCommand`]s; nothing here changes
 //! global state directly (the Setup panel edits its own draft).
 
+pub mod checkpoints;
 pub mod coming;
+pub mod compare;
 pub mod live;
+pub mod logs;
+pub mod preflight;
 pub mod runs;
 pub mod setup;
+pub mod system;
+pub mod toasts;
 pub mod top_bar;
 
 use egui::{Color32, RichText, Ui};
@@ -33,8 +39,13 @@ pub fn app_ui(ui: &mut Ui, app: &mut WickApp) {
             setup::setup_ui(ui, &mut app.setup, app.session.as_ref().is_some_and(|s| s.is_active()), &mut commands)
         }
         Panel::Live => live::live_ui(ui, app, &mut commands),
-        other => coming::coming_ui(ui, other),
+        Panel::Checkpoints => checkpoints::checkpoints_ui(ui, app, &mut commands),
+        Panel::Compare => compare::compare_ui(ui, app, &mut commands),
+        Panel::Logs => logs::logs_ui(ui, app),
+        Panel::System => system::system_ui(ui, app),
+        Panel::Preflight => preflight::preflight_ui(ui, app, &mut commands),
     });
+    toasts::toasts_ui(&ui.ctx().clone(), &mut app.panels.toasts);
     app.commands.append(&mut commands);
 }
 

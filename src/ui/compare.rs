@@ -1,0 +1,260 @@
+//! The Compare panel: 2–4 checkpoints (or one at several gate scales) sampled on the same inputs, the grid with
+//! its column titles, a zoomed cell, A/B flicker, the |A − B| difference, and Save PNG….
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use egui::{DragValue, RichText, TextureOptions, Ui};
+
+use super::ERROR_COLOR;
+use crate::app::compare::{crop_cell, crop_column, difference_image, CompareState, MAX_CHECKPOINTS};
+use crate::app::panels::PanelCommand;
+use crate::app::{AppCommand, WickApp};
+
+/// How long each side of the A/B flicker shows.
+const FLICKER_EVERY: Duration = Duration::from_millis(600);
+
+/// Largest on-screen size of the grid, in points.
+const MAX_GRID_WIDTH: f32 = 900.0;
+
+/// Draws the Compare panel.
+pub fn compare_ui(ui: &mut Ui, app: &mut WickApp, commands: &mut Vec<AppCommand>) {
+    let state = &mut app.panels.compare;
+    ui.heading("Compare checkpoints");
+    egui::ScrollArea::vertical().auto_shrink([false, false]).show(ui, |ui| {
+        choice_ui(ui, state);
+        ui.separator();
+        settings_ui(ui, state);
+        ui.add_space(4.0);
+        ui.horizontal(|ui| {
+            let running = state.job.is_some();
+            if ui
+                .add_enabled(!running && !state.settings.checkpoints.is_empty(), egui::Button::new("Generate"))
+                .clicked()
+            {
+                commands.push(AppCommand::Panels(PanelCommand::Generate));
+            }
+            if let Some(job) = &state.job {
+                let (done, total) = job.progress();
+                let fraction = if total > 0 { done as f32 / total as f32 } else { 0.0 };
+                ui.add(
+                    egui::ProgressBar::new(fraction)
+                        .text(format!("sampling column {} of {total}", (done + 1).min(total)))
+                        .desired_width(260.0),
+                );
+            }
+            if state.result.is_some() && ui.button("Save PNG…").clicked() {
+                commands.push(AppCommand::Panels(PanelCommand::SaveComparePng));
+            }
+        });
+        if let Some(error) = &state.error {
+            ui.label(RichText::new(error).color(ERROR_COLOR));
+        }
+        if state.result.is_some() {
+            ui.separator();
+            result_ui(ui, state);
+        }
+    });
+}
+
+fn choice_ui(ui: &mut Ui, state: &mut CompareState) {
+    let chosen = &mut state.settings.checkpoints;
+    ui.label(match chosen.len() {
+        0 => "Choose 2–4 checkpoints (from the Checkpoints panel or below), or one to compare gate scales.".to_string(),
+        1 => "One checkpoint: one column per gate scale.".to_string(),
+        n => format!("{n} checkpoints, one column each."),
+    });
+    let mut remove = None;
+    for (index, dir) in chosen.iter().enumerate() {
+        ui.horizontal(|ui| {
+            if ui.small_button("×").on_hover_text("Remove").clicked() {
+                remove = Some(index);
+            }
+            ui.label(short_name(dir));
+        });
+    }
+    if let Some(index) = remove {
+        chosen.remove(index);
+    }
+    if chosen.len() < MAX_CHECKPOINTS {
+        let mut add: Option<PathBuf> = None;
+        egui::ComboBox::from_label("Add checkpoint").selected_text("choose…").show_ui(ui, |ui| {
+            if state.available.is_empty() {
+                ui.weak("no checkpoints found");
+            }
+            for (run, checkpoints) in &state.available {
+                for (name, dir) in checkpoints {
+                    if ui.selectable_label(false, format!("{run} / {name}")).clicked() {
+                        add = Some(dir.clone());
+                    }
+                }
+            }
+        });
+        if let Some(dir) = add {
+            if !state.settings.checkpoints.contains(&dir) {
+                state.settings.checkpoints.push(dir);
+            }
+        }
+    }
+    if state.settings.checkpoints.len() == 1 {
+        ui.horizontal(|ui| {
+            ui.label("Gate scales");
+            ui.text_edit_singleline(&mut state.settings.gate_scales_text)
+                .on_hover_text("Comma-separated, e.g. 0,0.5,1");
+        });
+    }
+}
+
+fn settings_ui(ui: &mut Ui, state: &mut CompareState) {
+    let s = &mut state.settings;
+    ui.horizontal_wrapped(|ui| {
+        ui.label("Sampler steps");
+        ui.add(DragValue::new(&mut s.steps).range(1..=1000));
+        ui.label("Guidance");
+        ui.add(DragValue::new(&mut s.guidance).range(0.0..=20.0).speed(0.05));
+        ui.checkbox(&mut s.use_ema, "EMA weights");
+        ui.label("Seed");
+        ui.add(DragValue::new(&mut s.seed));
+        ui.label("Rows");
+        ui.add(DragValue::new(&mut s.rows).range(1..=32));
+        ui.label("Zoom ×");
+        ui.add(DragValue::new(&mut s.scale).range(1..=8));
+    });
+}
+
+fn result_ui(ui: &mut Ui, state: &mut CompareState) {
+    let Some(result) = &state.result else { return };
+    let geometry = result.geometry;
+    let ctx = ui.ctx().clone();
+    let grid = state
+        .textures
+        .grid
+        .get_or_insert_with(|| ctx.load_texture("compare-grid", result.image.clone(), TextureOptions::NEAREST))
+        .clone();
+    let image_size = egui::vec2(result.image.size[0] as f32, result.image.size[1] as f32);
+    let shown = if image_size.x > MAX_GRID_WIDTH { image_size * (MAX_GRID_WIDTH / image_size.x) } else { image_size };
+    let factor = shown.x / image_size.x.max(1.0);
+    // Column titles over their columns.
+    ui.horizontal(|ui| {
+        ui.spacing_mut().item_spacing.x = 0.0;
+        let pitch = (geometry.cell_px + geometry.gap_px) as f32 * factor;
+        ui.add_space(geometry.gap_px as f32 * factor);
+        for title in &result.description.columns {
+            ui.add_sized([pitch, 16.0], egui::Label::new(RichText::new(title).small()).truncate());
+        }
+    });
+    ui.horizontal_top(|ui| {
+        let response = ui.add(egui::Image::new((grid.id(), shown)).sense(egui::Sense::click()));
+        if response.clicked() {
+            if let Some(pos) = response.interact_pointer_pos() {
+                let local = (pos - response.rect.min) / factor;
+                state.zoom = geometry.cell_at(local.x, local.y);
+            }
+        }
+        response.on_hover_text("Click a cell to zoom it");
+        if let Some((column, row)) = state.zoom {
+            let texture = match &state.textures.zoom {
+                Some((key, texture)) if *key == (column, row) => texture.clone(),
+                _ => {
+                    let texture = ctx.load_texture(
+                        "compare-zoom",
+                        crop_cell(&result.image, &geometry, column, row),
+                        TextureOptions::NEAREST,
+                    );
+                    state.textures.zoom = Some(((column, row), texture.clone()));
+                    texture
+                }
+            };
+            ui.vertical(|ui| {
+                let title = result.description.columns.get(column).cloned().unwrap_or_default();
+                ui.label(format!("{title}, row {}", row + 1));
+                if let Some(request) = result.description.rows.get(row) {
+                    let objects: Vec<String> = request.objects.iter().map(|(c, _)| c.clone()).collect();
+                    ui.weak(format!("class {}; layout: {}", request.class, objects.join(", ")));
+                }
+                ui.add(egui::Image::new((texture.id(), egui::vec2(256.0, 256.0))));
+                if ui.small_button("Close zoom").clicked() {
+                    state.zoom = None;
+                }
+            });
+        }
+    });
+    if geometry.columns < 2 {
+        return;
+    }
+    ui.add_space(6.0);
+    ui.horizontal(|ui| {
+        let titles = &result.description.columns;
+        column_combo_ui(ui, "A", &mut state.column_a, titles);
+        column_combo_ui(ui, "B", &mut state.column_b, titles);
+        ui.toggle_value(&mut state.flicker, "A/B flicker");
+        ui.toggle_value(&mut state.show_difference, "Difference |A−B|");
+    });
+    let key = (state.column_a, state.column_b);
+    let column_size = egui::vec2(geometry.cell_px as f32, image_size.y) * factor;
+    ui.horizontal_top(|ui| {
+        if state.flicker {
+            let textures = match &state.textures.flicker {
+                Some((k, textures)) if *k == key => textures.clone(),
+                _ => {
+                    let a = ctx.load_texture(
+                        "compare-a",
+                        crop_column(&result.image, &geometry, key.0),
+                        TextureOptions::NEAREST,
+                    );
+                    let b = ctx.load_texture(
+                        "compare-b",
+                        crop_column(&result.image, &geometry, key.1),
+                        TextureOptions::NEAREST,
+                    );
+                    state.textures.flicker = Some((key, [a.clone(), b.clone()]));
+                    [a, b]
+                }
+            };
+            let phase = (ui.input(|i| i.time) / FLICKER_EVERY.as_secs_f64()) as u64 % 2;
+            ui.vertical(|ui| {
+                ui.label(if phase == 0 { "A" } else { "B" });
+                ui.add(egui::Image::new((textures[phase as usize].id(), column_size)));
+            });
+            ui.ctx().request_repaint_after(FLICKER_EVERY);
+        }
+        if state.show_difference {
+            let texture = match &state.textures.difference {
+                Some((k, texture)) if *k == key => texture.clone(),
+                _ => {
+                    let texture = ctx.load_texture(
+                        "compare-diff",
+                        difference_image(&result.image, &geometry, key.0, key.1),
+                        TextureOptions::NEAREST,
+                    );
+                    state.textures.difference = Some((key, texture.clone()));
+                    texture
+                }
+            };
+            ui.vertical(|ui| {
+                ui.label("|A − B|");
+                ui.add(egui::Image::new((texture.id(), column_size)));
+            });
+        }
+    });
+}
+
+fn column_combo_ui(ui: &mut Ui, label: &str, column: &mut usize, titles: &[String]) {
+    let selected = titles.get(*column).cloned().unwrap_or_default();
+    egui::ComboBox::from_label(label).selected_text(selected).show_ui(ui, |ui| {
+        for (index, title) in titles.iter().enumerate() {
+            ui.selectable_value(column, index, title);
+        }
+    });
+}
+
+/// `run-id / step-N` of a checkpoint directory.
+fn short_name(dir: &std::path::Path) -> String {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let run =
+        dir.parent().and_then(|p| p.parent()).and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
+    match run {
+        Some(run) => format!("{run} / {name}"),
+        None => name,
+    }
+}

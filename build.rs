@@ -17,13 +17,9 @@ fn main() {
         .ok()
         .map(|out| !out.stdout.is_empty())
         .unwrap_or(false);
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let mut features: Vec<String> = std::env::vars()
-        .filter_map(|(k, _)| k.strip_prefix("CARGO_FEATURE_").map(|f| f.to_lowercase()))
-        .collect();
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut features: Vec<String> =
+        std::env::vars().filter_map(|(k, _)| k.strip_prefix("CARGO_FEATURE_").map(|f| f.to_lowercase())).collect();
     features.sort();
     println!("cargo:rustc-env=WICK_GIT_HASH={}{}", git_hash, if dirty { "-dirty" } else { "" });
     println!("cargo:rustc-env=WICK_BUILD_UNIX_SECS={secs}");

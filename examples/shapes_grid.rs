@@ -60,9 +60,9 @@ fn main() -> anyhow::Result<()> {
         if draw_boxes {
             for (k, object) in sample.objects.iter().enumerate() {
                 let shade = if k == 0 { 255 } else { 160 };
-                let [x0, y0, x1, y1] = object.bbox.map(|v| {
-                    ((v * (image_size * scale) as f32).round() as usize).min(image_size * scale - 1)
-                });
+                let [x0, y0, x1, y1] = object
+                    .bbox
+                    .map(|v| ((v * (image_size * scale) as f32).round() as usize).min(image_size * scale - 1));
                 for x in x0..=x1 {
                     for y in [y0, y1] {
                         let dst = ((oy * scale + y) * side_px + ox * scale + x) * 3;
@@ -107,11 +107,7 @@ fn main() -> anyhow::Result<()> {
     // the Prefetcher computes once per epoch).
     let started = Instant::now();
     let indices = batch_indices(7, dataset.len(), 0, 1);
-    println!(
-        "epoch permutation of {}: {:.3} ms ({indices:?})",
-        dataset.len(),
-        started.elapsed().as_secs_f64() * 1e3
-    );
+    println!("epoch permutation of {}: {:.3} ms ({indices:?})", dataset.len(), started.elapsed().as_secs_f64() * 1e3);
 
     // Through the prefetcher (includes channel hand-off), 64 batches.
     let mut prefetcher = Prefetcher::spawn(dataset.clone(), 7, 0, batch_size, 4);
@@ -122,8 +118,7 @@ fn main() -> anyhow::Result<()> {
     let per_batch_ms = started.elapsed().as_secs_f64() * 1e3 / timed_batches as f64;
     println!("Prefetcher(64): {per_batch_ms:.3} ms per batch consumed");
 
-    let noisy =
-        ShapesDataset::new(&DatasetConfig { variant: ShapesVariant::Noisy, ..cfg.clone() }, image_size, 4, 4);
+    let noisy = ShapesDataset::new(&DatasetConfig { variant: ShapesVariant::Noisy, ..cfg.clone() }, image_size, 4, 4);
     let started = Instant::now();
     for b in 0..timed_batches {
         let _ = make_batch(&noisy, 7, (b * batch_size) as u64, batch_size);

@@ -76,10 +76,8 @@ pub fn run_bench(options: &BenchOptions, device: &Device) -> Result<BenchReport>
         let eps = Tensor::from_vec(eps, (b, 3, side, side), device)?;
         let loss = model::flow_matching_loss(&model, &x0, &t, &eps, &y, &boxes, &box_classes)?;
         let store = loss.backward()?;
-        let grads: HashMap<String, Tensor> = params
-            .iter()
-            .filter_map(|(n, v)| store.get(v.as_tensor()).map(|g| (n.clone(), g.clone())))
-            .collect();
+        let grads: HashMap<String, Tensor> =
+            params.iter().filter_map(|(n, v)| store.get(v.as_tensor()).map(|g| (n.clone(), g.clone()))).collect();
         optimizer.step(&params, &grads, 1e-4, 0.0)?;
         Ok(loss.to_scalar::<f32>()?)
     };

@@ -111,9 +111,7 @@ impl<S: Subscriber> Layer<S> for RunLogLayer {
         let mut visitor = MessageVisitor { text: String::new() };
         event.record(&mut visitor);
         let now = time::OffsetDateTime::now_utc();
-        let stamp = now
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_else(|_| "?".to_string());
+        let stamp = now.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| "?".to_string());
         let thread = std::thread::current();
         let line = format!(
             "{stamp} {level:>5} [{}] {}: {}\n",

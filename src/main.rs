@@ -231,13 +231,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Some(Command::Sample { checkpoints, gate_scales, seed, count, sampler, out }) => {
             let sampler = sampler.config(1.0);
-            let request = wick::eval::compare::CompareRequest { checkpoints, gate_scales, seed, count, sampler, scale: 4 };
-            let (png, description) = wick::eval::compare::compare_grid(&request, &candle_core::Device::Cpu, |done, total| {
-                eprintln!("sampled column {done}/{total}");
-            })?;
+            let request =
+                wick::eval::compare::CompareRequest { checkpoints, gate_scales, seed, count, sampler, scale: 4 };
+            let (png, description) =
+                wick::eval::compare::compare_grid(&request, &candle_core::Device::Cpu, |done, total| {
+                    eprintln!("sampled column {done}/{total}");
+                })?;
             wick::run::atomic::atomic_write(&out, &png)?;
             wick::run::atomic::atomic_write(&out.with_extension("json"), &serde_json::to_vec_pretty(&description)?)?;
-            eprintln!("wrote {} ({} columns × {} rows)", out.display(), description.columns.len(), description.rows.len());
+            eprintln!(
+                "wrote {} ({} columns × {} rows)",
+                out.display(),
+                description.columns.len(),
+                description.rows.len()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Eval { checkpoints, samples, seed, gate_scale, sampler }) => {
@@ -271,7 +278,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let preset: ModelPreset = serde_json::from_value(serde_json::Value::String(preset.clone()))
                 .map_err(|_| anyhow::anyhow!("--preset {preset}: expected tiny, small or base"))?;
             set_threads(threads);
-            let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+            let threads =
+                if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
             let options = wick::bench::BenchOptions { preset, batch, steps, warmup, threads };
             let report = wick::bench::run_bench(&options, &candle_core::Device::Cpu)?;
             println!("{}", serde_json::to_string(&report)?);

@@ -80,7 +80,8 @@ fn eval_scores_a_checkpoint_the_same_way_twice_and_names_a_missing_one() {
     let out = run(&["train", config.to_str().unwrap(), "--runs-dir", runs.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let checkpoint = the_run(&runs).checkpoints().unwrap().last().unwrap().dir.clone();
-    let args = ["eval", checkpoint.to_str().unwrap(), "--samples", "12", "--steps", "3", "--guidance", "3", "--guide-layout"];
+    let args =
+        ["eval", checkpoint.to_str().unwrap(), "--samples", "12", "--steps", "3", "--guidance", "3", "--guide-layout"];
     let eval = |extra: &[&str]| {
         let out = wick().args(args).args(extra).args(["--runs-dir", runs.to_str().unwrap()]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -779,10 +779,14 @@ fn trainable_groups_split_adapter_from_base() {
 #[test]
 fn the_layout_group_is_the_adapter_and_the_layout_encoder() {
     let layout = Trainable::Group(TrainableGroup::Layout);
-    for name in ["blocks.0.adapter_gate", "blocks.3.adapter_attn.kv.weight", "box_mlp.0.weight", "layout_class_embed.weight"] {
+    for name in
+        ["blocks.0.adapter_gate", "blocks.3.adapter_attn.kv.weight", "box_mlp.0.weight", "layout_class_embed.weight"]
+    {
         assert!(layout.matches(name), "{name}");
     }
-    for name in ["class_embed.weight", "blocks.0.attn.qkv.weight", "t_mlp.0.bias", "final_linear.weight", "patch_embed.bias"] {
+    for name in
+        ["class_embed.weight", "blocks.0.attn.qkv.weight", "t_mlp.0.bias", "final_linear.weight", "patch_embed.bias"]
+    {
         assert!(!layout.matches(name), "{name}");
     }
     assert_eq!(layout.to_string(), "layout");

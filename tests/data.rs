@@ -84,8 +84,7 @@ fn objects_labels_and_boxes_are_valid() {
         let n = s.objects.len();
         assert!((1..=3).contains(&n), "sample {i} has {n} objects");
         counts[n] += 1;
-        let largest =
-            s.objects.iter().max_by(|a, b| box_area(&a.bbox).total_cmp(&box_area(&b.bbox))).expect("objects");
+        let largest = s.objects.iter().max_by(|a, b| box_area(&a.bbox).total_cmp(&box_area(&b.bbox))).expect("objects");
         assert_eq!(s.label, largest.class, "sample {i}: label is the largest object's class");
         assert_eq!(s.label, s.objects[0].class, "sample {i}: largest object first");
         let main_area = box_area(&s.objects[0].bbox);
@@ -150,14 +149,8 @@ fn boxes_are_tight_around_lone_objects() {
         let [ex0, ey0, ex1, ey1] = drawn_extent(&s).unwrap_or_else(|| panic!("sample {i}: nothing drawn"));
         let [bx0, by0, bx1, by1] = o.bbox.map(|v| v * SIZE as f32);
         // Every drawn pixel overlaps the box (pixel p spans [p, p + 1)).
-        assert!(
-            ex0 as f32 + 1.0 > bx0 && (ex1 as f32) < bx1,
-            "sample {i}: columns {ex0}..={ex1} vs {bx0}..{bx1}"
-        );
-        assert!(
-            ey0 as f32 + 1.0 > by0 && (ey1 as f32) < by1,
-            "sample {i}: rows {ey0}..={ey1} vs {by0}..{by1}"
-        );
+        assert!(ex0 as f32 + 1.0 > bx0 && (ex1 as f32) < bx1, "sample {i}: columns {ex0}..={ex1} vs {bx0}..{bx1}");
+        assert!(ey0 as f32 + 1.0 > by0 && (ey1 as f32) < by1, "sample {i}: rows {ey0}..={ey1} vs {by0}..{by1}");
         // And the drawing reaches (within ~1 px) each side of the box.
         let slack = 1.05;
         assert!(ex0 as f32 <= bx0 + slack, "sample {i} class {}: left {ex0} vs {bx0}", o.class);
@@ -245,16 +238,13 @@ fn batch_indices_walk_a_permutation_per_epoch() {
 
 #[test]
 fn dataset_len_follows_subset_fraction() {
-    let d =
-        dataset_with(DatasetConfig { train_size: 1000, subset_fraction: 0.25, ..DatasetConfig::default() });
+    let d = dataset_with(DatasetConfig { train_size: 1000, subset_fraction: 0.25, ..DatasetConfig::default() });
     assert_eq!(d.len(), 250);
-    let d =
-        dataset_with(DatasetConfig { train_size: 10, subset_fraction: 0.001, ..DatasetConfig::default() });
+    let d = dataset_with(DatasetConfig { train_size: 10, subset_fraction: 0.001, ..DatasetConfig::default() });
     assert_eq!(d.len(), 1);
     let d = dataset_with(DatasetConfig { train_size: 3, subset_fraction: 0.5, ..DatasetConfig::default() });
     assert_eq!(d.len(), 2, "rounds");
-    let batch =
-        make_batch(&dataset_with(DatasetConfig { train_size: 4, ..DatasetConfig::default() }), 1, 0, 12);
+    let batch = make_batch(&dataset_with(DatasetConfig { train_size: 4, ..DatasetConfig::default() }), 1, 0, 12);
     assert_eq!(batch.size, 12, "batches larger than the dataset wrap over epochs");
 }
 

@@ -53,7 +53,13 @@ fn a_run_leaves_a_complete_verified_run_directory() {
             assert!(checkpoint.dir.join(file).is_file(), "{} lacks {file}", checkpoint.name);
         }
     }
-    assert!(!runs.path().read_dir().unwrap().flatten().any(|e| e.path().join("checkpoints").read_dir().unwrap().flatten().any(|c| c.file_name().to_string_lossy().ends_with(".tmp"))));
+    assert!(!runs.path().read_dir().unwrap().flatten().any(|e| e
+        .path()
+        .join("checkpoints")
+        .read_dir()
+        .unwrap()
+        .flatten()
+        .any(|c| c.file_name().to_string_lossy().ends_with(".tmp"))));
 }
 
 #[test]
@@ -134,7 +140,9 @@ fn a_nan_in_a_batch_is_caught_and_the_run_continues_uncorrupted() {
     assert!(metrics.iter().filter(|m| m.step != 4).all(|m| m.loss.is_some_and(f64::is_finite)));
     for checkpoint in dir.checkpoints().unwrap() {
         assert!(wick::run::verify_checkpoint(&checkpoint.dir).is_empty());
-        let weights = candle_core::safetensors::load(checkpoint.dir.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+        let weights =
+            candle_core::safetensors::load(checkpoint.dir.join("model.safetensors"), &candle_core::Device::Cpu)
+                .unwrap();
         for (name, tensor) in weights {
             let values = tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert!(values.iter().all(|v| v.is_finite()), "{name} in {} is not finite", checkpoint.name);
@@ -254,7 +262,9 @@ fn a_stage_warm_starts_from_another_runs_checkpoint_and_missing_adapter_weights_
     assert_eq!(metrics[0].gates.len(), 2);
 
     // The base weights it trained from are the source's, untouched (the adapter stage freezes them).
-    let load = |d: &std::path::Path| candle_core::safetensors::load(d.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let load = |d: &std::path::Path| {
+        candle_core::safetensors::load(d.join("model.safetensors"), &candle_core::Device::Cpu).unwrap()
+    };
     let (before, after) = (load(&checkpoint), load(&dir.checkpoints().unwrap().last().unwrap().dir));
     for (name, tensor) in &before {
         let diff = (tensor - &after[name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();

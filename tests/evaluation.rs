@@ -36,8 +36,11 @@ fn evaluations_are_recorded_and_the_best_checkpoint_is_marked() {
     assert!(dir.checkpoints().unwrap().iter().any(|c| c.name == best.checkpoint));
     assert!(events.iter().any(|e| matches!(e, TrainEvent::BestCheckpoint { .. })));
     // The stage ledger keeps each stage's first and last evaluation.
-    let ledger: Vec<(u64, u64)> =
-        state.stages.iter().map(|e| (e.first_eval.as_ref().unwrap().step, e.last_eval.as_ref().unwrap().step)).collect();
+    let ledger: Vec<(u64, u64)> = state
+        .stages
+        .iter()
+        .map(|e| (e.first_eval.as_ref().unwrap().step, e.last_eval.as_ref().unwrap().step))
+        .collect();
     assert_eq!(ledger, vec![(2, 4), (6, 8)]);
     assert_eq!(state.stages[1].last_eval.as_ref().unwrap().iou, evals[3].iou);
     assert_eq!(state.stages[0].first_eval.as_ref().unwrap().fid, evals[0].fid);

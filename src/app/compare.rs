@@ -25,6 +25,8 @@ pub struct CompareSettings {
     pub steps: usize,
     /// Classifier-free guidance scale.
     pub guidance: f64,
+    /// Guidance also drops the layout in its unconditional branch.
+    pub guide_layout: bool,
     /// Sample with the EMA weights when present.
     pub use_ema: bool,
     /// Seed of the fixed noise and layouts.
@@ -41,7 +43,9 @@ impl Default for CompareSettings {
             checkpoints: Vec::new(),
             gate_scales_text: "0,0.5,1".to_string(),
             steps: 20,
-            guidance: 2.0,
+            // The demo's evaluation sampler.
+            guidance: 6.0,
+            guide_layout: true,
             use_ema: true,
             seed: 0,
             rows: 4,
@@ -88,6 +92,7 @@ impl CompareSettings {
             sampler: SamplerConfig {
                 steps: self.steps,
                 guidance: self.guidance,
+                guide_layout: self.guide_layout,
                 use_ema: self.use_ema,
                 ..SamplerConfig::default()
             },

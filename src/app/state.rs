@@ -12,15 +12,15 @@ pub enum Panel {
     Setup,
     /// Linked plots of the viewed runs.
     Live,
-    /// Every checkpoint of a run (coming).
+    /// Every checkpoint of a run.
     Checkpoints,
-    /// Checkpoints side by side (coming).
+    /// Checkpoints side by side.
     Compare,
-    /// The run's log (coming).
+    /// The run's log.
     Logs,
-    /// CPU, memory and GPU readings (coming).
+    /// CPU, memory and GPU readings.
     System,
-    /// One batch through the model before a run (coming).
+    /// One batch through the model before a run.
     Preflight,
 }
 

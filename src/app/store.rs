@@ -272,6 +272,8 @@ impl RunStore {
                         start_step: *step,
                         end_step: *end_step,
                         finished: false,
+                        first_eval: None,
+                        last_eval: None,
                     });
                 }
                 if let Some(state) = &mut self.state {

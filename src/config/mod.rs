@@ -408,11 +408,8 @@ pub enum ConfigError {
 impl RunConfig {
     /// Parses TOML without validating; errors name the field path.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let parse_error = |path: String, message: String| ConfigError::Parse {
-            origin: origin.to_string(),
-            path,
-            message,
-        };
+        let parse_error =
+            |path: String, message: String| ConfigError::Parse { origin: origin.to_string(), path, message };
         let deserializer = toml::Deserializer::parse(text).map_err(|e| {
             let (path, message) = parse::describe_syntax_error(text, &e);
             parse_error(path, message)
@@ -440,8 +437,8 @@ impl RunConfig {
 
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let origin = path.display().to_string();
         let config = Self::from_toml_str(&text, &origin)?;
         config.validate().map_err(|issues| ConfigError::Invalid { origin, issues })?;

@@ -75,7 +75,10 @@ impl RunConfig {
         }
         check_eval(&self.eval, &mut issues);
         if self.stages.is_empty() {
-            issues.add("stages", "must list at least one stage — add a [[stages]] table with a name and a number of steps");
+            issues.add(
+                "stages",
+                "must list at least one stage — add a [[stages]] table with a name and a number of steps",
+            );
         }
         let mut first_with_name: HashMap<&str, usize> = HashMap::new();
         for (index, stage) in self.stages.iter().enumerate() {
@@ -335,16 +338,15 @@ fn check_stage(stage: &StageConfig, prefix: &str, model_has_adapter: bool, issue
 
 fn check_trainable(trainable: &Trainable, prefix: &str, model_has_adapter: bool, issues: &mut Issues) {
     match trainable {
-        Trainable::Group(group @ (TrainableGroup::Adapter | TrainableGroup::Layout)) if !model_has_adapter => {
-            issues.add(
+        Trainable::Group(group @ (TrainableGroup::Adapter | TrainableGroup::Layout)) if !model_has_adapter => issues
+            .add(
                 format!("{prefix}.trainable"),
                 format!(
                     "is \"{}\" but model.adapter = false — nothing useful would train; set model.adapter = true, \
                      or train \"base\" or \"all\"",
                     Trainable::Group(*group)
                 ),
-            )
-        }
+            ),
         Trainable::Group(_) => {}
         Trainable::Globs(globs) if globs.is_empty() => issues.add(
             format!("{prefix}.trainable"),
@@ -417,7 +419,8 @@ fn check_early_stopping(es: &EarlyStoppingConfig, stage: &StageConfig, prefix: &
 
 fn check_eval(eval: &super::EvalConfig, issues: &mut Issues) {
     if eval.samples < 2 {
-        issues.add("eval.samples", format!("is {} — FID needs at least 2 images; 500 is the usual budget", eval.samples));
+        issues
+            .add("eval.samples", format!("is {} — FID needs at least 2 images; 500 is the usual budget", eval.samples));
     }
     if eval.grid_rows == 0 {
         issues.add("eval.grid_rows", "must be ≥ 1 — the sample grid needs at least one row; 8 is a good start");
@@ -429,17 +432,26 @@ fn check_eval(eval: &super::EvalConfig, issues: &mut Issues) {
         issues.add("eval.sampler.batch_size", "must be ≥ 1 — images per forward pass while sampling");
     }
     if !eval.sampler.guidance.is_finite() || eval.sampler.guidance < 0.0 {
-        issues.add("eval.sampler.guidance", format!("is {} — must be a finite number ≥ 0 (1 = no guidance)", eval.sampler.guidance));
+        issues.add(
+            "eval.sampler.guidance",
+            format!("is {} — must be a finite number ≥ 0 (1 = no guidance)", eval.sampler.guidance),
+        );
     }
     if !eval.sampler.gate_scale.is_finite() {
         issues.add("eval.sampler.gate_scale", "must be a finite number (1 = gates as trained)");
     }
     if !METRICS.contains(&eval.best_metric.as_str()) {
-        issues.add("eval.best_metric", format!("unknown metric {:?} — use one of {}", eval.best_metric, METRICS.join(", ")));
+        issues.add(
+            "eval.best_metric",
+            format!("unknown metric {:?} — use one of {}", eval.best_metric, METRICS.join(", ")),
+        );
     }
     if let Some(judge) = &eval.judge {
         if !judge.is_file() {
-            issues.add("eval.judge", format!("\"{}\" does not exist — leave it out to use the built-in judge", judge.display()));
+            issues.add(
+                "eval.judge",
+                format!("\"{}\" does not exist — leave it out to use the built-in judge", judge.display()),
+            );
         }
     }
 }

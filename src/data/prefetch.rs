@@ -29,13 +29,7 @@ pub struct Prefetcher {
 impl Prefetcher {
     /// Starts the thread. `depth` is clamped to at least 1. A failure to start the thread is reported by
     /// the first [`Self::next_batch`].
-    pub fn spawn(
-        dataset: ShapesDataset,
-        order_seed: u64,
-        start_cursor: u64,
-        batch_size: usize,
-        depth: usize,
-    ) -> Self {
+    pub fn spawn(dataset: ShapesDataset, order_seed: u64, start_cursor: u64, batch_size: usize, depth: usize) -> Self {
         let (sender, receiver) = bounded::<Batch>(depth.max(1));
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = Arc::clone(&stop);
@@ -68,11 +62,7 @@ impl Prefetcher {
         match receiver.recv() {
             Ok(batch) => {
                 if batch.cursor != self.next_cursor {
-                    bail!(
-                        "data prefetch out of order: expected cursor {}, got {}",
-                        self.next_cursor,
-                        batch.cursor
-                    );
+                    bail!("data prefetch out of order: expected cursor {}, got {}", self.next_cursor, batch.cursor);
                 }
                 self.next_cursor += self.batch_size as u64;
                 Ok(batch)

@@ -109,16 +109,7 @@ impl ShapesDataset {
         }
         let wanted = (cfg.train_size as f64 * cfg.subset_fraction).round();
         let len = if wanted.is_finite() && wanted >= 1.0 { wanted as u64 } else { 1 };
-        Self {
-            seed: cfg.seed,
-            variant: cfg.variant,
-            min_objects,
-            max_objects,
-            len,
-            image_size,
-            slots,
-            null_class,
-        }
+        Self { seed: cfg.seed, variant: cfg.variant, min_objects, max_objects, len, image_size, slots, null_class }
     }
 
     /// Training images in use: `round(train_size * subset_fraction)`, at least 1. The subset is the prefix

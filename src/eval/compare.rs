@@ -71,7 +71,8 @@ pub fn compare_grid(
     let dataset_config = dataset_of_checkpoint(first);
     let mut columns = Vec::new();
     let mut titles = Vec::new();
-    let scales = if request.gate_scales.is_empty() { vec![request.sampler.gate_scale] } else { request.gate_scales.clone() };
+    let scales =
+        if request.gate_scales.is_empty() { vec![request.sampler.gate_scale] } else { request.gate_scales.clone() };
     let jobs: Vec<(PathBuf, f64)> = if request.checkpoints.len() == 1 {
         scales.iter().map(|s| (first.clone(), *s)).collect()
     } else {
@@ -90,7 +91,11 @@ pub fn compare_grid(
             .with_context(|| format!("sampling {}", checkpoint.display()))?;
         columns.push(images);
         let name = checkpoint.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        titles.push(if jobs.len() > 1 && request.checkpoints.len() == 1 { format!("{name} gate×{gate_scale}") } else { name });
+        titles.push(if jobs.len() > 1 && request.checkpoints.len() == 1 {
+            format!("{name} gate×{gate_scale}")
+        } else {
+            name
+        });
         progress(index + 1, jobs.len());
     }
     let set = set.context("nothing was sampled")?;

@@ -57,7 +57,12 @@ pub fn render_grid(
     let mut canvas = RgbImage::from_pixel(width, height, Rgb(GAP_COLOUR));
     let image_len = 3 * set.image_size * set.image_size;
     for (c, images) in columns.iter().enumerate() {
-        anyhow::ensure!(images.len() == set.count * image_len, "column {c} holds {} values, expected {}", images.len(), set.count * image_len);
+        anyhow::ensure!(
+            images.len() == set.count * image_len,
+            "column {c} holds {} values, expected {}",
+            images.len(),
+            set.count * image_len
+        );
         for r in 0..set.count {
             let x0 = GAP_PX + c as u32 * (cell + GAP_PX);
             let y0 = GAP_PX + r as u32 * (cell + GAP_PX);
@@ -104,7 +109,8 @@ fn blit(canvas: &mut RgbImage, image: &[f32], side: usize, scale: u32, x0: u32, 
     let plane = side * side;
     for y in 0..side {
         for x in 0..side {
-            let rgb = [0, 1, 2].map(|ch| ((image[ch * plane + y * side + x] + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8);
+            let rgb =
+                [0, 1, 2].map(|ch| ((image[ch * plane + y * side + x] + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8);
             for dy in 0..scale {
                 for dx in 0..scale {
                     canvas.put_pixel(x0 + x as u32 * scale + dx, y0 + y as u32 * scale + dy, Rgb(rgb));

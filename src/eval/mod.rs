@@ -22,8 +22,8 @@ pub mod grid;
 pub mod judge;
 pub mod report;
 pub mod sampler;
-pub mod worker;
 pub mod scores;
+pub mod worker;
 
 pub use decisions::{
     pareto_front, recommend, BestEntry, BestTracker, CheckpointRow, EarlyStopDecision, EarlyStopping, Recommendation,

@@ -46,7 +46,8 @@ pub fn checkpoint_report(dir: &RunDir) -> Result<(Vec<ReportRow>, Recommendation
         .map(|c| {
             let m = metrics.get(&c.step);
             let eval = evals.get(&c.step).cloned();
-            let stage = m.map(|m| m.stage.clone()).or_else(|| eval.as_ref().map(|e| e.stage.clone())).unwrap_or_default();
+            let stage =
+                m.map(|m| m.stage.clone()).or_else(|| eval.as_ref().map(|e| e.stage.clone())).unwrap_or_default();
             ReportRow {
                 best: best.as_deref() == Some(c.name.as_str()),
                 checkpoint: c.name,

@@ -112,7 +112,8 @@ pub fn sample_images(
         let labels = &set.labels[range.clone()];
         let boxes = &set.boxes[range.start * set.slots * 4..range.end * set.slots * 4];
         let box_classes = &set.box_classes[range.start * set.slots..range.end * set.slots];
-        let images = sample_chunk(model, noise, labels, boxes, box_classes, set.slots, side, config, null_class, device)?;
+        let images =
+            sample_chunk(model, noise, labels, boxes, box_classes, set.slots, side, config, null_class, device)?;
         out.extend(images);
         start += n;
     }

@@ -22,7 +22,8 @@ use crate::run::atomic::atomic_write;
 use crate::run::checkpoint::sha256_hex;
 
 /// The built-in judge of the shapes task (`wick judge train` writes it; committed under assets/judge/).
-pub const BUILTIN_JUDGE: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/judge/shapes.safetensors"));
+pub const BUILTIN_JUDGE: &[u8] =
+    include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/judge/shapes.safetensors"));
 
 /// Images judged per forward pass.
 const JUDGE_BATCH: usize = 250;
@@ -44,7 +45,8 @@ pub fn judge_images(judge: &Judge, images: &[f32], count: usize, side: usize, de
     let mut start = 0;
     while start < count {
         let n = JUDGE_BATCH.min(count - start);
-        let x = Tensor::from_vec(images[start * image_len..(start + n) * image_len].to_vec(), (n, 3, side, side), device)?;
+        let x =
+            Tensor::from_vec(images[start * image_len..(start + n) * image_len].to_vec(), (n, 3, side, side), device)?;
         let judged = judge.forward(&x)?;
         out.features.extend(judged.features.flatten_all()?.to_vec1::<f32>()?);
         out.logits.extend(judged.logits.flatten_all()?.to_vec1::<f32>()?);
@@ -122,7 +124,13 @@ pub struct Scores {
 }
 
 /// Judges generated images of `set` against `real`.
-pub fn score_images(judge: &Judge, real: &GaussianStats, set: &EvalSet, images: &[f32], device: &Device) -> Result<Scores> {
+pub fn score_images(
+    judge: &Judge,
+    real: &GaussianStats,
+    set: &EvalSet,
+    images: &[f32],
+    device: &Device,
+) -> Result<Scores> {
     let judged = judge_images(judge, images, set.count, set.image_size, device)?;
     let stats = GaussianStats::from_features(&judged.features, set.count, JUDGE_FEATURES)?;
     let requested: Vec<[f32; 4]> = (0..set.count)
@@ -174,7 +182,11 @@ impl EvalWorker {
 
     /// Hands generated images to the worker.
     pub fn submit(&self, job: EvalJob) -> Result<()> {
-        self.jobs.as_ref().context("the evaluation worker is closed")?.send(job).map_err(|_| anyhow::anyhow!("the evaluation worker has stopped"))
+        self.jobs
+            .as_ref()
+            .context("the evaluation worker is closed")?
+            .send(job)
+            .map_err(|_| anyhow::anyhow!("the evaluation worker has stopped"))
     }
 
     /// Waits for the result of the oldest submitted job.

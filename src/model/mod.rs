@@ -28,7 +28,9 @@ mod runtime;
 mod spec;
 
 pub use denoiser::Denoiser;
-pub use init::{sorted_vars, build_model, load_model, randomize_zero_init, spec_from_weights, weights_file, WEIGHTS_FILE};
+pub use init::{
+    build_model, load_model, randomize_zero_init, sorted_vars, spec_from_weights, weights_file, WEIGHTS_FILE,
+};
 pub use loss::flow_matching_loss;
 pub use predict::predict_file;
 pub use runtime::{tune_allocator, tune_cpu_runtime, CpuTuning};

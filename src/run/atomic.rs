@@ -19,8 +19,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         file.write_all(bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
         file.sync_all().with_context(|| format!("cannot flush {}", tmp.display()))?;
     }
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
     if let Some(parent) = path.parent() {
         sync_dir(parent);
     }

@@ -66,8 +66,7 @@ impl CheckpointWriter {
         let tmp_dir = checkpoints_dir.join(format!("{name}.tmp"));
         let final_dir = checkpoints_dir.join(&name);
         if tmp_dir.exists() {
-            std::fs::remove_dir_all(&tmp_dir)
-                .with_context(|| format!("cannot remove stale {}", tmp_dir.display()))?;
+            std::fs::remove_dir_all(&tmp_dir).with_context(|| format!("cannot remove stale {}", tmp_dir.display()))?;
         }
         std::fs::create_dir_all(&tmp_dir).with_context(|| format!("cannot create {}", tmp_dir.display()))?;
         Ok(Self { step, tmp_dir, final_dir, files: BTreeMap::new() })
@@ -79,8 +78,7 @@ impl CheckpointWriter {
         let mut file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
         file.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))?;
         file.sync_all().with_context(|| format!("cannot flush {}", path.display()))?;
-        self.files
-            .insert(name.to_string(), FileEntry { bytes: bytes.len() as u64, sha256: sha256_hex(bytes) });
+        self.files.insert(name.to_string(), FileEntry { bytes: bytes.len() as u64, sha256: sha256_hex(bytes) });
         Ok(())
     }
 

@@ -186,10 +186,7 @@ impl RunState {
 
 /// Seconds since the Unix epoch, now.
 pub fn unix_now_secs() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 fn process_alive(pid: u32) -> bool {

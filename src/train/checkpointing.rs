@@ -136,7 +136,12 @@ pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<LoadedCheckpoint> 
 /// Copies `weights` into the model's variables. Strict: every parameter must be present with its shape and
 /// no unknown name may appear. Non-strict (warm start): parameters missing from `weights` keep their
 /// initial values and are returned; unknown names and wrong shapes are still errors.
-pub fn assign_weights(params: &NamedVars, weights: &HashMap<String, Tensor>, strict: bool, origin: &str) -> Result<Vec<String>> {
+pub fn assign_weights(
+    params: &NamedVars,
+    weights: &HashMap<String, Tensor>,
+    strict: bool,
+    origin: &str,
+) -> Result<Vec<String>> {
     let mut missing = Vec::new();
     for (name, var) in params {
         match weights.get(name) {
@@ -153,8 +158,10 @@ pub fn assign_weights(params: &NamedVars, weights: &HashMap<String, Tensor>, str
     let mut unknown: Vec<&String> = weights.keys().filter(|k| !params.iter().any(|(n, _)| n == *k)).collect();
     unknown.sort();
     if let Some(name) = unknown.first() {
-        bail!("{origin}: has `{name}`{}, which this model does not have — is it from another preset?",
-            if unknown.len() > 1 { format!(" and {} more", unknown.len() - 1) } else { String::new() });
+        bail!(
+            "{origin}: has `{name}`{}, which this model does not have — is it from another preset?",
+            if unknown.len() > 1 { format!(" and {} more", unknown.len() - 1) } else { String::new() }
+        );
     }
     Ok(missing)
 }

@@ -126,10 +126,8 @@ impl AdamW {
                 }
                 Ok(t.to_device(device)?.to_dtype(var.dtype())?)
             };
-            moments.insert(
-                name.to_string(),
-                Moments { exp_avg: get("exp_avg")?, exp_avg_sq: get("exp_avg_sq")?, steps },
-            );
+            moments
+                .insert(name.to_string(), Moments { exp_avg: get("exp_avg")?, exp_avg_sq: get("exp_avg_sq")?, steps });
         }
         self.moments = moments;
         Ok(())

@@ -18,11 +18,11 @@ use super::optimizer::{clip_grads, global_grad_norm, AdamW};
 use super::validation::{ValidationSet, VALIDATION_IMAGES};
 use super::{TrainCommand, TrainOptions};
 use crate::config::{metric_mode, MetricMode, RunConfig, StageConfig};
+use crate::data::{Batch, Prefetcher, ShapesDataset};
 use crate::eval::grid::render_grid;
 use crate::eval::sampler::{sample_images, EvalSet};
 use crate::eval::worker::{open_judge, real_stats, EvalJob, EvalWorker};
 use crate::eval::{BestTracker, EarlyStopDecision, EarlyStopping, GateMonitor};
-use crate::data::{Batch, Prefetcher, ShapesDataset};
 use crate::model::{self, Denoiser, ModelSpec};
 use crate::run::checkpoint::{checkpoint_name, checkpoints_to_prune, newest_intact_checkpoint};
 use crate::run::events::EvalRecord;
@@ -302,8 +302,7 @@ impl Trainer {
         if self.state.step_in_stage == 0 {
             self.begin_stage(index, &stage, &trainable)?;
         }
-        let trainable_vars: NamedVars =
-            self.params.iter().filter(|(n, _)| trainable.contains(n)).cloned().collect();
+        let trainable_vars: NamedVars = self.params.iter().filter(|(n, _)| trainable.contains(n)).cloned().collect();
         let model = self.stage_model(&trainable)?;
         let trains_adapter = trainable.iter().any(|n| model::is_adapter_param(n));
         let mut prefetcher = Prefetcher::spawn(
@@ -389,7 +388,9 @@ impl Trainer {
         self.state.stage = self.config.stages.get(self.state.stage_index).map(|s| s.name.clone()).unwrap_or_default();
         // The stage-end checkpoint already points at the next stage, so a resume starts it cleanly.
         self.save()?;
-        if self.options.stop_at_step == Some(self.state.global_step) && self.state.stage_index < self.config.stages.len() {
+        if self.options.stop_at_step == Some(self.state.global_step)
+            && self.state.stage_index < self.config.stages.len()
+        {
             return Ok(Some(Interrupt::Stop(format!("stopped at step {} as asked", self.state.global_step))));
         }
         Ok(None)
@@ -415,12 +416,7 @@ impl Trainer {
         };
         self.optimizer.retain(&keep);
         self.state.early_stopping = stage.early_stopping.as_ref().map(EarlyStopping::new);
-        let count: usize = self
-            .params
-            .iter()
-            .filter(|(n, _)| trainable.contains(n))
-            .map(|(_, v)| v.elem_count())
-            .sum();
+        let count: usize = self.params.iter().filter(|(n, _)| trainable.contains(n)).map(|(_, v)| v.elem_count()).sum();
         self.emit(TrainEvent::StageStarted {
             step: self.state.global_step,
             stage: stage.name.clone(),
@@ -585,7 +581,9 @@ impl Trainer {
         if !grad_norm.is_finite() {
             let culprit = grads
                 .iter()
-                .filter(|(_, g)| g.sqr().and_then(|s| s.sum_all()).and_then(|s| s.to_scalar::<f32>()).is_ok_and(|v| !v.is_finite()))
+                .filter(|(_, g)| {
+                    g.sqr().and_then(|s| s.sum_all()).and_then(|s| s.to_scalar::<f32>()).is_ok_and(|v| !v.is_finite())
+                })
                 .map(|(n, _)| n.clone())
                 .min()
                 .unwrap_or_default();
@@ -733,8 +731,7 @@ impl Trainer {
             protected.push(best);
         }
         for entry in checkpoints_to_prune(&entries, self.config.checkpoints.keep_last, &protected) {
-            std::fs::remove_dir_all(&entry.dir)
-                .with_context(|| format!("cannot prune {}", entry.dir.display()))?;
+            std::fs::remove_dir_all(&entry.dir).with_context(|| format!("cannot prune {}", entry.dir.display()))?;
             self.emit(TrainEvent::CheckpointPruned {
                 step: self.state.global_step,
                 checkpoint: entry.name.clone(),
@@ -819,7 +816,8 @@ impl Trainer {
         worker.submit(EvalJob { images })?;
         let grid = self.sample_grid()?;
         if self.validation.is_none() {
-            self.validation = Some(ValidationSet::new(&self.dataset, self.config.seed, VALIDATION_IMAGES, &self.device)?);
+            self.validation =
+                Some(ValidationSet::new(&self.dataset, self.config.seed, VALIDATION_IMAGES, &self.device)?);
         }
         let val_loss = match &self.validation {
             Some(set) => Some(set.loss(&model)?).filter(|l| l.is_finite()),

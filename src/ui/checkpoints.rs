@@ -110,7 +110,7 @@ fn table_ui(ui: &mut Ui, state: &mut CheckpointsState, commands: &mut Vec<AppCom
                 "Stage",
                 "Step",
                 "Loss",
-                "Eval loss",
+                "Val loss",
                 "FID",
                 "Top-1",
                 "Top-2",
@@ -144,8 +144,9 @@ fn table_ui(ui: &mut Ui, state: &mut CheckpointsState, commands: &mut Vec<AppCom
                 ui.label(&row.stage);
                 ui.label(row.step.to_string());
                 ui.label(cell(row.loss, 4));
-                ui.label(cell(eval.and_then(|e| e.loss), 4))
-                    .on_hover_text("Mean training loss since the previous evaluation");
+                ui.label(cell(eval.and_then(|e| e.val_loss), 4)).on_hover_text(
+                    "Validation loss: a fixed held-out batch, the same timesteps and noise at every evaluation",
+                );
                 ui.label(cell(eval.and_then(|e| e.fid), 3));
                 ui.label(cell(eval.and_then(|e| e.top1), 3));
                 ui.label(cell(eval.and_then(|e| e.top2), 3));

@@ -112,6 +112,8 @@ fn settings_ui(ui: &mut Ui, state: &mut CompareState) {
         ui.add(DragValue::new(&mut s.steps).range(1..=1000));
         ui.label("Guidance");
         ui.add(DragValue::new(&mut s.guidance).range(0.0..=20.0).speed(0.05));
+        ui.checkbox(&mut s.guide_layout, "Guide layout")
+            .on_hover_text("Guidance also drops the layout in its unconditional branch (strengthens the layout)");
         ui.checkbox(&mut s.use_ema, "EMA weights");
         ui.label("Seed");
         ui.add(DragValue::new(&mut s.seed));

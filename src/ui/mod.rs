@@ -2,7 +2,6 @@
 //! global state directly (the Setup panel edits its own draft).
 
 pub mod checkpoints;
-pub mod coming;
 pub mod compare;
 pub mod live;
 pub mod logs;

@@ -422,6 +422,7 @@ fn trainable_ui(ui: &mut Ui, trainable: &mut Trainable) -> Response {
     let current = match trainable {
         Trainable::Group(TrainableGroup::All) => "all",
         Trainable::Group(TrainableGroup::Adapter) => "adapter",
+        Trainable::Group(TrainableGroup::Layout) => "layout",
         Trainable::Group(TrainableGroup::Base) => "base",
         Trainable::Globs(_) => "name globs",
     };
@@ -431,6 +432,7 @@ fn trainable_ui(ui: &mut Ui, trainable: &mut Trainable) -> Response {
             for (name, value) in [
                 ("all", Trainable::Group(TrainableGroup::All)),
                 ("adapter", Trainable::Group(TrainableGroup::Adapter)),
+                ("layout", Trainable::Group(TrainableGroup::Layout)),
                 ("base", Trainable::Group(TrainableGroup::Base)),
             ] {
                 if ui.selectable_label(current == name, name).clicked() {

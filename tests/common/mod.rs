@@ -62,9 +62,5 @@ pub fn create_run(runs: &Path, config: &RunConfig) -> RunDir {
 
 /// (step, loss bits) of every metrics line in file order, repeats included.
 pub fn loss_bits(dir: &RunDir) -> Vec<(u64, Option<u64>)> {
-    dir.read_metrics_raw()
-        .expect("metrics readable")
-        .into_iter()
-        .map(|m| (m.step, m.loss.map(f64::to_bits)))
-        .collect()
+    dir.read_metrics_raw().expect("metrics readable").into_iter().map(|m| (m.step, m.loss.map(f64::to_bits))).collect()
 }

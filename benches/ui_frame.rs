@@ -55,7 +55,7 @@ fn main() {
         screen_rect: Some(egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(1600.0, 1000.0))),
         ..Default::default()
     };
-    let mut frame = |app: &mut WickApp| {
+    let frame = |app: &mut WickApp| {
         let t = Instant::now();
         let output = ctx.run_ui(input(), |ui| {
             app.logic();
@@ -78,7 +78,8 @@ fn main() {
     // A pan/zoom frame: every envelope recomputed for a new x-range.
     let store = &app.stores[&root];
     let keys: Vec<_> = store.series.keys().cloned().collect();
-    let mut cache = wick::app::plot_data::PlotCache { width_px: 1400, ..Default::default() };
+    let mut cache = wick::app::plot_data::PlotCache::default();
+    cache.width_px = 1400;
     let t = Instant::now();
     let mut reps = 0;
     for r in 0..20 {

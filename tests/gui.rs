@@ -256,4 +256,7 @@ fn closing_the_window_while_training_stops_with_a_checkpoint_and_the_run_resumes
     assert_eq!(harness.state().session.as_ref().unwrap().status, RunStatus::Finished);
     let state = RunDir::open(&root).unwrap().read_state().unwrap();
     assert_eq!((state.status, state.global_step), (RunStatus::Finished, 50));
+    step_until(&mut harness, Duration::from_secs(10), |h| h.state().stores.contains_key(&root));
+    let loss = &harness.state().stores[&root].series["loss"];
+    assert_eq!(loss.len(), 50, "the history loaded from disk plus the steps trained after the resume");
 }

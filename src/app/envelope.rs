@@ -180,7 +180,7 @@ pub fn envelope(xs: &[f64], ys: &[f64], blocks: &[BlockSummary], x_min: f64, x_m
         out.nan_markers.push(PlotPoint::new(xs[i], last_finite.unwrap_or(0.0)));
     };
 
-    if end - first <= 2 * width_px || !(x_max > x_min) {
+    if end - first <= 2 * width_px || x_max.partial_cmp(&x_min) != Some(std::cmp::Ordering::Greater) {
         for i in first..end {
             if ys[i].is_nan() {
                 push_nan(&mut out, i, last_finite);

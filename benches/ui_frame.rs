@@ -51,11 +51,13 @@ fn main() {
     let mut app = WickApp::with_state(ctx.clone(), runs.clone(), Box::new(ScriptedDialog::new()), persisted);
     app.show_store(store);
 
+    // WICK_BENCH_HEIGHT=2400 makes every plot visible at once (1000: about four, the rest scrolled away).
+    let height: f32 = std::env::var("WICK_BENCH_HEIGHT").ok().and_then(|h| h.parse().ok()).unwrap_or(1000.0);
     let input = || egui::RawInput {
-        screen_rect: Some(egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(1600.0, 1000.0))),
+        screen_rect: Some(egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(1600.0, height))),
         ..Default::default()
     };
-    let mut frame = |app: &mut WickApp| {
+    let frame = |app: &mut WickApp| {
         let t = Instant::now();
         let output = ctx.run_ui(input(), |ui| {
             app.logic();
@@ -63,14 +65,35 @@ fn main() {
             app.apply_commands();
         });
         let primitives = ctx.tessellate(output.shapes, output.pixels_per_point);
-        std::hint::black_box(primitives);
-        t.elapsed().as_secs_f64() * 1e3
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let vertices: usize = primitives
+            .iter()
+            .map(|p| match &p.primitive {
+                egui::epaint::Primitive::Mesh(mesh) => mesh.vertices.len(),
+                egui::epaint::Primitive::Callback(_) => 0,
+            })
+            .sum();
+        (ms, vertices)
     };
     // Warm-up: first frames lay out, size the plots and build the envelopes.
+    let mut vertices = 0;
     for _ in 0..5 {
-        frame(&mut app);
+        vertices = frame(&mut app).1;
     }
-    let mut times: Vec<f64> = (0..FRAMES).map(|_| frame(&mut app)).collect();
+    let plotted: usize = app.stores[&root]
+        .series
+        .keys()
+        .filter_map(|name| {
+            let key = wick::app::plot_data::EnvelopeKey {
+                run: root.clone(),
+                series: name.clone(),
+                x_axis: wick::app::state::XAxis::Step,
+                log: false,
+            };
+            app.plot_cache.get(&key).map(|e| e.line.len())
+        })
+        .sum();
+    let mut times: Vec<f64> = (0..FRAMES).map(|_| frame(&mut app).0).collect();
     times.sort_by(f64::total_cmp);
     let median = times[FRAMES / 2];
     let p90 = times[FRAMES * 9 / 10];
@@ -78,7 +101,8 @@ fn main() {
     // A pan/zoom frame: every envelope recomputed for a new x-range.
     let store = &app.stores[&root];
     let keys: Vec<_> = store.series.keys().cloned().collect();
-    let mut cache = wick::app::plot_data::PlotCache { width_px: 1400, ..Default::default() };
+    let mut cache = wick::app::plot_data::PlotCache::default();
+    cache.width_px = 1400;
     let t = Instant::now();
     let mut reps = 0;
     for r in 0..20 {
@@ -96,7 +120,7 @@ fn main() {
     }
     let recompute_ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
     println!(
-        "ui_frame: {series} series × {POINTS} points, {FRAMES} frames at 1600×1000: median {median:.2} ms, p90 {p90:.2} ms; \
+        "ui_frame: {series} series × {POINTS} points, {FRAMES} frames at 1600×{height}: median {median:.2} ms, p90 {p90:.2} ms ({plotted} envelope points plotted, {vertices} vertices); \
          recomputing all envelopes for a new x-range: {recompute_ms:.2} ms"
     );
     let _ = std::fs::remove_dir_all(&runs);

@@ -169,6 +169,53 @@ fn a_run_written_by_the_engine_opens_from_a_folder_elsewhere() {
     assert!(harness.query_all_by_label(&id).count() >= 2, "listed in Runs and named in the top bar");
     assert_eq!(harness.state().stores[dir.root()].series["loss"].len(), 3);
     assert_eq!(harness.state().persisted.extra_runs, vec![dir.root().to_path_buf()]);
+
+    // CSV export of the shown series, through the dialog.
+    let csv = elsewhere.path().join("series.csv");
+    dialog.push(&csv);
+    harness.get_by_label("Export CSV…").click();
+    step_until(&mut harness, Duration::from_secs(20), |h| {
+        h.state().status.as_ref().is_some_and(|s| s.text.starts_with("Exported"))
+    });
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.lines().next(), Some("series,step,wall_secs,value"));
+    assert!(text.lines().any(|l| l.starts_with("loss,3,")), "{text}");
+}
+
+#[test]
+fn a_config_saves_to_toml_and_opens_again() {
+    let runs = tempfile::tempdir().unwrap();
+    let file = runs.path().join("my-run.toml");
+    let dialog = ScriptedDialog::new();
+    let mut harness = harness(runs.path(), &dialog);
+    settle(&mut harness);
+    harness.get_by_label("Add stage").click();
+    settle(&mut harness);
+    let saved = harness.state().setup.config.clone();
+
+    dialog.push(&file);
+    harness.get_by_label("Save…").click();
+    settle(&mut harness);
+    assert!(file.is_file(), "status: {:?}", harness.state().status);
+
+    harness.get_by_label("Load preset").click();
+    settle(&mut harness);
+    assert_ne!(harness.state().setup.config, saved);
+
+    dialog.push(&file);
+    harness.get_by_label("Open…").click();
+    settle(&mut harness);
+    assert_eq!(harness.state().setup.config, saved);
+    assert_eq!(harness.state().setup.file.as_deref(), Some(file.as_path()));
+
+    // A broken file is reported once in the status line and leaves the draft alone.
+    std::fs::write(&file, "[[stages]]\nname = \"x\"\nsteps = \"many\"\n").unwrap();
+    dialog.push(&file);
+    harness.get_by_label("Open…").click();
+    settle(&mut harness);
+    let status = harness.state().status.clone().unwrap();
+    assert!(status.error && status.text.contains("stages[0].steps"), "{status:?}");
+    assert_eq!(harness.state().setup.config, saved);
 }
 
 #[test]
@@ -209,4 +256,7 @@ fn closing_the_window_while_training_stops_with_a_checkpoint_and_the_run_resumes
     assert_eq!(harness.state().session.as_ref().unwrap().status, RunStatus::Finished);
     let state = RunDir::open(&root).unwrap().read_state().unwrap();
     assert_eq!((state.status, state.global_step), (RunStatus::Finished, 50));
+    step_until(&mut harness, Duration::from_secs(10), |h| h.state().stores.contains_key(&root));
+    let loss = &harness.state().stores[&root].series["loss"];
+    assert_eq!(loss.len(), 50, "the history loaded from disk plus the steps trained after the resume");
 }

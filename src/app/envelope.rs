@@ -10,7 +10,7 @@
 use egui_plot::PlotPoint;
 
 /// Points per block of the summary level.
-const BLOCK: usize = 256;
+const BLOCK: usize = 32;
 
 /// Min/max of one block of [`BLOCK`] points, precomputed so wide pixel columns skip the points inside.
 #[derive(Debug, Clone, Copy)]
@@ -75,36 +75,87 @@ fn summarize(chunk: &[f64], offset: usize) -> BlockSummary {
 /// Running min/max/NaN of one pixel column.
 #[derive(Clone, Copy)]
 struct Column {
+    lo: f64,
     min_index: usize,
+    hi: f64,
     max_index: usize,
     nan_index: usize,
 }
 
 impl Column {
-    const EMPTY: Column = Column { min_index: usize::MAX, max_index: usize::MAX, nan_index: usize::MAX };
+    const EMPTY: Column = Column {
+        lo: f64::INFINITY,
+        min_index: usize::MAX,
+        hi: f64::NEG_INFINITY,
+        max_index: usize::MAX,
+        nan_index: usize::MAX,
+    };
 
-    fn take_point(&mut self, ys: &[f64], i: usize) {
-        let y = ys[i];
+    #[inline]
+    fn take_point(&mut self, i: usize, y: f64) {
         if y.is_nan() {
             self.nan_index = self.nan_index.min(i);
-        } else {
-            if self.min_index == usize::MAX || y < ys[self.min_index] {
-                self.min_index = i;
-            }
-            if self.max_index == usize::MAX || y > ys[self.max_index] {
-                self.max_index = i;
-            }
+            return;
         }
+        // Selects rather than branches: on noisy data the comparisons are unpredictable.
+        let first = self.min_index == usize::MAX;
+        let lower = (y < self.lo) | first;
+        let higher = (y > self.hi) | first;
+        self.lo = if lower { y } else { self.lo };
+        self.min_index = if lower { i } else { self.min_index };
+        self.hi = if higher { y } else { self.hi };
+        self.max_index = if higher { i } else { self.max_index };
     }
 
+    #[inline]
     fn take_block(&mut self, ys: &[f64], block: &BlockSummary) {
         if block.min_index != usize::MAX {
-            self.take_point(ys, block.min_index);
-            self.take_point(ys, block.max_index);
+            self.take_point(block.min_index, ys[block.min_index]);
+            self.take_point(block.max_index, ys[block.max_index]);
         }
         if block.nan_index != usize::MAX {
             self.nan_index = self.nan_index.min(block.nan_index);
         }
+    }
+
+    /// Takes points `from..to`, whole blocks where they fit.
+    fn take_range(&mut self, ys: &[f64], blocks: &[BlockSummary], from: usize, to: usize) {
+        let mut j = from;
+        if !blocks.is_empty() {
+            let aligned = from.next_multiple_of(BLOCK).min(to);
+            self.scan(ys, j, aligned);
+            j = aligned;
+            while j + BLOCK <= to {
+                self.take_block(ys, &blocks[j / BLOCK]);
+                j += BLOCK;
+            }
+        }
+        self.scan(ys, j, to);
+    }
+
+    /// Takes every point of `from..to`, in local variables (a tight loop).
+    fn scan(&mut self, ys: &[f64], from: usize, to: usize) {
+        if from >= to {
+            return;
+        }
+        let (mut lo, mut lo_i, mut hi, mut hi_i) = (self.lo, self.min_index, self.hi, self.max_index);
+        let mut nan_i = usize::MAX;
+        for (i, &y) in (from..to).zip(&ys[from..to]) {
+            if y.is_nan() {
+                nan_i = nan_i.min(i);
+                continue;
+            }
+            if y < lo || lo_i == usize::MAX {
+                lo = y;
+                lo_i = i;
+            }
+            if y > hi || hi_i == usize::MAX {
+                hi = y;
+                hi_i = i;
+            }
+        }
+        (self.lo, self.min_index, self.hi, self.max_index) = (lo, lo_i, hi, hi_i);
+        self.nan_index = self.nan_index.min(nan_i);
     }
 }
 
@@ -129,7 +180,7 @@ pub fn envelope(xs: &[f64], ys: &[f64], blocks: &[BlockSummary], x_min: f64, x_m
         out.nan_markers.push(PlotPoint::new(xs[i], last_finite.unwrap_or(0.0)));
     };
 
-    if end - first <= 2 * width_px || !(x_max > x_min) {
+    if end - first <= 2 * width_px || x_max.partial_cmp(&x_min) != Some(std::cmp::Ordering::Greater) {
         for i in first..end {
             if ys[i].is_nan() {
                 push_nan(&mut out, i, last_finite);
@@ -157,19 +208,10 @@ pub fn envelope(xs: &[f64], ys: &[f64], blocks: &[BlockSummary], x_min: f64, x_m
         } else {
             let c = ((x - x_min) / column_width).floor();
             let bound = x_min + (c + 1.0) * column_width;
-            (i + xs[i..end].partition_point(|&v| v < bound)).max(i + 1)
+            gallop(xs, i, end, bound).max(i + 1)
         };
         let mut column = Column::EMPTY;
-        let mut j = i;
-        while j < column_end {
-            if !blocks.is_empty() && j % BLOCK == 0 && j + BLOCK <= column_end {
-                column.take_block(ys, &blocks[j / BLOCK]);
-                j += BLOCK;
-            } else {
-                column.take_point(ys, j);
-                j += 1;
-            }
-        }
+        column.take_range(ys, blocks, i, column_end);
         let (a, b) = (column.min_index, column.max_index);
         let nan_before_values = column.nan_index != usize::MAX && (a == usize::MAX || column.nan_index < a.min(b));
         if nan_before_values {
@@ -189,6 +231,19 @@ pub fn envelope(xs: &[f64], ys: &[f64], blocks: &[BlockSummary], x_min: f64, x_m
         i = column_end;
     }
     out
+}
+
+/// The first index in `from..end` whose x is ≥ `bound` (`end` when none), given `xs[from] < bound`: an
+/// exponential search from `from`, so it touches only memory near the column (a plain binary search over the
+/// whole series costs a cache miss per step, per column).
+fn gallop(xs: &[f64], from: usize, end: usize, bound: f64) -> usize {
+    let (mut lo, mut step) = (from, 1);
+    while lo + step < end && xs[lo + step] < bound {
+        lo += step;
+        step *= 2;
+    }
+    let hi = (lo + step).min(end);
+    lo + xs[lo..hi].partition_point(|&v| v < bound)
 }
 
 #[cfg(test)]

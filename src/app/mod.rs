@@ -139,6 +139,8 @@ pub struct WickApp {
     dialog: Box<dyn FileDialog>,
     ctx: egui::Context,
     csv_result: Option<crossbeam_channel::Receiver<Result<String, String>>>,
+    /// A resumed run whose history is still loading: its events wait here, then go on top of the history.
+    pending_events: Option<(PathBuf, Vec<crate::run::TrainEvent>)>,
 }
 
 impl WickApp {
@@ -180,6 +182,7 @@ impl WickApp {
             dialog,
             ctx,
             csv_result: None,
+            pending_events: None,
         };
         app.apply_theme();
         app
@@ -232,7 +235,10 @@ impl WickApp {
         let mut end_message = None;
         if let Some(session) = &mut self.session {
             let (events, more) = session.drain(session::DRAIN_BUDGET);
-            if !events.is_empty() {
+            let waiting = self.pending_events.as_mut().filter(|(root, _)| *root == session.root);
+            if let Some((_, buffer)) = waiting {
+                buffer.extend(events.iter().cloned());
+            } else if !events.is_empty() {
                 let store = self.stores.entry(session.root.clone()).or_insert_with(|| RunStore::new(&session.root));
                 for event in &events {
                     store.apply(event);
@@ -269,14 +275,39 @@ impl WickApp {
         // Loaded runs.
         while let Ok((root, result)) = self.loader.results.try_recv() {
             self.loading.remove(&root);
-            match result {
-                Ok(store) => {
+            let buffered = match self.pending_events.take() {
+                Some((pending, events)) if pending == root => Some(events),
+                other => {
+                    self.pending_events = other;
+                    None
+                }
+            };
+            match (result, buffered) {
+                (Ok(mut store), Some(events)) => {
+                    // The resumed run: its history, then what it did since.
+                    for event in &events {
+                        store.apply(event);
+                    }
+                    store.refresh_blocks();
+                    self.stores.insert(root, store);
+                }
+                (Ok(store), None) => {
                     let live = self.session.as_ref().is_some_and(|s| s.root == root && s.is_active());
                     if !live {
                         self.stores.insert(root, store);
                     }
                 }
-                Err(why) => self.say(format!("cannot load run {}: {why}", root.display()), true),
+                (Err(why), buffered) => {
+                    if let Some(events) = buffered {
+                        let mut store = RunStore::new(&root);
+                        for event in &events {
+                            store.apply(event);
+                        }
+                        store.refresh_blocks();
+                        self.stores.insert(root.clone(), store);
+                    }
+                    self.say(format!("cannot load run {}: {why}", root.display()), true);
+                }
             }
         }
         self.request_loads();
@@ -447,18 +478,24 @@ impl WickApp {
 
     fn begin_session(&mut self, dir: RunDir, resume: bool) -> anyhow::Result<()> {
         let root = dir.root().to_path_buf();
-        let mut store = if resume { RunStore::load(&root)? } else { RunStore::new(&root) };
-        store.config = dir.config().ok();
-        store.state = dir.read_state().ok();
-        if store.ledger.is_empty() {
-            store.ledger = store.state.as_ref().map(|s| s.stages.clone()).unwrap_or_default();
-        }
-        let session = TrainingSession::start(dir, resume, self.notify())?;
+        let session = TrainingSession::start(dir.clone(), resume, self.notify())?;
         let verb = if resume { "Resumed" } else { "Started" };
         self.say(format!("{verb} run {}", session.id), false);
         self.session = Some(session);
-        self.loading.remove(&root);
-        self.stores.insert(root.clone(), store);
+        self.stores.remove(&root);
+        if resume {
+            // The history may be long: load it off the UI thread; events wait in `pending_events` meanwhile.
+            self.pending_events = Some((root.clone(), Vec::new()));
+            self.loading.insert(root.clone());
+            self.loader.load(root.clone());
+        } else {
+            let mut store = RunStore::new(&root);
+            store.config = dir.config().ok();
+            store.state = dir.read_state().ok();
+            store.ledger = store.state.as_ref().map(|s| s.stages.clone()).unwrap_or_default();
+            self.loading.remove(&root);
+            self.stores.insert(root.clone(), store);
+        }
         self.select(root, false);
         self.persisted.panel = Panel::Live;
         self.scanner.rescan(self.scan_request());

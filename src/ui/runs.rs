@@ -38,6 +38,9 @@ fn run_row_ui(ui: &mut Ui, app: &WickApp, run: &RunSummary, training: bool, comm
     if title.clicked() {
         let add = ui.input(|i| i.modifiers.command || i.modifiers.ctrl);
         commands.push(AppCommand::SelectRun { root: run.root.clone(), add });
+        if app.persisted.panel == crate::app::state::Panel::Setup {
+            commands.push(AppCommand::ShowPanel(crate::app::state::Panel::Live));
+        }
     }
     ui.horizontal(|ui| {
         ui.label(RichText::new(status.as_str()).color(status_color(status)));

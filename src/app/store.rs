@@ -37,6 +37,8 @@ pub mod names {
     pub const TOP: [&str; 3] = ["top1", "top2", "top3"];
     /// Layout IoU.
     pub const IOU: &str = "iou";
+    /// Validation loss (fixed held-out batch) at each evaluation.
+    pub const VAL_LOSS: &str = "val_loss";
     /// The name of block `i`'s gate series.
     pub fn gate(i: usize) -> String {
         format!("gate[{i}]")
@@ -236,6 +238,10 @@ impl RunStore {
                     self.push(name, step, wall, opt(value));
                 }
                 self.push(names::IOU, step, wall, opt(e.iou));
+                // Runs recorded before the validation loss existed have none: no point, rather than a NaN mark.
+                if let Some(v) = e.val_loss {
+                    self.push(names::VAL_LOSS, step, wall, v);
+                }
             }
             other => {
                 self.messages.push((other.step(), other.message()));

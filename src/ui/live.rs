@@ -51,6 +51,7 @@ fn plot_specs(stores: &[&RunStore], settings: &LiveSettings) -> Vec<PlotSpec> {
         PlotSpec { title: "Learning rate", series: vec![s(names::LR, "lr", true)], clip_line: false },
         PlotSpec { title: "Gradient norm", series: vec![s(names::GRAD_NORM, "grad norm", true)], clip_line: true },
         PlotSpec { title: "Adapter gates", series: gates, clip_line: false },
+        PlotSpec { title: "Validation loss", series: vec![s(names::VAL_LOSS, "val_loss", true)], clip_line: false },
         PlotSpec { title: "FID (judge)", series: vec![s(names::FID, "FID (judge)", true)], clip_line: false },
         PlotSpec {
             title: "Judge scores",
@@ -212,7 +213,8 @@ fn plot_ui(
     plot = plot.include_x(0.0).include_x(x_end).y_axis_min_width(56.0);
     let response =
         plot.show(ui, |plot_ui| {
-            // Stage bands of the primary run.
+            // Stage bands of the primary run (unnamed: the legend lists only the series; the top bar and the
+            // Setup timeline name the stages).
             for (i, entry) in primary.ledger.iter().enumerate() {
                 let (a, b) = (x_of(primary, entry.start_step, settings), x_of(primary, entry.end_step, settings));
                 if b > a {
@@ -221,7 +223,7 @@ fn plot_ui(
                     } else {
                         Color32::from_rgba_unmultiplied(90, 140, 220, 14)
                     };
-                    plot_ui.span(Span::new(format!("stage {}", entry.name), a..=b).fill(fill).border_width(0.0));
+                    plot_ui.span(Span::new("", a..=b).fill(fill).border_width(0.0));
                 }
             }
             if spec.clip_line {
@@ -270,7 +272,7 @@ fn plot_ui(
             if settings.show_markers {
                 for marker in &primary.markers {
                     plot_ui.vline(
-                        VLine::new(marker.kind.label(), x_of(primary, marker.step, settings))
+                        VLine::new("", x_of(primary, marker.step, settings))
                             .color(marker_color(marker.kind))
                             .width(if marker.kind == MarkerKind::Checkpoint { 0.5 } else { 1.2 }),
                     );

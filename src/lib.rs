@@ -10,6 +10,7 @@
 //!          every log_every: TrainEvent::Metrics (+ gate alerts)
 //!          every eval_every: eval::sampler (fixed EvalSet) ──images──▶ eval::worker thread "eval"
 //!                            (judge → FID / top-k / IoU) ──scores──▶ best checkpoint, early stopping
+//!                            + train::validation: val_loss on a fixed held-out batch (trainer thread)
 //!          every save_every / eval / stage end: atomic checkpoint with its sample grid
 //!          commands (pause, resume, stop, save-now) polled at step boundaries
 //!    ══ unbounded channel (never blocks the trainer) ══▶ run::recorder thread: appends metrics.jsonl,
@@ -18,7 +19,8 @@
 //!          window's app::session, drained ≤ 4 ms per frame into the run's app::store::RunStore
 //! A run on disk loads back through run::RunDir (and eval::report) into the same RunStore on a loader
 //! thread: the disk is the truth. The window (app: state, logic, commands; ui: one file per panel) draws
-//! only from RunStores, handing the plots per-pixel min/max envelopes (app::envelope).
+//! only from RunStores, handing the plots per-pixel min/max envelopes (app::envelope). Verify, compare
+//! (eval::compare), log tailing, system probes and preflight run on worker threads that wake the UI.
 //! ```
 
 pub mod app;

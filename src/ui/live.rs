@@ -37,6 +37,13 @@ struct PlotSpec {
     clip_line: bool,
 }
 
+/// Title of the gates plot.
+const GATES_TITLE: &str = "Adapter gates";
+
+/// The smallest y-range of the gates plot: gates sit at exactly 0 until the adapter trains, and a flat series
+/// would otherwise get an arbitrary range.
+const GATES_MIN_HALF_SPAN: f64 = 0.02;
+
 fn plot_specs(stores: &[&RunStore], settings: &LiveSettings) -> Vec<PlotSpec> {
     let s = |name: &str, label: &str, strong: bool| (name.to_string(), label.to_string(), strong);
     let mut loss = vec![s(names::LOSS, "loss", settings.smoothing <= 0.0)];
@@ -50,7 +57,7 @@ fn plot_specs(stores: &[&RunStore], settings: &LiveSettings) -> Vec<PlotSpec> {
         PlotSpec { title: "Loss", series: loss, clip_line: false },
         PlotSpec { title: "Learning rate", series: vec![s(names::LR, "lr", true)], clip_line: false },
         PlotSpec { title: "Gradient norm", series: vec![s(names::GRAD_NORM, "grad norm", true)], clip_line: true },
-        PlotSpec { title: "Adapter gates", series: gates, clip_line: false },
+        PlotSpec { title: GATES_TITLE, series: gates, clip_line: false },
         PlotSpec { title: "Validation loss", series: vec![s(names::VAL_LOSS, "val_loss", true)], clip_line: false },
         PlotSpec { title: "FID (judge)", series: vec![s(names::FID, "FID (judge)", true)], clip_line: false },
         PlotSpec {
@@ -211,6 +218,9 @@ fn plot_ui(
         })
         .fold(1.0, f64::max);
     plot = plot.include_x(0.0).include_x(x_end).y_axis_min_width(56.0);
+    if spec.title == GATES_TITLE && !log {
+        plot = plot.include_y(-GATES_MIN_HALF_SPAN).include_y(GATES_MIN_HALF_SPAN);
+    }
     let response =
         plot.show(ui, |plot_ui| {
             // Stage bands of the primary run (unnamed: the legend lists only the series; the top bar and the

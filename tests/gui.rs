@@ -2,8 +2,10 @@
 
 mod common;
 
+use common::{settle, step_until};
+
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use egui_kittest::kittest::{NodeT, Queryable};
 use egui_kittest::Harness;
@@ -24,28 +26,6 @@ fn harness(runs_dir: &Path, dialog: &ScriptedDialog) -> Harness<'static, WickApp
 /// Whether the Start button is disabled.
 fn start_disabled(harness: &Harness<'_, WickApp>) -> bool {
     harness.get_by_label("Start").accesskit_node().is_disabled()
-}
-
-/// A few frames, letting commands apply and workers answer.
-fn settle(harness: &mut Harness<'_, WickApp>) {
-    for _ in 0..3 {
-        harness.step();
-    }
-}
-
-/// Steps (with short sleeps) until `done` holds, at most `limit`.
-fn step_until(
-    harness: &mut Harness<'_, WickApp>,
-    limit: Duration,
-    mut done: impl FnMut(&Harness<'_, WickApp>) -> bool,
-) {
-    let start = Instant::now();
-    while !done(harness) {
-        assert!(start.elapsed() < limit, "gave up after {limit:?}");
-        harness.step();
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    harness.step();
 }
 
 #[test]

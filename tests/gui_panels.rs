@@ -4,8 +4,10 @@
 
 mod common;
 
+use common::{settle, step_until};
+
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
@@ -25,28 +27,6 @@ fn harness(runs_dir: &Path, dialog: &ScriptedDialog, panel: Panel, run: Option<&
     Harness::builder()
         .with_size(egui::vec2(1700.0, 1100.0))
         .build_eframe(move |cc| WickApp::with_state(cc.egui_ctx.clone(), runs_dir, Box::new(dialog), persisted))
-}
-
-/// Steps (with short sleeps) until `done` holds, at most `limit`.
-fn step_until(
-    harness: &mut Harness<'_, WickApp>,
-    limit: Duration,
-    mut done: impl FnMut(&Harness<'_, WickApp>) -> bool,
-) {
-    let start = Instant::now();
-    while !done(harness) {
-        assert!(start.elapsed() < limit, "gave up after {limit:?}; status: {:?}", harness.state().status);
-        harness.step();
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    harness.step();
-}
-
-/// A few frames, letting commands apply.
-fn settle(harness: &mut Harness<'_, WickApp>) {
-    for _ in 0..3 {
-        harness.step();
-    }
 }
 
 /// A tiny two-stage run trained to the end by the engine, evaluated at steps 3 and 6 (16 samples, 4 sampler

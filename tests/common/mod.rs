@@ -64,3 +64,25 @@ pub fn create_run(runs: &Path, config: &RunConfig) -> RunDir {
 pub fn loss_bits(dir: &RunDir) -> Vec<(u64, Option<u64>)> {
     dir.read_metrics_raw().expect("metrics readable").into_iter().map(|m| (m.step, m.loss.map(f64::to_bits))).collect()
 }
+
+/// A few frames of the window, letting commands apply and workers answer.
+pub fn settle(harness: &mut egui_kittest::Harness<'_, wick::app::WickApp>) {
+    for _ in 0..3 {
+        harness.step();
+    }
+}
+
+/// Steps the window (with short sleeps) until `done` holds, at most `limit`.
+pub fn step_until(
+    harness: &mut egui_kittest::Harness<'_, wick::app::WickApp>,
+    limit: std::time::Duration,
+    mut done: impl FnMut(&egui_kittest::Harness<'_, wick::app::WickApp>) -> bool,
+) {
+    let start = std::time::Instant::now();
+    while !done(harness) {
+        assert!(start.elapsed() < limit, "gave up after {limit:?}; status: {:?}", harness.state().status);
+        harness.step();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    harness.step();
+}

@@ -107,6 +107,11 @@ enum Command {
         #[command(flatten)]
         sampler: SamplerArgs,
     },
+    /// Your own data: check an image folder (and its layout JSONL) before training on it.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
     /// The judge network behind FID, top-k and IoU.
     Judge {
         #[command(subcommand)]
@@ -168,7 +173,8 @@ const VERSION: &str =
 
 #[derive(Subcommand)]
 enum JudgeCommand {
-    /// Train the judge deterministically on real `shapes` images; writes its weights and a report beside them.
+    /// Train the judge deterministically on real images — the `shapes` task, or an image folder
+    /// (`--dataset`) — and write its weights and a report (held-out accuracy, box IoU) beside them.
     Train {
         /// Seed of the weights and data order.
         #[arg(long, default_value_t = 0)]
@@ -176,9 +182,38 @@ enum JudgeCommand {
         /// Optimizer steps.
         #[arg(long, default_value_t = 4000)]
         steps: usize,
+        /// An image folder (one subfolder per class) to train on instead of the shapes task.
+        #[arg(long)]
+        dataset: Option<PathBuf>,
+        /// The folder's layout JSONL (trains the box head).
+        #[arg(long, requires = "dataset")]
+        layouts: Option<PathBuf>,
+        /// Image side the folder is read at: 32 or 64.
+        #[arg(long, default_value_t = 32)]
+        resolution: usize,
         /// Output weights file (the report goes to the same name with .json).
         #[arg(long, default_value = "assets/judge/shapes.safetensors")]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Scan every file of an image folder (resumable: an interrupted check continues) and report counts per
+    /// class, image sizes, unreadable files, duplicates and layout problems. JSON on stdout, a summary on
+    /// stderr; exit code 1 when the data cannot train.
+    Check {
+        /// The image folder: one subfolder per class.
+        path: PathBuf,
+        /// The layout JSONL (one line per image).
+        #[arg(long)]
+        layouts: Option<PathBuf>,
+        /// Units of the layout boxes: auto, pixels or normalized.
+        #[arg(long, default_value = "auto")]
+        box_units: String,
+        /// Folder holding the runs; the check's journal lives in its .cache, shared with the runs.
+        #[arg(long, default_value = "runs")]
+        runs_dir: PathBuf,
     },
 }
 
@@ -273,7 +308,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Judge { command: JudgeCommand::Train { seed, steps, out } }) => judge_train(seed, steps, &out),
+        Some(Command::Judge { command: JudgeCommand::Train { seed, steps, dataset, layouts, resolution, out } }) => {
+            judge_train(seed, steps, dataset, layouts, resolution, &out)
+        }
+        Some(Command::Data { command: DataCommand::Check { path, layouts, box_units, runs_dir } }) => {
+            data_check(&path, layouts, &box_units, &runs_dir)
+        }
         Some(Command::Bench { preset, batch, steps, warmup, threads }) => {
             let preset: ModelPreset = serde_json::from_value(serde_json::Value::String(preset.clone()))
                 .map_err(|_| anyhow::anyhow!("--preset {preset}: expected tiny, small or base"))?;
@@ -408,17 +448,91 @@ fn verify(path: &Path) -> Result<ExitCode> {
     Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// `wick judge train`: trains the judge, prints and writes its held-out accuracy and box IoU.
-fn judge_train(seed: u64, steps: usize, out: &Path) -> Result<ExitCode> {
-    let config = wick::eval::judge::JudgeTrainConfig { seed, steps, ..Default::default() };
-    let bar = ProgressBar::new(steps as u64);
+/// A progress bar on stderr when it is a terminal, hidden otherwise.
+fn stderr_bar(len: u64, template: &str) -> Result<ProgressBar> {
+    let bar = ProgressBar::new(len);
     if std::io::stderr().is_terminal() {
-        bar.set_style(ProgressStyle::with_template("judge [{bar:30}] {pos}/{len} {msg} ({eta})").context("template")?);
+        bar.set_style(ProgressStyle::with_template(template).context("template")?);
     } else {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    Ok(bar)
+}
+
+/// `wick data check`: the data report as JSON (stdout) and a summary (stderr).
+fn data_check(path: &Path, layouts: Option<PathBuf>, box_units: &str, runs_dir: &Path) -> Result<ExitCode> {
+    let box_units: wick::config::BoxUnits = serde_json::from_value(serde_json::Value::String(box_units.to_string()))
+        .map_err(|_| anyhow::anyhow!("--box-units {box_units}: expected auto, pixels or normalized"))?;
+    let request = wick::data::CheckRequest {
+        root: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+        layouts,
+        box_units,
+        slots: wick::config::LAYOUT_SLOTS,
+        cache_dir: Some(runs_dir.join(".cache")),
+    };
+    let bar = stderr_bar(0, "check [{bar:30}] {pos}/{len} files {msg} ({eta})")?;
     let mut last = Instant::now();
-    let (varmap, _, report) = wick::eval::judge::train_judge(&config, &candle_core::Device::Cpu, |step, loss| {
+    let check = wick::data::check_folder(&request, &std::sync::atomic::AtomicBool::new(false), |p| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+        if p.reused > 0 {
+            bar.set_message(format!("({} from an earlier scan)", p.reused));
+        }
+        if bar.is_hidden() && (last.elapsed() >= Duration::from_secs(10) || p.done == p.total) {
+            last = Instant::now();
+            eprintln!("checked {}/{} files", p.done, p.total);
+        }
+    })?;
+    bar.finish_and_clear();
+    println!("{}", serde_json::to_string_pretty(&check.report)?);
+    eprintln!("{}", check.report.summary());
+    Ok(if check.report.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `wick judge train`: trains the judge, prints and writes its held-out accuracy and box IoU.
+fn judge_train(
+    seed: u64,
+    steps: usize,
+    folder: Option<PathBuf>,
+    layouts: Option<PathBuf>,
+    resolution: usize,
+    out: &Path,
+) -> Result<ExitCode> {
+    let mut config = wick::eval::judge::JudgeTrainConfig { seed, steps, ..Default::default() };
+    let dataset = match folder {
+        None => wick::data::Dataset::Shapes(wick::data::ShapesDataset::new(
+            &config.dataset,
+            32,
+            wick::config::LAYOUT_SLOTS,
+            wick::model::judge::JUDGE_CLASSES as u32,
+        )),
+        Some(root) => {
+            anyhow::ensure!(matches!(resolution, 32 | 64), "--resolution {resolution}: expected 32 or 64");
+            config.dataset = wick::config::DatasetConfig {
+                kind: wick::config::DatasetKind::Folder,
+                path: Some(root),
+                layouts,
+                ..Default::default()
+            };
+            let classes = wick::data::dataset_class_names(&config.dataset)?;
+            let options = wick::data::FolderOptions { cache_dir: Some(PathBuf::from("runs/.cache")), split: None };
+            let dataset = wick::data::Dataset::open(
+                &config.dataset,
+                resolution,
+                wick::config::LAYOUT_SLOTS,
+                classes.len() as u32,
+                &options,
+                |_| {},
+            )?;
+            if let Some(folder) = dataset.as_folder() {
+                eprintln!("{}", folder.report().summary());
+            }
+            dataset
+        }
+    };
+    let bar = stderr_bar(steps as u64, "judge [{bar:30}] {pos}/{len} {msg} ({eta})")?;
+    let mut last = Instant::now();
+    let (varmap, _, report) = wick::eval::judge::train_judge(&config, &dataset, &candle_core::Device::Cpu, |step, loss| {
         bar.set_position(step as u64);
         bar.set_message(format!("loss {loss:.4}"));
         if bar.is_hidden() && (last.elapsed() >= Duration::from_secs(10) || step == steps) {
@@ -437,9 +551,9 @@ fn judge_train(seed: u64, steps: usize, out: &Path) -> Result<ExitCode> {
     let report_path = out.with_extension("json");
     wick::run::atomic::atomic_write(&report_path, &serde_json::to_vec_pretty(&report)?)?;
     println!(
-        "judge: held-out accuracy {:.4}, mean box IoU {:.4} on {} real images ({:.0} s); wrote {} and {}",
+        "judge: held-out accuracy {:.4}, mean box IoU {} on {} real images ({:.0} s); wrote {} and {}",
         report.accuracy,
-        report.mean_iou,
+        report.mean_iou.map_or_else(|| "- (no layouts)".to_string(), |iou| format!("{iou:.4}")),
         report.heldout,
         report.train_secs,
         out.display(),

@@ -10,7 +10,7 @@ use candle_core::{DType, Tensor};
 use crossbeam_channel::{bounded, Receiver};
 
 use crate::config::RunConfig;
-use crate::data::{make_batch, ShapesDataset};
+use crate::data::{dataset_class_names, default_cache_dir, make_batch, Dataset, FolderOptions};
 use crate::model::{build_model, flow_matching_loss, param_count, sorted_vars, ModelSpec};
 use crate::train::noise::{draw_samples, step_rng, stream_seed, Stream};
 
@@ -79,10 +79,27 @@ fn preflight_into(config: &RunConfig, items: &mut Vec<CheckItem>) -> anyhow::Res
         }
     }
     let device = crate::train::select_device(&config.device)?;
-    let spec = ModelSpec::from_preset(config.model.preset, config.model.adapter);
+    let classes = dataset_class_names(&config.dataset)?;
+    let spec = ModelSpec::for_config(&config.model, classes.len());
     let (varmap, model) = build_model(spec, &device, stream_seed(config.seed, Stream::Init))?;
     let vars = sorted_vars(&varmap)?;
-    let dataset = ShapesDataset::new(&config.dataset, spec.image_size, spec.slots, spec.null_class());
+    let options = FolderOptions { cache_dir: config.dataset.path.as_ref().map(|_| default_cache_dir()), split: None };
+    let dataset = Dataset::open(&config.dataset, spec.image_size, spec.slots, spec.null_class(), &options, |_| {})?;
+    if let Some(folder) = dataset.as_folder() {
+        let report = folder.report();
+        items.push(CheckItem::new(
+            "Data",
+            report.errors.is_empty(),
+            format!(
+                "{} usable images in {} classes, {} training / {} held out; {} problems skipped",
+                report.usable_images,
+                report.classes.len(),
+                folder.len(),
+                folder.heldout_len(),
+                report.problems.len()
+            ),
+        ));
+    }
     let side = spec.image_size;
     let slots = spec.slots;
     let total_params = param_count(spec);

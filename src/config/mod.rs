@@ -56,8 +56,21 @@ pub struct RunConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatasetConfig {
-    /// Dataset kind; only the procedural `shapes` task for now.
+    /// Dataset kind: the procedural `shapes` task, or an image `folder` of the user's.
     pub kind: DatasetKind,
+    /// `folder`: the root holding one subfolder per class (`root/<class>/*.png|jpg|jpeg|webp|bmp`).
+    /// A relative path is relative to the current directory; a run freezes it as an absolute path.
+    pub path: Option<PathBuf>,
+    /// `folder`: optional layout JSONL, one line per image:
+    /// `{"image": "cats/001.png", "objects": [{"class": "cat", "bbox": [x0, y0, x1, y1]}]}`.
+    pub layouts: Option<PathBuf>,
+    /// `folder`: whether layout boxes are in pixels of the original image or normalised to [0, 1];
+    /// `auto` decides per file (pixels when any coordinate exceeds 1) and says so in the data report.
+    pub box_units: BoxUnits,
+    /// `folder`: how a non-square image becomes the model's square input.
+    pub resize: ResizeMode,
+    /// `folder`: fraction of each class held out for evaluation (a seeded split stored in the run).
+    pub heldout_fraction: f64,
     /// Variant of the shapes task.
     pub variant: ShapesVariant,
     /// Fewest objects per image (≥ 1).
@@ -68,8 +81,31 @@ pub struct DatasetConfig {
     pub train_size: usize,
     /// Fraction of the training set that is used, in (0, 1].
     pub subset_fraction: f64,
-    /// Seed of the dataset's content (separate from the run seed, so runs can share data).
+    /// Seed of the dataset's content (separate from the run seed, so runs can share data); for a folder,
+    /// the seed of the train / held-out split.
     pub seed: u64,
+}
+
+/// Units of the boxes in a layout JSONL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BoxUnits {
+    /// Pixels when any coordinate in the file exceeds 1, else normalised (reported either way).
+    Auto,
+    /// Pixels of the original image.
+    Pixels,
+    /// Fractions of the original image's width and height, in [0, 1].
+    Normalized,
+}
+
+/// How a non-square image is made square.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeMode {
+    /// Keep the central square and scale it: fills the frame, cuts the long side's ends.
+    CenterCrop,
+    /// Scale the long side to fit and pad the short side with black: keeps everything.
+    Letterbox,
 }
 
 /// Which dataset a run trains on.
@@ -78,6 +114,8 @@ pub struct DatasetConfig {
 pub enum DatasetKind {
     /// The built-in procedural shapes task.
     Shapes,
+    /// An image folder with one subfolder per class, and optionally a layout JSONL.
+    Folder,
 }
 
 /// Variants of the procedural shapes task.
@@ -98,6 +136,8 @@ pub struct ModelConfig {
     pub preset: ModelPreset,
     /// Whether the blocks carry the gated spatial (layout) adapter.
     pub adapter: bool,
+    /// Input side in pixels: 32 (patch 4) or 64 (patch 8, for photos); both give 8×8 tokens.
+    pub resolution: usize,
 }
 
 /// Size presets of the built-in denoiser (see `shared/reference/dit_reference.py`).
@@ -138,8 +178,11 @@ pub struct EvalConfig {
     pub best_metric: String,
     /// Whether lower or higher is better for `best_metric` (default: the metric's natural direction).
     pub best_mode: Option<MetricMode>,
-    /// Judge weights; empty = the built-in judge of the shapes task.
+    /// Judge weights; empty = the built-in judge of the shapes task, or for a folder dataset a judge
+    /// trained on its training split (cached per dataset, `judge_steps` steps).
     pub judge: Option<PathBuf>,
+    /// Steps of the judge trained for a folder dataset when `judge` is empty.
+    pub judge_steps: usize,
     /// Adapter gate alert thresholds.
     pub gates: crate::eval::GateAlertConfig,
 }
@@ -154,6 +197,7 @@ impl Default for EvalConfig {
             best_metric: "fid".to_string(),
             best_mode: None,
             judge: None,
+            judge_steps: 1500,
             gates: crate::eval::GateAlertConfig::default(),
         }
     }
@@ -299,6 +343,11 @@ impl Default for DatasetConfig {
     fn default() -> Self {
         Self {
             kind: DatasetKind::Shapes,
+            path: None,
+            layouts: None,
+            box_units: BoxUnits::Auto,
+            resize: ResizeMode::CenterCrop,
+            heldout_fraction: 0.1,
             variant: ShapesVariant::Plain,
             min_objects: 1,
             max_objects: 3,
@@ -311,7 +360,7 @@ impl Default for DatasetConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { preset: ModelPreset::Small, adapter: true }
+        Self { preset: ModelPreset::Small, adapter: true, resolution: 32 }
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use super::{DatasetConfig, EarlyStoppingConfig, MetricMode, RunConfig, StageConfig, Trainable, TrainableGroup};
+use super::{DatasetConfig, DatasetKind, EarlyStoppingConfig, MetricMode, RunConfig, StageConfig, Trainable, TrainableGroup};
 
 /// Layout slots per image in the built-in model: `dataset.max_objects` cannot exceed it.
 pub const LAYOUT_SLOTS: usize = 4;
@@ -71,6 +71,15 @@ impl RunConfig {
                 "checkpoints.max_bad_steps",
                 "must be ≥ 1 — it is how many consecutive steps with a non-finite loss or gradient \
                  fail the run; 5 is a good start",
+            );
+        }
+        if !matches!(self.model.resolution, 32 | 64) {
+            issues.add(
+                "model.resolution",
+                format!(
+                    "must be 32 or 64, found {} — 32 for the built-in task, 64 (patch 8) for photos",
+                    self.model.resolution
+                ),
             );
         }
         check_eval(&self.eval, &mut issues);
@@ -168,6 +177,10 @@ fn check_device(device: &str, issues: &mut Issues) {
 }
 
 fn check_dataset(d: &DatasetConfig, issues: &mut Issues) {
+    if d.kind == DatasetKind::Folder {
+        check_folder_dataset(d, issues);
+        return;
+    }
     if d.min_objects == 0 {
         issues.add("dataset.min_objects", "must be ≥ 1 — every image shows at least one object");
     }
@@ -207,6 +220,60 @@ fn check_dataset(d: &DatasetConfig, issues: &mut Issues) {
                 "{} of {} images keeps no image — raise subset_fraction or train_size",
                 d.subset_fraction, d.train_size
             ),
+        );
+    }
+}
+
+/// The file-system checks of an image folder dataset; what is *in* the files is `wick data check`'s job
+/// (run before every run's first step).
+fn check_folder_dataset(d: &DatasetConfig, issues: &mut Issues) {
+    match &d.path {
+        None => issues.add(
+            "dataset.path",
+            "must name the image folder (one subfolder per class) when dataset.kind = \"folder\"",
+        ),
+        Some(path) if !path.is_dir() => issues.add(
+            "dataset.path",
+            format!(
+                "\"{}\" {} — point it at the folder that holds one subfolder per class",
+                path.display(),
+                if path.exists() { "is not a folder" } else { "does not exist" }
+            ),
+        ),
+        Some(path) => match crate::data::folder_class_names(path) {
+            Ok(classes) if classes.is_empty() => issues.add(
+                "dataset.path",
+                format!(
+                    "\"{}\" has no class subfolder — put each class's images in root/<class>/",
+                    path.display()
+                ),
+            ),
+            Ok(_) => {}
+            Err(e) => issues.add("dataset.path", format!("{e:#}")),
+        },
+    }
+    if let Some(layouts) = &d.layouts {
+        if !layouts.is_file() {
+            issues.add(
+                "dataset.layouts",
+                format!("\"{}\" is not a file — the layout JSONL, one line per image", layouts.display()),
+            );
+        }
+    }
+    if !(d.heldout_fraction > 0.0 && d.heldout_fraction <= 0.5) {
+        issues.add(
+            "dataset.heldout_fraction",
+            format!(
+                "must be in (0, 0.5], found {} — the fraction of each class kept out of training for \
+                 evaluation; 0.1 is a good start",
+                d.heldout_fraction
+            ),
+        );
+    }
+    if !(d.subset_fraction > 0.0 && d.subset_fraction <= 1.0) {
+        issues.add(
+            "dataset.subset_fraction",
+            format!("must be in (0, 1], found {} — the fraction of the training images used", d.subset_fraction),
         );
     }
 }
@@ -421,6 +488,9 @@ fn check_eval(eval: &super::EvalConfig, issues: &mut Issues) {
     if eval.samples < 2 {
         issues
             .add("eval.samples", format!("is {} — FID needs at least 2 images; 500 is the usual budget", eval.samples));
+    }
+    if eval.judge_steps == 0 {
+        issues.add("eval.judge_steps", "must be ≥ 1 — steps of the judge trained for a folder dataset; 1500 is the default");
     }
     if eval.grid_rows == 0 {
         issues.add("eval.grid_rows", "must be ≥ 1 — the sample grid needs at least one row; 8 is a good start");

@@ -4,7 +4,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::boxes::normalize_box;
-use super::shapes::{below, Sample, ShapesDataset};
+use super::dataset::Dataset;
+use super::shapes::{below, Sample};
 
 /// Fixed last word of every epoch-order key, so order streams never coincide with sample streams.
 const ORDER_KEY_TAG: u64 = 0x5749_434b_4f52_4431; // "WICKORD1"
@@ -100,28 +101,28 @@ fn epoch_permutation(order_seed: u64, len: u64, epoch: u64) -> Vec<u64> {
 }
 
 /// Builds the training batch of `size` samples at data cursor `cursor`.
-pub fn make_batch(dataset: &ShapesDataset, order_seed: u64, cursor: u64, size: usize) -> Batch {
+pub fn make_batch(dataset: &Dataset, order_seed: u64, cursor: u64, size: usize) -> Batch {
     let indices = batch_indices(order_seed, dataset.len(), cursor, size);
     make_batch_from_indices(dataset, &indices, cursor)
 }
 
 /// Builds a batch of the held-out samples `start_index..start_index + size` (for evaluation; the batch's
 /// `cursor` is `start_index`).
-pub fn make_heldout_batch(dataset: &ShapesDataset, start_index: u64, size: usize) -> Batch {
+pub fn make_heldout_batch(dataset: &Dataset, start_index: u64, size: usize) -> Batch {
     let samples: Vec<(u64, Sample)> =
         (start_index..start_index + size as u64).map(|i| (i, dataset.heldout_sample(i))).collect();
     assemble(dataset, samples, start_index)
 }
 
 /// Builds a batch of the given training sample indices, labelled with `cursor`.
-pub fn make_batch_from_indices(dataset: &ShapesDataset, indices: &[u64], cursor: u64) -> Batch {
+pub fn make_batch_from_indices(dataset: &Dataset, indices: &[u64], cursor: u64) -> Batch {
     let samples: Vec<(u64, Sample)> = indices.iter().map(|&i| (i, dataset.sample(i))).collect();
     assemble(dataset, samples, cursor)
 }
 
 /// Packs samples into flat buffers; every box goes through [`normalize_box`], objects beyond the slots
 /// are left out of the layout (with a warning).
-fn assemble(dataset: &ShapesDataset, samples: Vec<(u64, Sample)>, cursor: u64) -> Batch {
+fn assemble(dataset: &Dataset, samples: Vec<(u64, Sample)>, cursor: u64) -> Batch {
     let size = samples.len();
     let slots = dataset.slots();
     let image_len = dataset.image_len();

@@ -1,4 +1,5 @@
-//! Training data: the procedural `shapes` task, box hygiene, batching and the prefetch thread.
+//! Training data: the procedural `shapes` task or an image folder with layouts ([`Dataset`]), the data check
+//! (`wick data check`), box hygiene, batching and the prefetch thread.
 //!
 //! Everything here is a pure function of seeds and counters, so a run (and a resumed run) sees exactly the
 //! same data on every machine:
@@ -18,11 +19,20 @@
 
 mod batch;
 mod boxes;
+pub mod check;
+mod dataset;
+pub mod folder;
+mod layouts;
 mod prefetch;
+pub mod scan;
 mod shapes;
 
 pub use batch::{batch_indices, make_batch, make_batch_from_indices, make_heldout_batch, Batch, EpochOrder};
 pub use boxes::normalize_box;
+pub use check::{check_folder, CheckRequest, DataCheck, DataProblem, DataReport, ProblemKind};
+pub use dataset::{dataset_class_names, default_cache_dir, Dataset};
+pub use folder::{DataSplit, FolderDataset, FolderOptions};
+pub use scan::{folder_class_names, ScanProgress};
 pub use prefetch::Prefetcher;
 pub use shapes::{to_rgb8, Object, Sample, ShapesDataset};
 

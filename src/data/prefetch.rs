@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context};
 use crossbeam_channel::{bounded, Receiver};
 
 use super::batch::{make_batch_from_indices, Batch, EpochOrder};
-use super::shapes::ShapesDataset;
+use super::dataset::Dataset;
 
 /// A background thread (named "prefetch") that produces consecutive batches of `batch_size` starting at
 /// `start_cursor`, keeping up to `depth` ready in a bounded channel, so the trainer never waits for data.
@@ -29,7 +29,7 @@ pub struct Prefetcher {
 impl Prefetcher {
     /// Starts the thread. `depth` is clamped to at least 1. A failure to start the thread is reported by
     /// the first [`Self::next_batch`].
-    pub fn spawn(dataset: ShapesDataset, order_seed: u64, start_cursor: u64, batch_size: usize, depth: usize) -> Self {
+    pub fn spawn(dataset: Dataset, order_seed: u64, start_cursor: u64, batch_size: usize, depth: usize) -> Self {
         let (sender, receiver) = bounded::<Batch>(depth.max(1));
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = Arc::clone(&stop);

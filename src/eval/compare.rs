@@ -8,9 +8,9 @@ use candle_core::Device;
 
 use super::grid::{render_grid, GridDescription};
 use super::sampler::{sample_images, EvalSet, SamplerConfig};
-use crate::config::{DatasetConfig, RunConfig};
-use crate::data::ShapesDataset;
-use crate::model::{load_model, spec_from_weights, Denoiser};
+use crate::config::RunConfig;
+use crate::data::Dataset;
+use crate::model::{load_model, spec_from_weights, Denoiser, ModelSpec};
 
 /// EMA weights file of a checkpoint.
 pub const EMA_FILE: &str = "ema.safetensors";
@@ -28,17 +28,37 @@ pub fn load_checkpoint_model(checkpoint: &Path, use_ema: bool, device: &Device) 
     Ok((model, file))
 }
 
-/// The dataset settings of the run a checkpoint belongs to (`<run>/checkpoints/step-N/`), or the defaults.
-pub fn dataset_of_checkpoint(checkpoint: &Path) -> DatasetConfig {
-    checkpoint
-        .parent()
-        .and_then(Path::parent)
-        .map(|run| run.join("run.toml"))
-        .filter(|p| p.is_file())
-        .and_then(|p| std::fs::read_to_string(&p).ok())
-        .and_then(|text| RunConfig::from_toml_str(&text, "run.toml").ok())
-        .map(|c| c.dataset)
-        .unwrap_or_default()
+/// The run a checkpoint belongs to (`<run>/checkpoints/step-N/`): its root and frozen config, or `None` for a
+/// checkpoint outside a run (then the defaults — the shapes task — apply).
+pub fn run_of_checkpoint(checkpoint: &Path) -> Option<(PathBuf, RunConfig)> {
+    let run = checkpoint.parent().and_then(Path::parent)?;
+    let text = std::fs::read_to_string(run.join("run.toml")).ok()?;
+    let config = RunConfig::from_toml_str(&text, "run.toml").ok()?;
+    Some((run.to_path_buf(), config))
+}
+
+/// The data a checkpoint was trained on, for its model `spec`: its run's dataset with the run's split (so
+/// the held-out images stay held out), or the shapes task for a checkpoint outside a run.
+pub fn dataset_of_checkpoint(checkpoint: &Path, spec: &ModelSpec) -> Result<(Dataset, RunConfig)> {
+    match run_of_checkpoint(checkpoint) {
+        Some((run, config)) => {
+            let dataset = crate::run::data::open_run_dataset(&run, &config, spec, false, |_| {})
+                .with_context(|| format!("the data of the run {}", run.display()))?;
+            Ok((dataset, config))
+        }
+        None => {
+            let config = RunConfig::default();
+            let dataset = Dataset::open(
+                &config.dataset,
+                spec.image_size,
+                spec.slots,
+                spec.null_class(),
+                &crate::data::FolderOptions::default(),
+                |_| {},
+            )?;
+            Ok((dataset, config))
+        }
+    }
 }
 
 /// What to compare.
@@ -68,7 +88,6 @@ pub fn compare_grid(
     if request.checkpoints.len() > 1 && request.gate_scales.len() > 1 {
         bail!("give several checkpoints or several gate scales, not both");
     }
-    let dataset_config = dataset_of_checkpoint(first);
     let mut columns = Vec::new();
     let mut titles = Vec::new();
     let scales =
@@ -79,13 +98,29 @@ pub fn compare_grid(
         request.checkpoints.iter().map(|c| (c.clone(), scales[0])).collect()
     };
     let mut set: Option<EvalSet> = None;
+    let mut null_class = 0;
     for (index, (checkpoint, gate_scale)) in jobs.iter().enumerate() {
         let (model, _) = load_checkpoint_model(checkpoint, request.sampler.use_ema, device)?;
         let spec = model.spec();
-        let set = set.get_or_insert_with(|| {
-            let dataset = ShapesDataset::new(&dataset_config, spec.image_size, spec.slots, spec.null_class());
-            EvalSet::fixed(&dataset, request.seed, request.count)
-        });
+        null_class = spec.null_class();
+        let set = match &mut set {
+            Some(set) => {
+                anyhow::ensure!(
+                    set.image_size == spec.image_size && set.class_names.len() == spec.classes,
+                    "{} is a {}-pixel model of {} classes; the first column's is {} pixels and {} classes",
+                    checkpoint.display(),
+                    spec.image_size,
+                    spec.classes,
+                    set.image_size,
+                    set.class_names.len()
+                );
+                set
+            }
+            None => {
+                let (dataset, _) = dataset_of_checkpoint(first, &spec)?;
+                set.insert(EvalSet::fixed(&dataset, request.seed, request.count))
+            }
+        };
         let config = SamplerConfig { gate_scale: *gate_scale, ..request.sampler };
         let images = sample_images(&model, set, &config, spec.null_class(), device)
             .with_context(|| format!("sampling {}", checkpoint.display()))?;
@@ -99,7 +134,7 @@ pub fn compare_grid(
         progress(index + 1, jobs.len());
     }
     let set = set.context("nothing was sampled")?;
-    render_grid(&titles, &columns, &set, request.scale, crate::data::NUM_CLASSES)
+    render_grid(&titles, &columns, &set, request.scale, null_class)
 }
 
 /// Scores one checkpoint the way a run's evaluation does (FID, top-k, IoU on `samples` fixed inputs drawn
@@ -113,14 +148,14 @@ pub fn evaluate_checkpoint(
     cache_dir: Option<&Path>,
     device: &Device,
 ) -> Result<super::worker::Scores> {
-    use super::worker::{open_judge, real_stats, score_images};
-    let dataset_config = dataset_of_checkpoint(checkpoint);
+    use super::worker::{dataset_key, judge_for_run, real_stats, score_images};
     let (model, _) = load_checkpoint_model(checkpoint, sampler.use_ema, device)?;
     let spec = model.spec();
-    let dataset = ShapesDataset::new(&dataset_config, spec.image_size, spec.slots, spec.null_class());
+    let (dataset, config) = dataset_of_checkpoint(checkpoint, &spec)?;
     let set = EvalSet::fixed(&dataset, seed, samples);
-    let (judge, judge_key) = open_judge(None, device)?;
-    let real = real_stats(&judge, &judge_key, &dataset_config, samples, cache_dir, device)?;
+    let (judge, judge_key, _) = judge_for_run(&config, &dataset, cache_dir, device, |_, _| {})?;
+    let dataset_key = dataset_key(&dataset, &config.dataset)?;
+    let real = real_stats(&judge, &judge_key, &dataset, &dataset_key, samples, cache_dir, device)?;
     let images = sample_images(&model, &set, sampler, spec.null_class(), device)
         .with_context(|| format!("sampling {}", checkpoint.display()))?;
     score_images(&judge, &real, &set, &images, device)

@@ -8,9 +8,8 @@ use image::{ImageFormat, Rgb, RgbImage};
 use serde::{Deserialize, Serialize};
 
 use super::sampler::EvalSet;
-use crate::data::CLASS_NAMES;
 
-/// Outline colour of each class's boxes (circle, square, triangle, cross).
+/// Outline colour of each class's boxes (circle, square, triangle, cross for the shapes task; cycled).
 const BOX_COLOURS: [[u8; 3]; 4] = [[255, 64, 64], [64, 200, 255], [255, 220, 0], [120, 255, 120]];
 /// Pixels between cells.
 const GAP_PX: u32 = 4;
@@ -81,12 +80,12 @@ pub fn render_grid(
     }
     let rows_desc = (0..set.count)
         .map(|r| GridRow {
-            class: class_name(set.labels[r], null_class),
+            class: class_name(&set.class_names, set.labels[r], null_class),
             objects: (0..set.slots)
                 .filter(|s| set.box_classes[r * set.slots + s] != null_class)
                 .map(|s| {
                     let b = &set.boxes[(r * set.slots + s) * 4..(r * set.slots + s + 1) * 4];
-                    (class_name(set.box_classes[r * set.slots + s], null_class), [b[0], b[1], b[2], b[3]])
+                    (class_name(&set.class_names, set.box_classes[r * set.slots + s], null_class), [b[0], b[1], b[2], b[3]])
                 })
                 .collect(),
         })
@@ -96,11 +95,11 @@ pub fn render_grid(
     Ok((png, GridDescription { columns: titles.to_vec(), rows: rows_desc, scale, gap_px: GAP_PX }))
 }
 
-fn class_name(class: u32, null_class: u32) -> String {
+fn class_name(names: &[String], class: u32, null_class: u32) -> String {
     if class == null_class {
         "none".to_string()
     } else {
-        CLASS_NAMES.get(class as usize).map_or_else(|| format!("class {class}"), |n| n.to_string())
+        names.get(class as usize).map_or_else(|| format!("class {class}"), |n| n.to_string())
     }
 }
 

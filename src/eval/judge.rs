@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::box_iou;
 use crate::config::DatasetConfig;
-use crate::data::{make_heldout_batch, Batch, Prefetcher, ShapesDataset};
-use crate::model::judge::{build_judge, Judge, JUDGE_CLASSES};
+use crate::data::{make_heldout_batch, Batch, Dataset, Prefetcher};
+use crate::model::judge::{build_judge, Judge};
 use crate::train::optimizer::{clip_grads, global_grad_norm, AdamW};
 
 /// Weight of the box-regression term (mean absolute error of normalised coordinates) in the judge's loss.
@@ -45,8 +45,11 @@ impl Default for JudgeTrainConfig {
 pub struct JudgeReport {
     /// Fraction of held-out images whose main-object class the judge gets right.
     pub accuracy: f64,
-    /// Mean IoU of the judged and true main-object boxes.
-    pub mean_iou: f64,
+    /// Mean IoU of the judged and true main-object boxes (`None` for data without layouts).
+    pub mean_iou: Option<f64>,
+    /// Class names, in the order of the judge's class head.
+    #[serde(default)]
+    pub classes: Vec<String>,
     /// Held-out images scored.
     pub heldout: usize,
     /// The training it came from.
@@ -55,34 +58,45 @@ pub struct JudgeReport {
     pub train_secs: f64,
 }
 
-/// Inputs and targets of a batch for the judge: images, class labels, main-object boxes (slot 0).
-fn judge_tensors(batch: &Batch, side: usize, slots: usize, device: &Device) -> Result<(Tensor, Tensor, Tensor)> {
-    let b = batch.size;
+/// Inputs and targets of a batch for the judge: images, class labels, main-object boxes (slot 0) and a
+/// `[B, 1]` mask that is 1 where the image has a main object (a layout), 0 where it has none.
+fn judge_tensors(batch: &Batch, dataset: &Dataset, device: &Device) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+    let (b, side, slots) = (batch.size, dataset.image_size(), dataset.slots());
     let images = Tensor::from_vec(batch.images.clone(), (b, 3, side, side), device)?;
     let labels = Tensor::from_vec(batch.labels.clone(), b, device)?;
     let main_boxes: Vec<f32> = (0..b).flat_map(|i| batch.boxes[i * slots * 4..i * slots * 4 + 4].to_vec()).collect();
+    let has_box: Vec<f32> =
+        (0..b).map(|i| if batch.box_classes[i * slots] == dataset.null_class() { 0.0 } else { 1.0 }).collect();
     let boxes = Tensor::from_vec(main_boxes, (b, 4), device)?;
-    Ok((images, labels, boxes))
+    let mask = Tensor::from_vec(has_box, (b, 1), device)?;
+    Ok((images, labels, boxes, mask))
 }
 
-/// Trains a judge from `config.seed`; `progress(step, loss)` is called every step.
+/// Trains a judge on `dataset`'s training images from `config.seed`; `progress(step, loss)` is called every
+/// step. The box head learns only from images that have a layout.
 pub fn train_judge(
     config: &JudgeTrainConfig,
+    dataset: &Dataset,
     device: &Device,
     mut progress: impl FnMut(usize, f64),
 ) -> Result<(VarMap, Judge, JudgeReport)> {
     let start = Instant::now();
-    let dataset = ShapesDataset::new(&config.dataset, 32, 4, JUDGE_CLASSES as u32);
-    let (varmap, judge) = build_judge(device, config.seed)?;
+    let classes = dataset.class_names();
+    let (varmap, judge) = build_judge(device, config.seed, classes.len())?;
     let params = crate::model::sorted_vars(&varmap)?;
     let mut optimizer = AdamW::default();
     let mut prefetcher = Prefetcher::spawn(dataset.clone(), config.seed, 0, config.batch_size, 4);
     for step in 0..config.steps {
         let batch = prefetcher.next_batch()?;
-        let (images, labels, boxes) = judge_tensors(&batch, 32, 4, device)?;
+        let (images, labels, boxes, mask) = judge_tensors(&batch, dataset, device)?;
         let out = judge.forward(&images)?;
         let class_loss = candle_nn::loss::cross_entropy(&out.logits, &labels)?;
-        let box_loss = (out.boxes - boxes)?.abs()?.mean_all()?;
+        let boxed = f64::from(mask.sum_all()?.to_scalar::<f32>()?);
+        let box_loss = if boxed > 0.0 {
+            ((out.boxes - boxes)?.abs()?.broadcast_mul(&mask)?.sum_all()? / (4.0 * boxed))?
+        } else {
+            Tensor::zeros((), candle_core::DType::F32, device)?
+        };
         let loss = (class_loss + (box_loss * BOX_LOSS_WEIGHT)?)?;
         let store = loss.backward()?;
         let mut grads: HashMap<String, Tensor> =
@@ -94,36 +108,44 @@ pub fn train_judge(
         optimizer.step(&params, &grads, lr, 1e-4)?;
         progress(step + 1, f64::from(loss.to_scalar::<f32>()?));
     }
-    let (accuracy, mean_iou) = score_judge(&judge, &dataset, config.heldout, device)?;
+    let heldout = dataset.heldout_len().map_or(config.heldout, |n| (n as usize).min(config.heldout));
+    let (accuracy, mean_iou) = score_judge(&judge, dataset, heldout, device)?;
     let report = JudgeReport {
         accuracy,
         mean_iou,
-        heldout: config.heldout,
+        classes,
+        heldout,
         config: config.clone(),
         train_secs: start.elapsed().as_secs_f64(),
     };
     Ok((varmap, judge, report))
 }
 
-/// Class accuracy and mean main-object box IoU of `judge` on `count` held-out real images.
-pub fn score_judge(judge: &Judge, dataset: &ShapesDataset, count: usize, device: &Device) -> Result<(f64, f64)> {
+/// Class accuracy and mean main-object box IoU (over the images that have a layout; `None` when none has)
+/// of `judge` on `count` held-out real images.
+pub fn score_judge(judge: &Judge, dataset: &Dataset, count: usize, device: &Device) -> Result<(f64, Option<f64>)> {
     let mut correct = 0usize;
     let mut iou_sum = 0.0;
+    let mut boxed = 0usize;
     let mut start = 0;
     while start < count {
         let n = 250.min(count - start);
         let batch = make_heldout_batch(dataset, start as u64, n);
-        let (images, labels, boxes) = judge_tensors(&batch, dataset.image_size(), dataset.slots(), device)?;
+        let (images, labels, boxes, mask) = judge_tensors(&batch, dataset, device)?;
         let out = judge.forward(&images)?;
         let predicted = out.logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
         let labels = labels.to_vec1::<u32>()?;
         correct += predicted.iter().zip(&labels).filter(|(p, l)| p == l).count();
         let judged = out.boxes.to_vec2::<f32>()?;
         let truth = boxes.to_vec2::<f32>()?;
-        for (j, t) in judged.iter().zip(&truth) {
-            iou_sum += box_iou([j[0], j[1], j[2], j[3]], [t[0], t[1], t[2], t[3]]);
+        let mask = mask.flatten_all()?.to_vec1::<f32>()?;
+        for ((j, t), m) in judged.iter().zip(&truth).zip(&mask) {
+            if *m > 0.0 {
+                iou_sum += box_iou([j[0], j[1], j[2], j[3]], [t[0], t[1], t[2], t[3]]);
+                boxed += 1;
+            }
         }
         start += n;
     }
-    Ok((correct as f64 / count.max(1) as f64, iou_sum / count.max(1) as f64))
+    Ok((correct as f64 / count.max(1) as f64, (boxed > 0).then(|| iou_sum / boxed as f64)))
 }

@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{make_heldout_batch, ShapesDataset};
+use crate::data::{make_heldout_batch, Dataset};
 use crate::model::Denoiser;
 
 /// How to sample.
@@ -54,12 +54,14 @@ pub struct EvalSet {
     pub boxes: Vec<f32>,
     /// Requested box classes, [count, slots] (null class = empty slot).
     pub box_classes: Vec<u32>,
+    /// Names of the classes (the null class is `class_names.len()`).
+    pub class_names: Vec<String>,
 }
 
 impl EvalSet {
     /// `count` held-out layouts (classes and boxes of real held-out images, so every request is plausible)
     /// and starting noise drawn from `seed`: a pure function of the dataset, `seed` and `count`.
-    pub fn fixed(dataset: &ShapesDataset, seed: u64, count: usize) -> Self {
+    pub fn fixed(dataset: &Dataset, seed: u64, count: usize) -> Self {
         let batch = make_heldout_batch(dataset, 0, count);
         let side = dataset.image_size();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -72,6 +74,7 @@ impl EvalSet {
             labels: batch.labels,
             boxes: batch.boxes,
             box_classes: batch.box_classes,
+            class_names: dataset.class_names(),
         }
     }
 
@@ -87,6 +90,7 @@ impl EvalSet {
             labels: self.labels[..n].to_vec(),
             boxes: self.boxes[..n * self.slots * 4].to_vec(),
             box_classes: self.box_classes[..n * self.slots].to_vec(),
+            class_names: self.class_names.clone(),
         }
     }
 }

@@ -15,9 +15,10 @@ use serde::{Deserialize, Serialize};
 use super::fid::GaussianStats;
 use super::sampler::EvalSet;
 use super::scores::{mean_iou, top_k_all};
-use crate::config::DatasetConfig;
-use crate::data::{make_heldout_batch, ShapesDataset};
-use crate::model::judge::{load_judge, load_judge_bytes, Judge, JUDGE_CLASSES, JUDGE_FEATURES};
+use super::judge::{train_judge, JudgeReport, JudgeTrainConfig};
+use crate::config::RunConfig;
+use crate::data::{make_heldout_batch, Dataset};
+use crate::model::judge::{load_judge, load_judge_bytes, Judge, JUDGE_FEATURES};
 use crate::run::atomic::atomic_write;
 use crate::run::checkpoint::sha256_hex;
 
@@ -32,7 +33,7 @@ const JUDGE_BATCH: usize = 250;
 pub struct Judged {
     /// Features [count × JUDGE_FEATURES].
     pub features: Vec<f32>,
-    /// Class logits [count × JUDGE_CLASSES].
+    /// Class logits [count × the judge's classes].
     pub logits: Vec<f32>,
     /// Main-object boxes.
     pub boxes: Vec<[f32; 4]>,
@@ -74,17 +75,100 @@ pub fn open_judge(path: Option<&Path>, device: &Device) -> Result<(Judge, String
     }
 }
 
-/// Statistics of `count` held-out real images, from `cache_dir` when computed before for the same dataset,
-/// judge and count (a damaged cache file is recomputed).
+/// The judge a run's evaluation uses, a key identifying its weights, and — for a judge trained here — its
+/// report: the config's `eval.judge` file; else for the shapes task the built-in judge; else (a folder) a
+/// judge trained on the dataset's training images, cached in `cache_dir` per dataset content.
+pub fn judge_for_run(
+    config: &RunConfig,
+    dataset: &Dataset,
+    cache_dir: Option<&Path>,
+    device: &Device,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<(Judge, String, Option<JudgeReport>)> {
+    let folder = match (config.eval.judge.as_deref(), dataset) {
+        (Some(path), _) => {
+            let (judge, key) = open_judge(Some(path), device)?;
+            anyhow::ensure!(
+                judge.classes() == dataset.class_names().len(),
+                "the judge {} tells {} classes apart, but the dataset has {} ({})",
+                path.display(),
+                judge.classes(),
+                dataset.class_names().len(),
+                dataset.class_names().join(", ")
+            );
+            return Ok((judge, key, None));
+        }
+        (None, Dataset::Shapes(_)) => {
+            let (judge, key) = open_judge(None, device)?;
+            return Ok((judge, key, None));
+        }
+        (None, Dataset::Folder(folder)) => folder,
+    };
+    let train = JudgeTrainConfig {
+        seed: 0,
+        steps: config.eval.judge_steps,
+        dataset: config.dataset.clone(),
+        ..JudgeTrainConfig::default()
+    };
+    let key = sha256_hex(format!("{}|{}|{}", folder.content_key(), train.steps, train.seed).as_bytes());
+    let files = cache_dir.map(|dir| {
+        let stem = format!("judge-{}", &key[..16]);
+        (dir.join(format!("{stem}.safetensors")), dir.join(format!("{stem}.json")))
+    });
+    if let Some((weights, report_file)) = &files {
+        if weights.is_file() && report_file.is_file() {
+            let cached = load_judge(weights, device).and_then(|judge| {
+                let report: JudgeReport = serde_json::from_slice(&std::fs::read(report_file)?)?;
+                Ok((judge, report))
+            });
+            match cached {
+                Ok((judge, report)) => return Ok((judge, key, Some(report))),
+                Err(e) => tracing::warn!("cached judge {} is damaged ({e:#}): training it again", weights.display()),
+            }
+        }
+    }
+    let steps = train.steps;
+    let (varmap, judge, report) = train_judge(&train, dataset, device, |step, _| progress(step, steps))?;
+    if let Some((weights, report_file)) = &files {
+        let save = || -> Result<()> {
+            if let Some(dir) = weights.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tensors: Vec<(String, Tensor)> = crate::model::sorted_vars(&varmap)?
+                .into_iter()
+                .map(|(name, var)| (name, var.as_tensor().clone()))
+                .collect();
+            let bytes = crate::train::checkpointing::safetensors_bytes(tensors.iter().map(|(n, t)| (n, t)))?;
+            atomic_write(weights, &bytes)?;
+            atomic_write(report_file, &serde_json::to_vec_pretty(&report)?)
+        };
+        if let Err(e) = save() {
+            tracing::warn!("cannot cache the judge in {}: {e:#}", weights.display());
+        }
+    }
+    Ok((judge, key, Some(report)))
+}
+
+/// A key identifying a dataset's real images (the config for the procedural task, the content for a folder).
+pub fn dataset_key(dataset: &Dataset, config: &crate::config::DatasetConfig) -> Result<String> {
+    Ok(match dataset {
+        Dataset::Shapes(_) => sha256_hex(serde_json::to_string(config)?.as_bytes()),
+        Dataset::Folder(folder) => folder.content_key(),
+    })
+}
+
+/// Statistics of `count` held-out real images, from `cache_dir` when computed before for the same dataset
+/// (`dataset_key`), judge and count (a damaged cache file is recomputed).
 pub fn real_stats(
     judge: &Judge,
     judge_key: &str,
-    dataset_config: &DatasetConfig,
+    dataset: &Dataset,
+    dataset_key: &str,
     count: usize,
     cache_dir: Option<&Path>,
     device: &Device,
 ) -> Result<GaussianStats> {
-    let key = sha256_hex(format!("{judge_key}|{}|{count}", serde_json::to_string(dataset_config)?).as_bytes());
+    let key = sha256_hex(format!("{judge_key}|{dataset_key}|{count}").as_bytes());
     let cache_file: Option<PathBuf> = cache_dir.map(|d| d.join(format!("real-stats-{}.json", &key[..16])));
     if let Some(file) = &cache_file {
         if let Ok(bytes) = std::fs::read(file) {
@@ -94,9 +178,8 @@ pub fn real_stats(
             }
         }
     }
-    let dataset = ShapesDataset::new(dataset_config, 32, 4, JUDGE_CLASSES as u32);
-    let batch = make_heldout_batch(&dataset, 0, count);
-    let judged = judge_images(judge, &batch.images, count, 32, device)?;
+    let batch = make_heldout_batch(dataset, 0, count);
+    let judged = judge_images(judge, &batch.images, count, dataset.image_size(), device)?;
     let stats = GaussianStats::from_features(&judged.features, count, JUDGE_FEATURES)?;
     if let Some(file) = &cache_file {
         let write = || -> Result<()> {
@@ -119,7 +202,8 @@ pub struct Scores {
     pub fid: f64,
     /// top-1, top-2, top-3 of the requested class.
     pub top_k: [f64; 3],
-    /// Mean IoU of the requested main-object box and the judged one.
+    /// Mean IoU of the requested main-object box and the judged one, over the images that request one
+    /// (NaN when none does: data without layouts).
     pub iou: f64,
 }
 
@@ -133,16 +217,18 @@ pub fn score_images(
 ) -> Result<Scores> {
     let judged = judge_images(judge, images, set.count, set.image_size, device)?;
     let stats = GaussianStats::from_features(&judged.features, set.count, JUDGE_FEATURES)?;
-    let requested: Vec<[f32; 4]> = (0..set.count)
+    let null_class = set.class_names.len() as u32;
+    let (requested, judged_boxes): (Vec<[f32; 4]>, Vec<[f32; 4]>) = (0..set.count)
+        .filter(|&i| set.box_classes[i * set.slots] != null_class)
         .map(|i| {
             let b = &set.boxes[i * set.slots * 4..i * set.slots * 4 + 4];
-            [b[0], b[1], b[2], b[3]]
+            ([b[0], b[1], b[2], b[3]], judged.boxes[i])
         })
-        .collect();
+        .unzip();
     Ok(Scores {
         fid: stats.fid(real),
-        top_k: top_k_all(&judged.logits, JUDGE_CLASSES, &set.labels),
-        iou: mean_iou(&requested, &judged.boxes),
+        top_k: top_k_all(&judged.logits, judge.classes(), &set.labels),
+        iou: mean_iou(&requested, &judged_boxes),
     })
 }
 

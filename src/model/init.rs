@@ -121,8 +121,9 @@ pub fn load_model(spec: ModelSpec, weights_path: &Path, device: &Device) -> anyh
     model_from_tensors(spec, tensors, device)
 }
 
-/// Infers the spec from a weights file (or checkpoint dir): width from `patch_embed.weight`, depth from the
-/// `blocks.N` names, the adapter from `adapter` names; the result must match a preset.
+/// Infers the spec from a weights file (or checkpoint dir): width and patch from `patch_embed.weight`, depth
+/// from the `blocks.N` names, the adapter from `adapter` names, the classes from `class_embed.weight`; width
+/// and depth must match a preset, and the image is 8 patches a side (as every preset's).
 pub fn spec_from_weights(weights_path: &Path) -> anyhow::Result<ModelSpec> {
     let file = weights_file(weights_path);
     let bytes = std::fs::read(&file).with_context(|| format!("reading weights {}", file.display()))?;
@@ -136,22 +137,26 @@ pub fn spec_from_weights(weights_path: &Path) -> anyhow::Result<ModelSpec> {
     let [width, patch_dim] = patch_shape[..] else {
         bail!("weights {}: patch_embed.weight has shape {patch_shape:?}, expected [width, 3·patch²]", file.display())
     };
+    let class_rows = shapes
+        .get("class_embed.weight")
+        .and_then(|s| s.first().copied())
+        .with_context(|| format!("weights {} have no tensor class_embed.weight", file.display()))?;
     let mut blocks: Vec<usize> =
         shapes.keys().filter_map(|name| name.strip_prefix("blocks.")?.split('.').next()?.parse().ok()).collect();
     blocks.sort_unstable();
     blocks.dedup();
     let depth = blocks.len();
     let adapter = shapes.keys().any(|name| name.contains("adapter"));
-    [ModelPreset::Tiny, ModelPreset::Small, ModelPreset::Base]
+    let patch = (1..=64).find(|p| 3 * p * p == patch_dim).with_context(|| {
+        format!("weights {}: patch_embed.weight has {patch_dim} inputs, not 3·patch² for any patch", file.display())
+    })?;
+    let preset = [ModelPreset::Tiny, ModelPreset::Small, ModelPreset::Base]
         .into_iter()
         .map(|preset| ModelSpec::from_preset(preset, adapter))
-        .find(|s| s.width == width && s.depth == depth && s.patch_dim() == patch_dim)
-        .with_context(|| {
-            format!(
-                "weights {}: no preset has width {width}, depth {depth} and patch values {patch_dim}",
-                file.display()
-            )
-        })
+        .find(|s| s.width == width && s.depth == depth)
+        .with_context(|| format!("weights {}: no preset has width {width} and depth {depth}", file.display()))?;
+    anyhow::ensure!(class_rows >= 2, "weights {}: class_embed.weight has {class_rows} rows", file.display());
+    Ok(ModelSpec { patch, image_size: patch * preset.grid(), classes: class_rows - 1, ..preset })
 }
 
 /// Testing aid: overwrites every zero-initialised parameter of `spec` in `varmap` (each block's `ada`,

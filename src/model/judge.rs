@@ -2,8 +2,9 @@
 //! Its penultimate features play the role Inception features play in standard FID ("FID (judge)").
 //!
 //! ```text
-//! [B,3,32,32] ─ conv3×3 16 ─ conv3×3/2 32 ─ conv3×3 32 ─ conv3×3/2 64 ─ conv3×3/2 64 ─ flatten [B,1024]
-//!   ─ linear 128 + ReLU = features [B,128] ─┬─ linear → class logits [B,4]
+//! [B,3,64,64] ─ 2×2 average ─┐ (64-pixel images are judged at 32)
+//! [B,3,32,32] ───────────────┴─ conv3×3 16 ─ conv3×3/2 32 ─ conv3×3 32 ─ conv3×3/2 64 ─ conv3×3/2 64 ─ flatten [B,1024]
+//!   ─ linear 128 + ReLU = features [B,128] ─┬─ linear → class logits [B,classes] (4 for shapes)
 //!                                            └─ linear → sigmoid → main object's box [B,4] (x0,y0,x1,y1)
 //! ```
 //! Every convolution is followed by ReLU. Stride-2 convolutions downsample (candle's pooling with
@@ -19,8 +20,10 @@ use rand_chacha::ChaCha8Rng;
 
 /// Size of the judge's feature vector (the FID feature dimension).
 pub const JUDGE_FEATURES: usize = 128;
-/// Classes the judge tells apart.
+/// Classes the built-in judge (of the shapes task) tells apart.
 pub const JUDGE_CLASSES: usize = 4;
+/// Image side the judge's convolutions see; larger inputs are average-pooled down to it.
+pub const JUDGE_SIDE: usize = 32;
 
 /// (name, in channels, out channels, stride) of each convolution.
 const CONVS: [(&str, usize, usize, usize); 5] =
@@ -30,7 +33,7 @@ const FLAT: usize = 64 * 4 * 4;
 
 /// What the judge says about a batch of images.
 pub struct JudgeOutput {
-    /// Class logits [B, 4].
+    /// Class logits [B, classes].
     pub logits: Tensor,
     /// Predicted main-object box [B, 4], normalised.
     pub boxes: Tensor,
@@ -40,14 +43,15 @@ pub struct JudgeOutput {
 
 /// The judge network.
 pub struct Judge {
+    classes: usize,
     convs: Vec<Conv2d>,
     features: Linear,
     class_head: Linear,
     box_head: Linear,
 }
 
-/// Every parameter's name, shape and fan-in.
-fn param_table() -> Vec<(String, Vec<usize>, usize)> {
+/// Every parameter's name, shape and fan-in, for a judge of `classes` classes.
+fn param_table(classes: usize) -> Vec<(String, Vec<usize>, usize)> {
     let mut table = Vec::new();
     for (name, cin, cout, _) in CONVS {
         table.push((format!("{name}.weight"), vec![cout, cin, 3, 3], cin * 9));
@@ -55,7 +59,7 @@ fn param_table() -> Vec<(String, Vec<usize>, usize)> {
     }
     for (name, cin, cout) in [
         ("features", FLAT, JUDGE_FEATURES),
-        ("class_head", JUDGE_FEATURES, JUDGE_CLASSES),
+        ("class_head", JUDGE_FEATURES, classes),
         ("box_head", JUDGE_FEATURES, 4),
     ] {
         table.push((format!("{name}.weight"), vec![cout, cin], cin));
@@ -66,8 +70,8 @@ fn param_table() -> Vec<(String, Vec<usize>, usize)> {
 }
 
 impl Judge {
-    /// Builds the layers on `vb` (names `conv1.weight` … `box_head.bias`).
-    pub fn new(vb: VarBuilder) -> candle_core::Result<Self> {
+    /// Builds the layers of a judge of `classes` classes on `vb` (names `conv1.weight` … `box_head.bias`).
+    pub fn new(vb: VarBuilder, classes: usize) -> candle_core::Result<Self> {
         let convs = CONVS
             .iter()
             .map(|(name, cin, cout, stride)| {
@@ -76,16 +80,28 @@ impl Judge {
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
+            classes,
             convs,
             features: candle_nn::linear(FLAT, JUDGE_FEATURES, vb.pp("features"))?,
-            class_head: candle_nn::linear(JUDGE_FEATURES, JUDGE_CLASSES, vb.pp("class_head"))?,
+            class_head: candle_nn::linear(JUDGE_FEATURES, classes, vb.pp("class_head"))?,
             box_head: candle_nn::linear(JUDGE_FEATURES, 4, vb.pp("box_head"))?,
         })
     }
 
-    /// Judges images [B, 3, 32, 32] in [-1, 1].
+    /// Classes this judge tells apart.
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// Judges images [B, 3, S, S] in [-1, 1], S a multiple of 32 (larger images are average-pooled to 32).
     pub fn forward(&self, images: &Tensor) -> candle_core::Result<JudgeOutput> {
-        let mut h = images.clone();
+        let side = images.dim(3)?;
+        let mut h = if side > JUDGE_SIDE && side % JUDGE_SIDE == 0 {
+            let k = side / JUDGE_SIDE;
+            images.avg_pool2d(k)?
+        } else {
+            images.clone()
+        };
         for conv in &self.convs {
             h = conv.forward(&h)?.relu()?;
         }
@@ -98,12 +114,12 @@ impl Judge {
 
 /// A fresh judge: He-uniform weights (U(±√(6/fan_in))) before ReLUs, U(±1/√fan_in) for the heads, zero
 /// biases, drawn from `seed` in sorted-name order.
-pub fn build_judge(device: &Device, seed: u64) -> Result<(VarMap, Judge)> {
+pub fn build_judge(device: &Device, seed: u64, classes: usize) -> Result<(VarMap, Judge)> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let varmap = VarMap::new();
     {
         let mut data = varmap.data().lock().map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?;
-        for (name, shape, fan_in) in param_table() {
+        for (name, shape, fan_in) in param_table(classes) {
             let n: usize = shape.iter().product();
             let values: Vec<f32> = if name.ends_with(".bias") {
                 vec![0.0; n]
@@ -118,7 +134,7 @@ pub fn build_judge(device: &Device, seed: u64) -> Result<(VarMap, Judge)> {
             data.insert(name, var);
         }
     }
-    let judge = Judge::new(VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    let judge = Judge::new(VarBuilder::from_varmap(&varmap, DType::F32, device), classes)?;
     Ok((varmap, judge))
 }
 
@@ -128,10 +144,19 @@ pub fn load_judge(path: &Path, device: &Device) -> Result<Judge> {
     load_judge_bytes(&bytes, device).with_context(|| format!("judge {}", path.display()))
 }
 
-/// Loads judge weights from safetensors bytes (strict, as [`load_judge`]).
+/// Loads judge weights from safetensors bytes (strict, as [`load_judge`]); the class count comes from the
+/// class head's shape.
 pub fn load_judge_bytes(bytes: &[u8], device: &Device) -> Result<Judge> {
     let tensors = candle_core::safetensors::load_buffer(bytes, device).context("not valid safetensors")?;
-    let table = param_table();
+    let classes = tensors
+        .get("class_head.bias")
+        .context("lacks `class_head.bias` — not a judge")?
+        .dims()
+        .first()
+        .copied()
+        .unwrap_or(0);
+    anyhow::ensure!(classes > 0, "`class_head.bias` is empty");
+    let table = param_table(classes);
     for (name, shape, _) in &table {
         let t = tensors.get(name).with_context(|| format!("lacks `{name}` — not a judge"))?;
         anyhow::ensure!(t.dims() == shape.as_slice(), "`{name}` has shape {:?}, expected {shape:?}", t.dims());
@@ -139,5 +164,5 @@ pub fn load_judge_bytes(bytes: &[u8], device: &Device) -> Result<Judge> {
     if let Some(extra) = tensors.keys().find(|k| !table.iter().any(|(n, _, _)| n == *k)) {
         anyhow::bail!("has `{extra}`, which the judge does not have");
     }
-    Ok(Judge::new(VarBuilder::from_tensors(tensors, DType::F32, device))?)
+    Ok(Judge::new(VarBuilder::from_tensors(tensors, DType::F32, device), classes)?)
 }

@@ -50,11 +50,20 @@ impl ModelSpec {
         Self { image_size: 32, patch: 4, width, depth, heads, classes: 4, slots: 4, adapter }
     }
 
+    /// The architecture a run's `[model]` settings give for a dataset of `classes` classes: the preset at the
+    /// configured resolution (32 px with patch 4, or 64 px with patch 8: the same 8×8 tokens).
+    pub fn for_config(model: &crate::config::ModelConfig, classes: usize) -> Self {
+        let base = Self::from_preset(model.preset, model.adapter);
+        let resolution = if model.resolution == 0 { base.image_size } else { model.resolution };
+        Self { image_size: resolution, patch: resolution / base.grid(), classes, ..base }
+    }
+
     /// The preset whose architecture this is (ignoring the adapter flag), if any.
     pub fn preset(&self) -> Option<ModelPreset> {
-        [ModelPreset::Tiny, ModelPreset::Small, ModelPreset::Base]
-            .into_iter()
-            .find(|&p| Self::from_preset(p, self.adapter) == *self)
+        [ModelPreset::Tiny, ModelPreset::Small, ModelPreset::Base].into_iter().find(|&p| {
+            let preset = Self::from_preset(p, self.adapter);
+            (preset.width, preset.depth, preset.heads) == (self.width, self.depth, self.heads)
+        })
     }
 
     /// Index of the null class (guidance dropout, empty layout slots): equal to `classes`.

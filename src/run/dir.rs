@@ -43,6 +43,12 @@ impl RunDir {
         std::fs::create_dir_all(dir.checkpoints_dir())?;
         let mut frozen = config.clone();
         frozen.name = name.to_string();
+        // The run must find its data again from any working directory (the window, a resume elsewhere).
+        for path in [&mut frozen.dataset.path, &mut frozen.dataset.layouts].into_iter().flatten() {
+            if let Ok(absolute) = std::path::absolute(&*path) {
+                *path = absolute;
+            }
+        }
         let toml = frozen.to_toml_string()?;
         atomic_write(&dir.config_path(), toml.as_bytes())?;
         let now = unix_now_secs();

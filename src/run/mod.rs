@@ -3,12 +3,14 @@
 //! ```text
 //! runs/<run-id>/
 //!   run.toml  state.json  metrics.jsonl  evals.jsonl  events.jsonl  log.txt
+//!   split.json  data_report.json  judge.json        (image-folder runs: the split, the data check, the judge)
 //!   checkpoints/step-00000400/{model,ema,optimizer}.safetensors trainer.json manifest.json
 //! ```
 //! Every rewrite is atomic (temporary file, fsync, rename); a checkpoint is sealed by its manifest.
 
 pub mod atomic;
 pub mod checkpoint;
+pub mod data;
 pub mod dir;
 pub mod events;
 pub mod recorder;

@@ -18,10 +18,10 @@ use super::optimizer::{clip_grads, global_grad_norm, AdamW};
 use super::validation::{ValidationSet, VALIDATION_IMAGES};
 use super::{TrainCommand, TrainOptions};
 use crate::config::{metric_mode, MetricMode, RunConfig, StageConfig};
-use crate::data::{Batch, Prefetcher, ShapesDataset};
+use crate::data::{dataset_class_names, Batch, Dataset, Prefetcher};
 use crate::eval::grid::render_grid;
 use crate::eval::sampler::{sample_images, EvalSet};
-use crate::eval::worker::{open_judge, real_stats, EvalJob, EvalWorker};
+use crate::eval::worker::{dataset_key, judge_for_run, real_stats, EvalJob, EvalWorker};
 use crate::eval::{BestTracker, EarlyStopDecision, EarlyStopping, GateMonitor};
 use crate::model::{self, Denoiser, ModelSpec};
 use crate::run::checkpoint::{checkpoint_name, checkpoints_to_prune, newest_intact_checkpoint};
@@ -138,7 +138,7 @@ struct Trainer {
     params: NamedVars,
     optimizer: AdamW,
     ema: Ema,
-    dataset: ShapesDataset,
+    dataset: Dataset,
     state: TrainerState,
     session_start: Instant,
     wall_at_session_start: f64,
@@ -162,10 +162,28 @@ impl Trainer {
         progress: Arc<AtomicU64>,
     ) -> Result<Self> {
         let device = select_device(&config.device)?;
-        let spec = ModelSpec::from_preset(config.model.preset, config.model.adapter);
+        let classes = dataset_class_names(&config.dataset)?;
+        let spec = ModelSpec::for_config(&config.model, classes.len());
         let (varmap, _) = model::build_model(spec, &device, noise::stream_seed(config.seed, Stream::Init))?;
         let params: NamedVars = model::sorted_vars(&varmap)?;
-        let dataset = ShapesDataset::new(&config.dataset, spec.image_size, spec.slots, spec.null_class());
+        let mut last_report = Instant::now();
+        let dataset = crate::run::data::open_run_dataset(dir.root(), &config, &spec, true, |p| {
+            if last_report.elapsed().as_secs_f64() >= 5.0 || p.done == p.total {
+                last_report = Instant::now();
+                tracing::info!("checking the data: {}/{} files ({} from an earlier scan)", p.done, p.total, p.reused);
+            }
+        })?;
+        if let Some(folder) = dataset.as_folder() {
+            let report = folder.report();
+            tracing::info!(
+                "data: {} training and {} held-out images of {} classes ({}); {} problems skipped (data_report.json)",
+                folder.len(),
+                folder.heldout_len(),
+                report.classes.len(),
+                folder.class_names().join(", "),
+                report.problems.len()
+            );
+        }
         let state = TrainerState {
             global_step: 0,
             stage_index: 0,
@@ -794,9 +812,30 @@ impl Trainer {
             return Ok(());
         }
         let set = self.eval_set();
-        let (judge, judge_key) = open_judge(self.config.eval.judge.as_deref(), &self.device)?;
-        let cache = self.dir.root().parent().map(|runs| runs.join(".cache"));
-        let real = real_stats(&judge, &judge_key, &self.config.dataset, set.count, cache.as_deref(), &self.device)?;
+        let cache = crate::run::data::runs_cache_dir(self.dir.root());
+        let mut last_report = Instant::now();
+        let (judge, judge_key, judge_report) =
+            judge_for_run(&self.config, &self.dataset, cache.as_deref(), &self.device, |step, steps| {
+                if last_report.elapsed().as_secs_f64() >= 5.0 || step == steps {
+                    last_report = Instant::now();
+                    tracing::info!("training the judge of this dataset: step {step}/{steps}");
+                }
+            })?;
+        if let Some(report) = judge_report {
+            tracing::info!(
+                "judge: held-out accuracy {:.3}{} on {} real images — how far FID and top-k can be trusted",
+                report.accuracy,
+                report.mean_iou.map(|iou| format!(", box IoU {iou:.3}")).unwrap_or_default(),
+                report.heldout
+            );
+            crate::run::atomic::atomic_write(
+                &self.dir.root().join(crate::run::data::JUDGE_REPORT_FILE),
+                &serde_json::to_vec_pretty(&report)?,
+            )?;
+        }
+        let dataset_key = dataset_key(&self.dataset, &self.config.dataset)?;
+        let real =
+            real_stats(&judge, &judge_key, &self.dataset, &dataset_key, set.count, cache.as_deref(), &self.device)?;
         self.worker = Some(EvalWorker::spawn(judge, real, set, self.device.clone())?);
         Ok(())
     }

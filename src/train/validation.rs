@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::noise::{self, Stream};
-use crate::data::{make_heldout_batch, ShapesDataset};
+use crate::data::{make_heldout_batch, Dataset};
 use crate::model::{self, Denoiser};
 
 /// Held-out images in the validation batch.
@@ -27,7 +27,7 @@ pub struct ValidationSet {
 impl ValidationSet {
     /// `count` held-out images with their classes and layouts (nothing dropped), and timesteps and noise drawn
     /// from the run seed's validation stream: a pure function of the dataset, `seed` and `count`.
-    pub fn new(dataset: &ShapesDataset, seed: u64, count: usize, device: &Device) -> Result<Self> {
+    pub fn new(dataset: &Dataset, seed: u64, count: usize, device: &Device) -> Result<Self> {
         let side = dataset.image_size();
         let slots = dataset.slots();
         let batch = make_heldout_batch(dataset, 0, count);

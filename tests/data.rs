@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use wick::config::{DatasetConfig, ShapesVariant};
 use wick::data::{
+    Dataset,
     batch_indices, make_batch, make_heldout_batch, normalize_box, to_rgb8, EpochOrder, Prefetcher, Sample,
     ShapesDataset, NUM_CLASSES,
 };
@@ -13,11 +14,11 @@ const SIZE: usize = 32;
 const SLOTS: usize = 4;
 const NULL: u32 = 4;
 
-fn dataset_with(cfg: DatasetConfig) -> ShapesDataset {
-    ShapesDataset::new(&cfg, SIZE, SLOTS, NULL)
+fn dataset_with(cfg: DatasetConfig) -> Dataset {
+    Dataset::Shapes(ShapesDataset::new(&cfg, SIZE, SLOTS, NULL))
 }
 
-fn dataset(seed: u64) -> ShapesDataset {
+fn dataset(seed: u64) -> Dataset {
     dataset_with(DatasetConfig { seed, ..DatasetConfig::default() })
 }
 

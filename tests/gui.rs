@@ -240,3 +240,78 @@ fn closing_the_window_while_training_stops_with_a_checkpoint_and_the_run_resumes
     let loss = &harness.state().stores[&root].series["loss"];
     assert_eq!(loss.len(), 50, "the history loaded from disk plus the steps trained after the resume");
 }
+
+#[test]
+fn an_image_folder_is_chosen_checked_without_freezing_and_trained_on() {
+    wick::model::tune_cpu_runtime();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("images");
+    let layouts = common::image_folder(&root, 12);
+    let runs = tmp.path().join("runs");
+    let dialog = ScriptedDialog::new();
+    let mut harness = harness(&runs, &dialog);
+    settle(&mut harness);
+    harness.get_by_label("Preset").click();
+    settle(&mut harness);
+    harness.get_by_label("smoke").click();
+    settle(&mut harness);
+
+    harness.get_by_label("Kind").click();
+    settle(&mut harness);
+    harness.get_by_label("image folder").click();
+    settle(&mut harness);
+    dialog.push(&root);
+    harness.query_all_by_label("Choose…").next().expect("the folder's Choose button").click();
+    settle(&mut harness);
+    dialog.push(&layouts);
+    harness.query_all_by_label("Choose…").nth(1).expect("the layout file's Choose button").click();
+    settle(&mut harness);
+    let dataset = &harness.state().setup.config.dataset;
+    assert_eq!((dataset.path.as_deref(), dataset.layouts.as_deref()), (Some(root.as_path()), Some(layouts.as_path())));
+
+    harness.get_by_label("Check data").click();
+    harness.step();
+    let mut frames_while_checking = 0;
+    step_until(&mut harness, Duration::from_secs(60), |h| {
+        if h.state().setup.data_check.is_running() {
+            frames_while_checking += 1;
+        }
+        h.state().setup.data_check.last.is_some()
+    });
+    assert!(frames_while_checking > 0, "the window kept drawing frames while the check ran");
+    settle(&mut harness);
+    let report = harness.state().setup.data_check.last.clone().unwrap().expect("the check succeeds");
+    assert_eq!(report.usable_images, 36);
+    for shown in ["circle/truncated.png", "square/empty.png", "triangle/notes.txt", "circle/copy-of-000.png"] {
+        assert!(harness.query_by_label_contains(shown).is_some(), "{shown} is listed in the report");
+    }
+    assert!(harness.query_by_label_contains("36 usable images").is_some());
+
+    // Train on it like the built-in task (short stages; one evaluation with a judge trained for this data).
+    {
+        let config = &mut harness.state_mut().setup.config;
+        config.dataset.heldout_fraction = 0.2;
+        config.eval.samples = 8;
+        config.eval.grid_rows = 2;
+        config.eval.sampler.steps = 4;
+        config.eval.judge_steps = 20;
+        config.stages[0].steps = 6;
+        config.stages[1].steps = 4;
+        config.stages[1].eval_every = 4;
+    }
+    settle(&mut harness);
+    assert!(!start_disabled(&harness), "issues: {:?}", harness.state().setup.issues);
+    harness.get_by_label("Start").click();
+    settle(&mut harness);
+    step_until(&mut harness, Duration::from_secs(180), |h| {
+        let app = h.state();
+        !app.is_training() && app.session.as_ref().is_some_and(|s| s.status != RunStatus::Running)
+    });
+    let app = harness.state();
+    let session = app.session.as_ref().unwrap();
+    assert_eq!(session.status, RunStatus::Finished, "status: {:?}", app.status);
+    let run = RunDir::open(&session.root).unwrap();
+    assert!(run.root().join("split.json").is_file() && run.root().join("data_report.json").is_file());
+    let evals: Vec<wick::run::events::EvalRecord> = wick::run::atomic::read_jsonl(&run.evals_path()).unwrap();
+    assert!(evals.iter().any(|e| e.step == 10 && e.fid.is_some() && e.iou.is_some()), "{evals:?}");
+}

@@ -19,6 +19,14 @@ pub trait FileDialog {
     fn save_png(&self, _file_name: &str) -> Option<PathBuf> {
         None
     }
+    /// Choose an image folder (one subfolder per class).
+    fn pick_data_folder(&self) -> Option<PathBuf> {
+        None
+    }
+    /// Choose a layout JSONL file.
+    fn pick_layout_file(&self) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// The real dialogs (rfd: the XDG desktop portal on Linux).
@@ -44,6 +52,12 @@ impl FileDialog for RfdDialog {
     }
     fn save_png(&self, file_name: &str) -> Option<PathBuf> {
         rfd::FileDialog::new().set_title("Save PNG").add_filter("PNG", &["png"]).set_file_name(file_name).save_file()
+    }
+    fn pick_data_folder(&self) -> Option<PathBuf> {
+        rfd::FileDialog::new().set_title("Image folder (one subfolder per class)").pick_folder()
+    }
+    fn pick_layout_file(&self) -> Option<PathBuf> {
+        rfd::FileDialog::new().set_title("Layout file").add_filter("JSON lines", &["jsonl", "json"]).pick_file()
     }
 }
 
@@ -85,6 +99,12 @@ impl FileDialog for ScriptedDialog {
         self.next()
     }
     fn save_png(&self, _file_name: &str) -> Option<PathBuf> {
+        self.next()
+    }
+    fn pick_data_folder(&self) -> Option<PathBuf> {
+        self.next()
+    }
+    fn pick_layout_file(&self) -> Option<PathBuf> {
         self.next()
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod checkpoints;
 pub mod compare;
+pub mod data_check;
 pub mod dialog;
 pub mod envelope;
 pub mod logs;
@@ -93,6 +94,14 @@ pub enum AppCommand {
     Stage(StageOp),
     /// Export the Live panel's shown series as CSV.
     ExportCsv,
+    /// Choose the image folder of the draft's dataset (file dialog).
+    ChooseDataFolder,
+    /// Choose the layout JSONL of the draft's dataset (file dialog).
+    ChooseLayoutFile,
+    /// Check the draft's image folder on a worker.
+    CheckData,
+    /// Stop the running data check.
+    CancelDataCheck,
     /// Show a panel.
     ShowPanel(Panel),
     /// A command of the Checkpoints, Compare, Logs, System or Preflight panel.
@@ -229,6 +238,7 @@ impl WickApp {
 
     /// Per-frame work that does not draw: trainer events, worker results, validation.
     pub fn logic(&mut self) {
+        self.setup.data_check.poll();
         // Trainer events, within the frame's budget.
         let mut failure = None;
         let mut ended = false;
@@ -405,6 +415,26 @@ impl WickApp {
                     self.setup.file = Some(path.clone());
                     self.say(format!("Saved {}", path.display()), false);
                 }
+            }
+            AppCommand::ChooseDataFolder => {
+                if let Some(path) = self.dialog.pick_data_folder() {
+                    self.setup.config.dataset.kind = crate::config::DatasetKind::Folder;
+                    self.setup.config.dataset.path = Some(path.clone());
+                    self.say(format!("Image folder {}: press Check data to scan it", path.display()), false);
+                }
+            }
+            AppCommand::ChooseLayoutFile => {
+                if let Some(path) = self.dialog.pick_layout_file() {
+                    self.setup.config.dataset.layouts = Some(path);
+                }
+            }
+            AppCommand::CheckData => {
+                let cache_dir = self.runs_dir.join(".cache");
+                self.setup.data_check.start(&self.setup.config.dataset, cache_dir, &self.ctx).map_err(anyhow::Error::msg)?;
+            }
+            AppCommand::CancelDataCheck => {
+                self.setup.data_check.cancel();
+                self.say("Data check cancelled; checking again continues where it stopped", false);
             }
             AppCommand::OpenRunFolder => {
                 if let Some(path) = self.dialog.open_run_folder() {

@@ -10,7 +10,7 @@ use candle_core::{DType, Tensor};
 use crossbeam_channel::{bounded, Receiver};
 
 use crate::config::RunConfig;
-use crate::data::{dataset_class_names, default_cache_dir, make_batch, Dataset, FolderOptions};
+use crate::data::{dataset_class_names, make_batch, Dataset, FolderOptions};
 use crate::model::{build_model, flow_matching_loss, param_count, sorted_vars, ModelSpec};
 use crate::train::noise::{draw_samples, step_rng, stream_seed, Stream};
 
@@ -56,16 +56,21 @@ pub fn format_bytes(bytes: u64) -> String {
 }
 
 /// Runs the preflight of `config` (seconds to minutes: call it on a worker). A failure to even start ends
-/// the list with a ✘ line saying why.
-pub fn run_preflight(config: &RunConfig) -> Vec<CheckItem> {
+/// the list with a ✘ line saying why. An image folder is checked and decoded with `cache_dir` (the runs
+/// folder's cache, shared with its runs).
+pub fn run_preflight(config: &RunConfig, cache_dir: Option<std::path::PathBuf>) -> Vec<CheckItem> {
     let mut items = Vec::new();
-    if let Err(e) = preflight_into(config, &mut items) {
+    if let Err(e) = preflight_into(config, cache_dir, &mut items) {
         items.push(CheckItem::new("Preflight", false, format!("{e:#}")));
     }
     items
 }
 
-fn preflight_into(config: &RunConfig, items: &mut Vec<CheckItem>) -> anyhow::Result<()> {
+fn preflight_into(
+    config: &RunConfig,
+    cache_dir: Option<std::path::PathBuf>,
+    items: &mut Vec<CheckItem>,
+) -> anyhow::Result<()> {
     match config.validate() {
         Ok(()) => items.push(CheckItem::new("Config is valid", true, "no problems")),
         Err(issues) => {
@@ -83,7 +88,7 @@ fn preflight_into(config: &RunConfig, items: &mut Vec<CheckItem>) -> anyhow::Res
     let spec = ModelSpec::for_config(&config.model, classes.len());
     let (varmap, model) = build_model(spec, &device, stream_seed(config.seed, Stream::Init))?;
     let vars = sorted_vars(&varmap)?;
-    let options = FolderOptions { cache_dir: config.dataset.path.as_ref().map(|_| default_cache_dir()), split: None };
+    let options = FolderOptions { cache_dir, split: None };
     let dataset = Dataset::open(&config.dataset, spec.image_size, spec.slots, spec.null_class(), &options, |_| {})?;
     if let Some(folder) = dataset.as_folder() {
         let report = folder.report();
@@ -244,8 +249,13 @@ pub struct PreflightState {
 }
 
 impl PreflightState {
-    /// Starts a preflight of `config` on a worker.
-    pub fn start(&mut self, config: RunConfig, ctx: &egui::Context) -> Result<(), String> {
+    /// Starts a preflight of `config` on a worker (`cache_dir`: see [`run_preflight`]).
+    pub fn start(
+        &mut self,
+        config: RunConfig,
+        cache_dir: Option<std::path::PathBuf>,
+        ctx: &egui::Context,
+    ) -> Result<(), String> {
         if self.running.is_some() {
             return Err("a preflight is already running".to_string());
         }
@@ -255,7 +265,7 @@ impl PreflightState {
         std::thread::Builder::new()
             .name("preflight".into())
             .spawn(move || {
-                let _ = tx.send(run_preflight(&config));
+                let _ = tx.send(run_preflight(&config, cache_dir));
                 ctx.request_repaint();
             })
             .map_err(|e| format!("cannot start the preflight: {e}"))?;

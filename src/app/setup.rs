@@ -19,6 +19,8 @@ pub struct SetupState {
     pub preset: String,
     /// The file the draft was opened from or saved to.
     pub file: Option<PathBuf>,
+    /// *Check data* of the draft's image folder.
+    pub data_check: super::data_check::DataCheckState,
     validated: Option<RunConfig>,
 }
 
@@ -48,6 +50,7 @@ impl SetupState {
             issues: Vec::new(),
             preset: preset.to_string(),
             file: None,
+            data_check: Default::default(),
             validated: None,
         };
         state.revalidate();

@@ -1,8 +1,6 @@
 //! [`Dataset`]: the one type the trainer, the evaluation and the window read samples from, whichever kind of
 //! data a run uses.
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 
 use super::folder::{FolderDataset, FolderOptions};
@@ -144,19 +142,4 @@ pub fn dataset_class_names(config: &DatasetConfig) -> Result<Vec<String>> {
             Ok(names)
         }
     }
-}
-
-/// Where Wick caches scan journals, decoded pixels, judges and real-image statistics: `$WICK_CACHE_DIR`, else
-/// `$XDG_CACHE_HOME/wick`, else `~/.cache/wick`, else `.wick-cache` in the current folder.
-pub fn default_cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("WICK_CACHE_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join("wick");
-    }
-    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(home).join(".cache").join("wick");
-    }
-    PathBuf::from(".wick-cache")
 }

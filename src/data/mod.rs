@@ -30,7 +30,7 @@ mod shapes;
 pub use batch::{batch_indices, make_batch, make_batch_from_indices, make_heldout_batch, Batch, EpochOrder};
 pub use boxes::normalize_box;
 pub use check::{check_folder, CheckRequest, DataCheck, DataProblem, DataReport, ProblemKind};
-pub use dataset::{dataset_class_names, default_cache_dir, Dataset};
+pub use dataset::{dataset_class_names, Dataset};
 pub use folder::{DataSplit, FolderDataset, FolderOptions};
 pub use scan::{folder_class_names, ScanProgress};
 pub use prefetch::Prefetcher;

@@ -5,12 +5,16 @@ use std::collections::HashSet;
 
 use egui::{Color32, ComboBox, DragValue, Response, RichText, Sense, TextEdit, Ui};
 
+use std::path::PathBuf;
+
+use crate::app::data_check::DataCheckState;
 use crate::app::setup::{SetupState, StageOp};
 use crate::app::AppCommand;
 use crate::config::{
-    ConfigIssue, EarlyStoppingConfig, MetricMode, ModelPreset, ScheduleKind, ShapesVariant, StageConfig, Trainable,
-    TrainableGroup, METRICS, PRESETS,
+    BoxUnits, ConfigIssue, DatasetKind, EarlyStoppingConfig, MetricMode, ModelPreset, ResizeMode, ScheduleKind,
+    ShapesVariant, StageConfig, Trainable, TrainableGroup, METRICS, PRESETS,
 };
+use crate::data::DataReport;
 
 use super::ERROR_COLOR;
 
@@ -19,7 +23,7 @@ pub fn setup_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &
     setup.revalidate();
     toolbar_ui(ui, setup, training, commands);
     ui.separator();
-    let SetupState { config, issues, selected_stage, .. } = setup;
+    let SetupState { config, issues, selected_stage, data_check, .. } = setup;
     let mut fields = Fields { issues: issues.as_slice(), shown: HashSet::new() };
     egui::ScrollArea::vertical().auto_shrink([false, false]).show(ui, |ui| {
         ui.columns(2, |columns| {
@@ -44,29 +48,80 @@ pub fn setup_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &
                 fields.row(ui, "Layout adapter", "model.adapter", |ui| {
                     ui.checkbox(&mut config.model.adapter, "with adapter")
                 });
+                fields.row(ui, "Resolution", "model.resolution", |ui| {
+                    combo_ui(ui, "resolution", &mut config.model.resolution, &[(32, "32 px (patch 4)"), (64, "64 px (patch 8)")])
+                        .on_hover_text("64 px suits photos; both give 8×8 tokens")
+                });
             });
             ui.add_space(8.0);
-            ui.heading("Dataset (shapes)");
+            ui.heading("Dataset");
             egui::Grid::new("dataset_grid").num_columns(2).spacing([12.0, 6.0]).show(ui, |ui| {
                 let d = &mut config.dataset;
-                fields.row(ui, "Variant", "dataset.variant", |ui| {
+                fields.row(ui, "Kind", "dataset.kind", |ui| {
                     combo_ui(
                         ui,
-                        "variant",
-                        &mut d.variant,
-                        &[(ShapesVariant::Plain, "plain"), (ShapesVariant::Noisy, "noisy")],
+                        "dataset_kind",
+                        &mut d.kind,
+                        &[(DatasetKind::Shapes, "shapes (built in)"), (DatasetKind::Folder, "image folder")],
                     )
                 });
-                fields.row(ui, "Min objects", "dataset.min_objects", |ui| ui.add(DragValue::new(&mut d.min_objects)));
-                fields.row(ui, "Max objects", "dataset.max_objects", |ui| ui.add(DragValue::new(&mut d.max_objects)));
-                fields.row(ui, "Train size", "dataset.train_size", |ui| {
-                    ui.add(DragValue::new(&mut d.train_size).speed(10))
-                });
+                match d.kind {
+                    DatasetKind::Shapes => {
+                        fields.row(ui, "Variant", "dataset.variant", |ui| {
+                            combo_ui(
+                                ui,
+                                "variant",
+                                &mut d.variant,
+                                &[(ShapesVariant::Plain, "plain"), (ShapesVariant::Noisy, "noisy")],
+                            )
+                        });
+                        fields.row(ui, "Min objects", "dataset.min_objects", |ui| {
+                            ui.add(DragValue::new(&mut d.min_objects))
+                        });
+                        fields.row(ui, "Max objects", "dataset.max_objects", |ui| {
+                            ui.add(DragValue::new(&mut d.max_objects))
+                        });
+                        fields.row(ui, "Train size", "dataset.train_size", |ui| {
+                            ui.add(DragValue::new(&mut d.train_size).speed(10))
+                        });
+                    }
+                    DatasetKind::Folder => {
+                        fields.row(ui, "Image folder", "dataset.path", |ui| {
+                            path_ui(ui, &mut d.path, "root/<class>/*.png|jpg|webp|bmp", AppCommand::ChooseDataFolder, commands)
+                        });
+                        fields.row(ui, "Layouts", "dataset.layouts", |ui| {
+                            path_ui(ui, &mut d.layouts, "optional layout JSONL", AppCommand::ChooseLayoutFile, commands)
+                        });
+                        fields.row(ui, "Box units", "dataset.box_units", |ui| {
+                            combo_ui(
+                                ui,
+                                "box_units",
+                                &mut d.box_units,
+                                &[(BoxUnits::Auto, "auto"), (BoxUnits::Pixels, "pixels"), (BoxUnits::Normalized, "normalized")],
+                            )
+                        });
+                        fields.row(ui, "Resize", "dataset.resize", |ui| {
+                            combo_ui(
+                                ui,
+                                "resize",
+                                &mut d.resize,
+                                &[(ResizeMode::CenterCrop, "center crop"), (ResizeMode::Letterbox, "letterbox")],
+                            )
+                        });
+                        fields.row(ui, "Held-out fraction", "dataset.heldout_fraction", |ui| {
+                            ui.add(DragValue::new(&mut d.heldout_fraction).speed(0.01).max_decimals(3))
+                                .on_hover_text("Of each class, kept out of training for evaluation (stored in the run)")
+                        });
+                    }
+                }
                 fields.row(ui, "Subset fraction", "dataset.subset_fraction", |ui| {
                     ui.add(DragValue::new(&mut d.subset_fraction).speed(0.01).max_decimals(3))
                 });
                 fields.row(ui, "Dataset seed", "dataset.seed", |ui| ui.add(DragValue::new(&mut d.seed)));
             });
+            if config.dataset.kind == DatasetKind::Folder {
+                data_check_ui(ui, data_check, commands);
+            }
             ui.add_space(8.0);
             ui.heading("Checkpoints and evaluation");
             egui::Grid::new("ckpt_grid").num_columns(2).spacing([12.0, 6.0]).show(ui, |ui| {
@@ -182,6 +237,131 @@ impl Fields<'_> {
             self.shown.insert(path.to_string());
         }
     }
+}
+
+/// A path field: editable text, and a button that opens the file dialog (`choose`).
+fn path_ui(
+    ui: &mut Ui,
+    path: &mut Option<PathBuf>,
+    hint: &str,
+    choose: AppCommand,
+    commands: &mut Vec<AppCommand>,
+) -> Response {
+    let mut text = path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    let response = ui.add(TextEdit::singleline(&mut text).hint_text(hint).desired_width(220.0));
+    if response.changed() {
+        *path = (!text.trim().is_empty()).then(|| PathBuf::from(text.trim()));
+    }
+    if ui.button("Choose…").clicked() {
+        commands.push(choose);
+    }
+    if path.is_some() && ui.small_button("Clear").clicked() {
+        *path = None;
+    }
+    response
+}
+
+/// *Check data*: the button (or the running check's progress and Cancel), then the last report.
+fn data_check_ui(ui: &mut Ui, check: &DataCheckState, commands: &mut Vec<AppCommand>) {
+    ui.horizontal(|ui| {
+        if check.is_running() {
+            let (done, total) = check.progress();
+            let fraction = if total > 0 { done as f32 / total as f32 } else { 0.0 };
+            ui.add(
+                egui::ProgressBar::new(fraction).text(format!("checking {done}/{total} files")).desired_width(240.0),
+            );
+            if ui.button("Cancel").clicked() {
+                commands.push(AppCommand::CancelDataCheck);
+            }
+        } else if ui
+            .button("Check data")
+            .on_hover_text(
+                "Read every file: counts per class, sizes, unreadable files, duplicates, layout problems. \
+                 Interrupted checks continue where they stopped.",
+            )
+            .clicked()
+        {
+            commands.push(AppCommand::CheckData);
+        }
+    });
+    match &check.last {
+        None => {}
+        Some(Err(message)) => {
+            ui.label(RichText::new(format!("Data check failed: {message}")).color(ERROR_COLOR));
+        }
+        Some(Ok(report)) => report_ui(ui, report),
+    }
+}
+
+/// The data report as tables: classes, sizes, layout summary, every problem.
+fn report_ui(ui: &mut Ui, report: &DataReport) {
+    ui.label(
+        RichText::new(format!(
+            "{} usable images of {} image files in {} classes ({:.1} s)",
+            report.usable_images,
+            report.image_files,
+            report.classes.len(),
+            report.check_secs
+        ))
+        .strong(),
+    );
+    for error in &report.errors {
+        ui.label(RichText::new(error).color(ERROR_COLOR));
+    }
+    egui::Grid::new("data_classes").striped(true).num_columns(3).show(ui, |ui| {
+        ui.label(RichText::new("Class").strong());
+        ui.label(RichText::new("Files").strong());
+        ui.label(RichText::new("Usable").strong());
+        ui.end_row();
+        for class in &report.classes {
+            ui.label(&class.name);
+            ui.label(class.files.to_string());
+            let usable = RichText::new(class.usable.to_string());
+            ui.label(if class.usable == 0 { usable.color(ERROR_COLOR) } else { usable });
+            ui.end_row();
+        }
+    });
+    let sizes: Vec<String> =
+        report.image_sizes.iter().take(6).map(|s| format!("{}×{} ({})", s.width, s.height, s.count)).collect();
+    if !sizes.is_empty() {
+        ui.label(format!("Sizes: {}", sizes.join(", ")));
+    }
+    if let Some(layout) = &report.layout {
+        ui.label(format!(
+            "Layouts: {} lines, {} images with a layout, {} without, {} objects ({} beyond {} slots), boxes in {}{}",
+            layout.lines,
+            layout.images_with_layout,
+            layout.images_without_layout,
+            layout.objects,
+            layout.objects_beyond_slots,
+            layout.slots,
+            crate::data::check::units_name(layout.box_units),
+            if layout.units_detected { " (detected)" } else { "" }
+        ));
+    }
+    if report.problems.is_empty() {
+        ui.label("No problems found.");
+        return;
+    }
+    egui::CollapsingHeader::new(format!("Problems ({}) — skipped, never fatal", report.problems.len()))
+        .default_open(true)
+        .show(ui, |ui| {
+            egui::ScrollArea::vertical().id_salt("data_problems").max_height(220.0).show(ui, |ui| {
+                egui::Grid::new("data_problem_grid").striped(true).num_columns(4).show(ui, |ui| {
+                    for header in ["Problem", "File", "Line", "Detail"] {
+                        ui.label(RichText::new(header).strong());
+                    }
+                    ui.end_row();
+                    for problem in &report.problems {
+                        ui.label(problem.kind.label());
+                        ui.label(&problem.path);
+                        ui.label(problem.line.map(|l| l.to_string()).unwrap_or_default());
+                        ui.label(&problem.detail);
+                        ui.end_row();
+                    }
+                });
+            });
+        });
 }
 
 fn combo_ui<T: PartialEq + Copy>(ui: &mut Ui, id: &str, value: &mut T, options: &[(T, &str)]) -> Response {

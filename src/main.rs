@@ -211,9 +211,6 @@ enum DataCommand {
         /// Units of the layout boxes: auto, pixels or normalized.
         #[arg(long, default_value = "auto")]
         box_units: String,
-        /// Folder holding the runs; the check's journal lives in its .cache, shared with the runs.
-        #[arg(long, default_value = "runs")]
-        runs_dir: PathBuf,
     },
 }
 
@@ -309,10 +306,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Judge { command: JudgeCommand::Train { seed, steps, dataset, layouts, resolution, out } }) => {
-            judge_train(seed, steps, dataset, layouts, resolution, &out)
+            judge_train(&cli.runs_dir, seed, steps, dataset, layouts, resolution, &out)
         }
-        Some(Command::Data { command: DataCommand::Check { path, layouts, box_units, runs_dir } }) => {
-            data_check(&path, layouts, &box_units, &runs_dir)
+        // The check's journal lives in the runs folder's .cache, shared with the runs.
+        Some(Command::Data { command: DataCommand::Check { path, layouts, box_units } }) => {
+            data_check(&path, layouts, &box_units, &cli.runs_dir)
         }
         Some(Command::Bench { preset, batch, steps, warmup, threads }) => {
             let preset: ModelPreset = serde_json::from_value(serde_json::Value::String(preset.clone()))
@@ -491,6 +489,7 @@ fn data_check(path: &Path, layouts: Option<PathBuf>, box_units: &str, runs_dir: 
 
 /// `wick judge train`: trains the judge, prints and writes its held-out accuracy and box IoU.
 fn judge_train(
+    runs_dir: &Path,
     seed: u64,
     steps: usize,
     folder: Option<PathBuf>,
@@ -515,7 +514,7 @@ fn judge_train(
                 ..Default::default()
             };
             let classes = wick::data::dataset_class_names(&config.dataset)?;
-            let options = wick::data::FolderOptions { cache_dir: Some(PathBuf::from("runs/.cache")), split: None };
+            let options = wick::data::FolderOptions { cache_dir: Some(runs_dir.join(".cache")), split: None };
             let dataset = wick::data::Dataset::open(
                 &config.dataset,
                 resolution,

@@ -230,7 +230,7 @@ fn check_folder_dataset(d: &DatasetConfig, issues: &mut Issues) {
     match &d.path {
         None => issues.add(
             "dataset.path",
-            "must name the image folder (one subfolder per class) when dataset.kind = \"folder\"",
+            "required: the image folder, one subfolder per class",
         ),
         Some(path) if !path.is_dir() => issues.add(
             "dataset.path",

@@ -18,6 +18,9 @@ use crate::data::DataReport;
 
 use super::ERROR_COLOR;
 
+/// Colour of the kind of a data problem (skipped, not fatal).
+const WARNING_COLOR: Color32 = Color32::from_rgb(230, 170, 60);
+
 /// Draws the Setup panel. `training` disables nothing here (the draft is only used by the next Start).
 pub fn setup_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &mut Vec<AppCommand>) {
     setup.revalidate();
@@ -230,7 +233,8 @@ impl Fields<'_> {
     fn issue_ui(&mut self, ui: &mut Ui, path: &str) {
         let mut any = false;
         for issue in self.issues.iter().filter(|i| i.path == path) {
-            ui.label(RichText::new(&issue.message).color(ERROR_COLOR));
+            // Wrapped: a long message stays inside its column instead of running under the next one.
+            ui.add(egui::Label::new(RichText::new(&issue.message).color(ERROR_COLOR)).wrap());
             any = true;
         }
         if any {
@@ -248,7 +252,7 @@ fn path_ui(
     commands: &mut Vec<AppCommand>,
 ) -> Response {
     let mut text = path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-    let response = ui.add(TextEdit::singleline(&mut text).hint_text(hint).desired_width(220.0));
+    let response = ui.add(TextEdit::singleline(&mut text).hint_text(hint).desired_width(200.0));
     if response.changed() {
         *path = (!text.trim().is_empty()).then(|| PathBuf::from(text.trim()));
     }
@@ -346,20 +350,18 @@ fn report_ui(ui: &mut Ui, report: &DataReport) {
     egui::CollapsingHeader::new(format!("Problems ({}) — skipped, never fatal", report.problems.len()))
         .default_open(true)
         .show(ui, |ui| {
-            egui::ScrollArea::vertical().id_salt("data_problems").max_height(220.0).show(ui, |ui| {
-                egui::Grid::new("data_problem_grid").striped(true).num_columns(4).show(ui, |ui| {
-                    for header in ["Problem", "File", "Line", "Detail"] {
-                        ui.label(RichText::new(header).strong());
-                    }
-                    ui.end_row();
-                    for problem in &report.problems {
-                        ui.label(problem.kind.label());
-                        ui.label(&problem.path);
-                        ui.label(problem.line.map(|l| l.to_string()).unwrap_or_default());
-                        ui.label(&problem.detail);
-                        ui.end_row();
-                    }
-                });
+            egui::ScrollArea::vertical().id_salt("data_problems").max_height(260.0).show(ui, |ui| {
+                // One wrapped line per problem: the panel's column is narrow, and details are long.
+                for problem in &report.problems {
+                    ui.horizontal_wrapped(|ui| {
+                        ui.label(RichText::new(problem.kind.label()).color(WARNING_COLOR));
+                        match problem.line {
+                            Some(line) => ui.label(RichText::new(format!("{}:{line}", problem.path)).monospace()),
+                            None => ui.label(RichText::new(&problem.path).monospace()),
+                        };
+                        ui.add(egui::Label::new(&problem.detail).wrap());
+                    });
+                }
             });
         });
 }

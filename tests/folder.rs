@@ -246,3 +246,28 @@ fn a_damaged_pixel_cache_is_rebuilt_and_a_folder_without_usable_images_is_refuse
     assert!(message.contains("no usable image"), "{message}");
     assert!(dir.read_metrics_raw().unwrap_or_default().is_empty(), "no step was trained");
 }
+
+#[test]
+fn a_64_pixel_model_trains_on_a_folder_and_its_checkpoints_say_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("images");
+    let layouts = image_folder(&root, 4);
+    let mut config = folder_config(&root, Some(&layouts));
+    config.model.resolution = 64;
+    config.stages.truncate(1);
+    config.stages[0].steps = 2;
+    config.stages[0].eval_every = 2;
+    let dir = create_run(&tmp.path().join("runs"), &config);
+    let events = train_events(&dir, TrainOptions::default());
+    assert!(matches!(events.last(), Some(TrainEvent::Finished { step: 2, .. })), "{events:?}");
+    let checkpoint = dir.checkpoints().unwrap().last().unwrap().dir.clone();
+    let spec = wick::model::spec_from_weights(&checkpoint).unwrap();
+    assert_eq!((spec.image_size, spec.patch, spec.classes, spec.tokens()), (64, 8, 3, 64));
+    // The sample grid of a 64-pixel checkpoint: 64-pixel cells, class names from the folder.
+    let grid: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(checkpoint.join("samples.json")).unwrap()).unwrap();
+    let classes: Vec<&str> = grid["rows"].as_array().unwrap().iter().map(|r| r["class"].as_str().unwrap()).collect();
+    assert!(classes.iter().all(|c| ["circle", "square", "triangle"].contains(c)), "{classes:?}");
+    let png = image::open(checkpoint.join("samples.png")).unwrap();
+    assert!(png.width() >= 64 * 4, "cells are 64 pixels scaled up: {}", png.width());
+}

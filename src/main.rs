@@ -337,10 +337,44 @@ fn set_threads(threads: usize) {
 fn train_new(config_path: &Path, runs_dir: &Path, name: Option<String>, stop_at: Option<u64>) -> Result<ExitCode> {
     let config = RunConfig::load(config_path)?;
     set_threads(config.threads);
+    check_folder_before_run(&config, config_path, runs_dir)?;
     let name = name.unwrap_or_else(|| config.name.clone());
     let dir = RunDir::create(runs_dir, &name, &config)?;
     eprintln!("run directory: {}", dir.root().display());
     watch(train::start(dir, TrainOptions { stop_at_step: stop_at, ..Default::default() })?)
+}
+
+/// For an image-folder dataset: checks the data before a run directory exists, so data that cannot train is
+/// refused like a config error (exit code 2) instead of leaving a failed run behind. The scan's journal in
+/// the runs folder's cache makes the trainer's own check of the same files a directory listing.
+fn check_folder_before_run(config: &RunConfig, config_path: &Path, runs_dir: &Path) -> Result<()> {
+    if config.dataset.kind != wick::config::DatasetKind::Folder {
+        return Ok(());
+    }
+    let Some(root) = config.dataset.path.clone() else { return Ok(()) };
+    let request = wick::data::CheckRequest {
+        root,
+        layouts: config.dataset.layouts.clone(),
+        box_units: config.dataset.box_units,
+        slots: wick::config::LAYOUT_SLOTS,
+        cache_dir: Some(runs_dir.join(".cache")),
+    };
+    let bar = stderr_bar(0, "check [{bar:30}] {pos}/{len} files ({eta})")?;
+    let check = wick::data::check_folder(&request, &std::sync::atomic::AtomicBool::new(false), |p| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+    })?;
+    bar.finish_and_clear();
+    if check.report.errors.is_empty() {
+        return Ok(());
+    }
+    let issues = check
+        .report
+        .errors
+        .iter()
+        .map(|message| wick::config::ConfigIssue { path: "dataset.path".to_string(), message: message.clone() })
+        .collect();
+    Err(wick::config::ConfigError::Invalid { origin: config_path.display().to_string(), issues }.into())
 }
 
 /// Follows a trainer's events until it ends, with a progress bar on a terminal and plain lines otherwise.

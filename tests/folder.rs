@@ -236,6 +236,22 @@ fn a_damaged_pixel_cache_is_rebuilt_and_a_folder_without_usable_images_is_refuse
     std::fs::write(empty.join("cats/0.png"), b"").unwrap();
     let mut run_config = folder_config(&empty, None);
     run_config.name = "empty".to_string();
+    // `wick train` refuses it like a config error, before any run directory exists.
+    let config_file = tmp.path().join("empty.toml");
+    std::fs::write(&config_file, run_config.to_toml_string().unwrap()).unwrap();
+    let cli_runs = tmp.path().join("cli-runs");
+    let output = Command::new(env!("CARGO_BIN_EXE_wick"))
+        .arg("train")
+        .arg(&config_file)
+        .arg("--runs-dir")
+        .arg(&cli_runs)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("dataset.path"));
+    let run_dirs = std::fs::read_dir(&cli_runs).map_or(0, |d| d.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count());
+    assert_eq!(run_dirs, 0, "no run directory was created");
+    // Started anyway (the window, the library), the run fails before its first step, naming the problem.
     let dir = create_run(&tmp.path().join("runs"), &run_config);
     let events = train_events(&dir, TrainOptions::default());
     let failure = events.iter().find_map(|e| match e {

@@ -565,14 +565,15 @@ fn judge_train(
     };
     let bar = stderr_bar(steps as u64, "judge [{bar:30}] {pos}/{len} {msg} ({eta})")?;
     let mut last = Instant::now();
-    let (varmap, _, report) = wick::eval::judge::train_judge(&config, &dataset, &candle_core::Device::Cpu, |step, loss| {
-        bar.set_position(step as u64);
-        bar.set_message(format!("loss {loss:.4}"));
-        if bar.is_hidden() && (last.elapsed() >= Duration::from_secs(10) || step == steps) {
-            last = Instant::now();
-            eprintln!("judge step {step}/{steps} loss {loss:.4}");
-        }
-    })?;
+    let (varmap, _, report) =
+        wick::eval::judge::train_judge(&config, &dataset, &candle_core::Device::Cpu, |step, loss| {
+            bar.set_position(step as u64);
+            bar.set_message(format!("loss {loss:.4}"));
+            if bar.is_hidden() && (last.elapsed() >= Duration::from_secs(10) || step == steps) {
+                last = Instant::now();
+                eprintln!("judge step {step}/{steps} loss {loss:.4}");
+            }
+        })?;
     bar.finish_and_clear();
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;

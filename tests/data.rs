@@ -5,8 +5,7 @@ use std::time::{Duration, Instant};
 
 use wick::config::{DatasetConfig, ShapesVariant};
 use wick::data::{
-    Dataset,
-    batch_indices, make_batch, make_heldout_batch, normalize_box, to_rgb8, EpochOrder, Prefetcher, Sample,
+    batch_indices, make_batch, make_heldout_batch, normalize_box, to_rgb8, Dataset, EpochOrder, Prefetcher, Sample,
     ShapesDataset, NUM_CLASSES,
 };
 

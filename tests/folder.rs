@@ -64,10 +64,14 @@ fn data_check_reports_every_problem_as_json() {
     let missing = problems_of(&report, ProblemKind::LayoutMissingImage);
     assert!(missing.len() == 1 && missing[0].contains("circle/missing.png"), "{missing:?}");
     let bad_boxes = problems_of(&report, ProblemKind::LayoutBadBox);
-    assert!(bad_boxes.len() == 1 && bad_boxes[0].contains("square/001.jpg") && bad_boxes[0].contains("clipped"), "{bad_boxes:?}");
+    assert!(
+        bad_boxes.len() == 1 && bad_boxes[0].contains("square/001.jpg") && bad_boxes[0].contains("clipped"),
+        "{bad_boxes:?}"
+    );
     let unknown = problems_of(&report, ProblemKind::LayoutUnknownClass);
     assert!(unknown.len() == 1 && unknown[0].contains("hexagon"), "{unknown:?}");
-    let layout_lines: Vec<Option<usize>> = report.problems.iter().filter(|p| p.path == "layout_dataset.jsonl").map(|p| p.line).collect();
+    let layout_lines: Vec<Option<usize>> =
+        report.problems.iter().filter(|p| p.path == "layout_dataset.jsonl").map(|p| p.line).collect();
     assert!(layout_lines.iter().all(Option::is_some), "layout problems carry their line: {layout_lines:?}");
 
     let layout = report.layout.as_ref().expect("layout summary");
@@ -111,8 +115,9 @@ fn an_interrupted_check_continues_where_it_stopped() {
     let resumed = check_folder(&request(&root, Some(&layouts), &cache), &AtomicBool::new(false), |_| {}).unwrap();
     assert!(resumed.report.reused_from_earlier_scan > 0, "the second check reused the first one's reads");
     assert!(resumed.report.reused_from_earlier_scan < resumed.report.image_files);
-    let fresh = check_folder(&request(&root, Some(&layouts), &tmp.path().join("other")), &AtomicBool::new(false), |_| {})
-        .unwrap();
+    let fresh =
+        check_folder(&request(&root, Some(&layouts), &tmp.path().join("other")), &AtomicBool::new(false), |_| {})
+            .unwrap();
     assert_eq!(fresh.report.reused_from_earlier_scan, 0);
     assert_eq!(resumed.report.problems, fresh.report.problems);
     assert_eq!(resumed.usable, fresh.usable);
@@ -165,7 +170,10 @@ fn a_two_stage_run_on_an_image_folder_trains_evaluates_and_resumes() {
     let split: DataSplit = serde_json::from_slice(&std::fs::read(whole.root().join("split.json")).unwrap()).unwrap();
     assert_eq!(split.train.len() + split.heldout.len(), 24);
     assert!(wick::data::folder::shared_paths(&split).is_empty());
-    assert!(split.heldout.iter().any(|p| p.starts_with("circle/")) && split.heldout.iter().any(|p| p.starts_with("triangle/")));
+    assert!(
+        split.heldout.iter().any(|p| p.starts_with("circle/"))
+            && split.heldout.iter().any(|p| p.starts_with("triangle/"))
+    );
     let report: DataReport =
         serde_json::from_slice(&std::fs::read(whole.root().join("data_report.json")).unwrap()).unwrap();
     assert_eq!(report.usable_images, 24);
@@ -249,7 +257,8 @@ fn a_damaged_pixel_cache_is_rebuilt_and_a_folder_without_usable_images_is_refuse
         .unwrap();
     assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stderr).contains("dataset.path"));
-    let run_dirs = std::fs::read_dir(&cli_runs).map_or(0, |d| d.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count());
+    let run_dirs = std::fs::read_dir(&cli_runs)
+        .map_or(0, |d| d.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count());
     assert_eq!(run_dirs, 0, "no run directory was created");
     // Started anyway (the window, the library), the run fails before its first step, naming the problem.
     let dir = create_run(&tmp.path().join("runs"), &run_config);

@@ -430,7 +430,10 @@ impl WickApp {
             }
             AppCommand::CheckData => {
                 let cache_dir = self.runs_dir.join(".cache");
-                self.setup.data_check.start(&self.setup.config.dataset, cache_dir, &self.ctx).map_err(anyhow::Error::msg)?;
+                self.setup
+                    .data_check
+                    .start(&self.setup.config.dataset, cache_dir, &self.ctx)
+                    .map_err(anyhow::Error::msg)?;
             }
             AppCommand::CancelDataCheck => {
                 self.setup.data_check.cancel();

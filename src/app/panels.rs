@@ -181,7 +181,10 @@ impl WickApp {
             }
             PanelCommand::RunPreflight => {
                 self.setup.revalidate();
-                self.panels.preflight.start(self.setup.config.clone(), Some(self.runs_dir.join(".cache")), &ctx).map_err(anyhow::Error::msg)?;
+                self.panels
+                    .preflight
+                    .start(self.setup.config.clone(), Some(self.runs_dir.join(".cache")), &ctx)
+                    .map_err(anyhow::Error::msg)?;
             }
         }
         Ok(())

@@ -6,7 +6,9 @@
 
 use std::collections::HashMap;
 
-use super::{DatasetConfig, DatasetKind, EarlyStoppingConfig, MetricMode, RunConfig, StageConfig, Trainable, TrainableGroup};
+use super::{
+    DatasetConfig, DatasetKind, EarlyStoppingConfig, MetricMode, RunConfig, StageConfig, Trainable, TrainableGroup,
+};
 
 /// Layout slots per image in the built-in model: `dataset.max_objects` cannot exceed it.
 pub const LAYOUT_SLOTS: usize = 4;
@@ -228,10 +230,7 @@ fn check_dataset(d: &DatasetConfig, issues: &mut Issues) {
 /// (run before every run's first step).
 fn check_folder_dataset(d: &DatasetConfig, issues: &mut Issues) {
     match &d.path {
-        None => issues.add(
-            "dataset.path",
-            "required: the image folder, one subfolder per class",
-        ),
+        None => issues.add("dataset.path", "required: the image folder, one subfolder per class"),
         Some(path) if !path.is_dir() => issues.add(
             "dataset.path",
             format!(
@@ -243,10 +242,7 @@ fn check_folder_dataset(d: &DatasetConfig, issues: &mut Issues) {
         Some(path) => match crate::data::folder_class_names(path) {
             Ok(classes) if classes.is_empty() => issues.add(
                 "dataset.path",
-                format!(
-                    "\"{}\" has no class subfolder — put each class's images in root/<class>/",
-                    path.display()
-                ),
+                format!("\"{}\" has no class subfolder — put each class's images in root/<class>/", path.display()),
             ),
             Ok(_) => {}
             Err(e) => issues.add("dataset.path", format!("{e:#}")),
@@ -490,7 +486,10 @@ fn check_eval(eval: &super::EvalConfig, issues: &mut Issues) {
             .add("eval.samples", format!("is {} — FID needs at least 2 images; 500 is the usual budget", eval.samples));
     }
     if eval.judge_steps == 0 {
-        issues.add("eval.judge_steps", "must be ≥ 1 — steps of the judge trained for a folder dataset; 1500 is the default");
+        issues.add(
+            "eval.judge_steps",
+            "must be ≥ 1 — steps of the judge trained for a folder dataset; 1500 is the default",
+        );
     }
     if eval.grid_rows == 0 {
         issues.add("eval.grid_rows", "must be ≥ 1 — the sample grid needs at least one row; 8 is a good start");

@@ -331,8 +331,11 @@ pub fn check_folder(
     if let Some(layout_file) = &request.layouts {
         let text = std::fs::read_to_string(layout_file)
             .with_context(|| format!("cannot read the layout file {}", layout_file.display()))?;
-        let file_name = layout_file.file_name().map_or_else(|| layout_file.display().to_string(), |n| n.to_string_lossy().into_owned());
-        let parsed = parse_layouts(&file_name, &text, &class_names, &image_sizes_by_path, &all_files, request.box_units);
+        let file_name = layout_file
+            .file_name()
+            .map_or_else(|| layout_file.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let parsed =
+            parse_layouts(&file_name, &text, &class_names, &image_sizes_by_path, &all_files, request.box_units);
         let mut beyond_slots = 0;
         for objects in parsed.by_image.values() {
             beyond_slots += objects.len().saturating_sub(request.slots);

@@ -108,9 +108,16 @@ impl FolderDataset {
         }
         let split = match &options.split {
             Some(split) => split.clone(),
-            None => draw_split(&check.usable, check.class_names.len(), config.seed, config.heldout_fraction, config.subset_fraction),
+            None => draw_split(
+                &check.usable,
+                check.class_names.len(),
+                config.seed,
+                config.heldout_fraction,
+                config.subset_fraction,
+            ),
         };
-        let index_of: HashMap<&str, usize> = check.usable.iter().enumerate().map(|(i, u)| (u.path.as_str(), i)).collect();
+        let index_of: HashMap<&str, usize> =
+            check.usable.iter().enumerate().map(|(i, u)| (u.path.as_str(), i)).collect();
         let pick = |paths: &[String], what: &str| -> Vec<usize> {
             let found: Vec<usize> = paths.iter().filter_map(|p| index_of.get(p.as_str()).copied()).collect();
             if found.len() < paths.len() {
@@ -149,7 +156,9 @@ impl FolderDataset {
             })
             .collect();
         if boxes_cut > 0 {
-            tracing::warn!("{boxes_cut} layout boxes fall outside the square crop of their image: left out of the layouts");
+            tracing::warn!(
+                "{boxes_cut} layout boxes fall outside the square crop of their image: left out of the layouts"
+            );
         }
         Ok(Self {
             inner: Arc::new(Inner {
@@ -271,7 +280,13 @@ impl FolderDataset {
 
 /// A seeded split: per class, a shuffled list whose first `round(fraction · n)` images (at least 1 when the
 /// class has 2 or more, never all of them) are held out; then `subset_fraction` of the training images.
-pub fn draw_split(usable: &[UsableImage], classes: usize, seed: u64, heldout_fraction: f64, subset_fraction: f64) -> DataSplit {
+pub fn draw_split(
+    usable: &[UsableImage],
+    classes: usize,
+    seed: u64,
+    heldout_fraction: f64,
+    subset_fraction: f64,
+) -> DataSplit {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5350_4c49_5431); // "SPLIT1"
     let mut train = Vec::new();
     let mut heldout = Vec::new();
@@ -397,7 +412,12 @@ fn frame_objects(usable: &UsableImage, side: usize, resize: ResizeMode, slots: u
             ResizeMode::CenterCrop => {
                 let crop = width.min(height);
                 let (ox, oy) = (((width - crop) / 2.0).floor(), ((height - crop) / 2.0).floor());
-                [(x0 * width - ox) / crop, (y0 * height - oy) / crop, (x1 * width - ox) / crop, (y1 * height - oy) / crop]
+                [
+                    (x0 * width - ox) / crop,
+                    (y0 * height - oy) / crop,
+                    (x1 * width - ox) / crop,
+                    (y1 * height - oy) / crop,
+                ]
             }
             ResizeMode::Letterbox => {
                 let scale = side_px / width.max(height);

@@ -139,7 +139,10 @@ pub fn parse_layouts(
                         ProblemKind::LayoutBadBox,
                         file_name,
                         line_number,
-                        format!("object {k} of {image}: bbox has {} numbers, expected 4: object dropped", object.bbox.len()),
+                        format!(
+                            "object {k} of {image}: bbox has {} numbers, expected 4: object dropped",
+                            object.bbox.len()
+                        ),
                     ));
                     continue;
                 }

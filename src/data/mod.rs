@@ -32,8 +32,8 @@ pub use boxes::normalize_box;
 pub use check::{check_folder, CheckRequest, DataCheck, DataProblem, DataReport, ProblemKind};
 pub use dataset::{dataset_class_names, Dataset};
 pub use folder::{DataSplit, FolderDataset, FolderOptions};
-pub use scan::{folder_class_names, ScanProgress};
 pub use prefetch::Prefetcher;
+pub use scan::{folder_class_names, ScanProgress};
 pub use shapes::{to_rgb8, Object, Sample, ShapesDataset};
 
 /// Number of real shape classes (class indices `0..NUM_CLASSES`).

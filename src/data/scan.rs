@@ -70,7 +70,8 @@ pub struct FileCheck {
 /// The subfolders of `root` that are classes: every non-hidden directory, sorted by name. Class index `i`
 /// is the `i`-th name.
 pub fn folder_class_names(root: &Path) -> Result<Vec<String>> {
-    let entries = std::fs::read_dir(root).with_context(|| format!("cannot list the image folder {}", root.display()))?;
+    let entries =
+        std::fs::read_dir(root).with_context(|| format!("cannot list the image folder {}", root.display()))?;
     let mut names = Vec::new();
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot list the image folder {}", root.display()))?;
@@ -197,7 +198,8 @@ pub fn scan_images(
     cancel: &AtomicBool,
     mut progress: impl FnMut(ScanProgress),
 ) -> Result<(Vec<FileCheck>, usize)> {
-    let images: Vec<&ListedFile> = files.iter().filter(|f| f.class.is_some() && has_image_extension(&f.rel_path)).collect();
+    let images: Vec<&ListedFile> =
+        files.iter().filter(|f| f.class.is_some() && has_image_extension(&f.rel_path)).collect();
     let journal_file = cache_dir.map(|dir| journal_path(dir, root));
     let previous = journal_file.as_deref().map(read_journal).unwrap_or_default();
     let mut results: HashMap<String, FileCheck> = HashMap::with_capacity(images.len());

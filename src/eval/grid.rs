@@ -85,7 +85,10 @@ pub fn render_grid(
                 .filter(|s| set.box_classes[r * set.slots + s] != null_class)
                 .map(|s| {
                     let b = &set.boxes[(r * set.slots + s) * 4..(r * set.slots + s + 1) * 4];
-                    (class_name(&set.class_names, set.box_classes[r * set.slots + s], null_class), [b[0], b[1], b[2], b[3]])
+                    (
+                        class_name(&set.class_names, set.box_classes[r * set.slots + s], null_class),
+                        [b[0], b[1], b[2], b[3]],
+                    )
                 })
                 .collect(),
         })

@@ -13,9 +13,9 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use serde::{Deserialize, Serialize};
 
 use super::fid::GaussianStats;
+use super::judge::{train_judge, JudgeReport, JudgeTrainConfig};
 use super::sampler::EvalSet;
 use super::scores::{mean_iou, top_k_all};
-use super::judge::{train_judge, JudgeReport, JudgeTrainConfig};
 use crate::config::RunConfig;
 use crate::data::{make_heldout_batch, Dataset};
 use crate::model::judge::{load_judge, load_judge_bytes, Judge, JUDGE_FEATURES};

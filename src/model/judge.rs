@@ -57,11 +57,9 @@ fn param_table(classes: usize) -> Vec<(String, Vec<usize>, usize)> {
         table.push((format!("{name}.weight"), vec![cout, cin, 3, 3], cin * 9));
         table.push((format!("{name}.bias"), vec![cout], cin * 9));
     }
-    for (name, cin, cout) in [
-        ("features", FLAT, JUDGE_FEATURES),
-        ("class_head", JUDGE_FEATURES, classes),
-        ("box_head", JUDGE_FEATURES, 4),
-    ] {
+    for (name, cin, cout) in
+        [("features", FLAT, JUDGE_FEATURES), ("class_head", JUDGE_FEATURES, classes), ("box_head", JUDGE_FEATURES, 4)]
+    {
         table.push((format!("{name}.weight"), vec![cout, cin], cin));
         table.push((format!("{name}.bias"), vec![cout], cin));
     }

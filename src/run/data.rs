@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 use super::atomic::atomic_write;
 use crate::config::RunConfig;
-use crate::data::{Dataset, DataSplit, FolderOptions, ScanProgress};
+use crate::data::{DataSplit, Dataset, FolderOptions, ScanProgress};
 use crate::model::ModelSpec;
 
 /// The split of an image-folder run.

@@ -52,8 +52,13 @@ pub fn setup_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &
                     ui.checkbox(&mut config.model.adapter, "with adapter")
                 });
                 fields.row(ui, "Resolution", "model.resolution", |ui| {
-                    combo_ui(ui, "resolution", &mut config.model.resolution, &[(32, "32 px (patch 4)"), (64, "64 px (patch 8)")])
-                        .on_hover_text("64 px suits photos; both give 8×8 tokens")
+                    combo_ui(
+                        ui,
+                        "resolution",
+                        &mut config.model.resolution,
+                        &[(32, "32 px (patch 4)"), (64, "64 px (patch 8)")],
+                    )
+                    .on_hover_text("64 px suits photos; both give 8×8 tokens")
                 });
             });
             ui.add_space(8.0);
@@ -90,7 +95,13 @@ pub fn setup_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &
                     }
                     DatasetKind::Folder => {
                         fields.row(ui, "Image folder", "dataset.path", |ui| {
-                            path_ui(ui, &mut d.path, "root/<class>/*.png|jpg|webp|bmp", AppCommand::ChooseDataFolder, commands)
+                            path_ui(
+                                ui,
+                                &mut d.path,
+                                "root/<class>/*.png|jpg|webp|bmp",
+                                AppCommand::ChooseDataFolder,
+                                commands,
+                            )
                         });
                         fields.row(ui, "Layouts", "dataset.layouts", |ui| {
                             path_ui(ui, &mut d.layouts, "optional layout JSONL", AppCommand::ChooseLayoutFile, commands)
@@ -100,7 +111,11 @@ pub fn setup_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &
                                 ui,
                                 "box_units",
                                 &mut d.box_units,
-                                &[(BoxUnits::Auto, "auto"), (BoxUnits::Pixels, "pixels"), (BoxUnits::Normalized, "normalized")],
+                                &[
+                                    (BoxUnits::Auto, "auto"),
+                                    (BoxUnits::Pixels, "pixels"),
+                                    (BoxUnits::Normalized, "normalized"),
+                                ],
                             )
                         });
                         fields.row(ui, "Resize", "dataset.resize", |ui| {

@@ -62,12 +62,15 @@ pub fn image_folder(root: &Path, per_class: usize) -> std::path::PathBuf {
                 r#"{"image": "square/001.jpg", "objects": [{"class": "square", "bbox": [-6, 2, 40, 30]}]}"#.to_string()
             }
             l if l.contains("\"triangle/001.jpg\"") => {
-                r#"{"image": "triangle/001.jpg", "objects": [{"class": "hexagon", "bbox": [2, 2, 20, 20]}]}"#.to_string()
+                r#"{"image": "triangle/001.jpg", "objects": [{"class": "hexagon", "bbox": [2, 2, 20, 20]}]}"#
+                    .to_string()
             }
             l => l.to_string(),
         })
         .collect();
-    lines.push(r#"{"image": "circle/missing.png", "objects": [{"class": "circle", "bbox": [1, 1, 20, 20]}]}"#.to_string());
+    lines.push(
+        r#"{"image": "circle/missing.png", "objects": [{"class": "circle", "bbox": [1, 1, 20, 20]}]}"#.to_string(),
+    );
     // Beside the folder, as a labelling tool writes it.
     let file = root.with_file_name("layout_dataset.jsonl");
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use wick::config::{DatasetConfig, ShapesVariant};
-use wick::data::{batch_indices, make_batch, to_rgb8, Prefetcher, ShapesDataset, CLASS_NAMES};
+use wick::data::{batch_indices, make_batch, to_rgb8, Dataset, Prefetcher, ShapesDataset, CLASS_NAMES};
 
 /// Grid side in samples.
 const GRID_SIDE: usize = 8;
@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
     }
     let scale = scale.max(1);
     let image_size = 32;
-    let dataset = ShapesDataset::new(&cfg, image_size, 4, 4);
+    let dataset = Dataset::Shapes(ShapesDataset::new(&cfg, image_size, 4, 4));
 
     // The grid: sample i at row i / 8, column i % 8.
     let tile = image_size + GAP_PX;
@@ -118,7 +118,12 @@ fn main() -> anyhow::Result<()> {
     let per_batch_ms = started.elapsed().as_secs_f64() * 1e3 / timed_batches as f64;
     println!("Prefetcher(64): {per_batch_ms:.3} ms per batch consumed");
 
-    let noisy = ShapesDataset::new(&DatasetConfig { variant: ShapesVariant::Noisy, ..cfg.clone() }, image_size, 4, 4);
+    let noisy = Dataset::Shapes(ShapesDataset::new(
+        &DatasetConfig { variant: ShapesVariant::Noisy, ..cfg.clone() },
+        image_size,
+        4,
+        4,
+    ));
     let started = Instant::now();
     for b in 0..timed_batches {
         let _ = make_batch(&noisy, 7, (b * batch_size) as u64, batch_size);

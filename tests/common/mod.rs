@@ -4,6 +4,7 @@
 use std::path::Path;
 
 mod folder;
+#[allow(unused_imports)]
 pub use folder::image_folder;
 
 use wick::config::{ModelPreset, RunConfig, StageConfig, Trainable, TrainableGroup};

@@ -268,6 +268,9 @@ fn an_image_folder_is_chosen_checked_without_freezing_and_trained_on() {
     settle(&mut harness);
     let dataset = &harness.state().setup.config.dataset;
     assert_eq!((dataset.path.as_deref(), dataset.layouts.as_deref()), (Some(root.as_path()), Some(layouts.as_path())));
+    // The evaluation's sampler is edited here too; a folder adds its judge's training steps.
+    assert!(harness.query_by_label("Guidance").is_some() && harness.query_by_label("Guide layout").is_some());
+    assert!(harness.query_by_label("Judge steps").is_some());
 
     harness.get_by_label("Check data").click();
     harness.step();

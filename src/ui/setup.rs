@@ -153,6 +153,26 @@ pub fn setup_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &
                 fields.row(ui, "Best metric", "eval.best_metric", |ui| {
                     metric_ui(ui, "best_metric", &mut config.eval.best_metric)
                 });
+                let sampler = &mut config.eval.sampler;
+                fields.row(ui, "Sampler steps", "eval.sampler.steps", |ui| {
+                    ui.add(DragValue::new(&mut sampler.steps).range(1..=1000)).on_hover_text("Euler steps per image")
+                });
+                fields.row(ui, "Guidance", "eval.sampler.guidance", |ui| {
+                    ui.add(DragValue::new(&mut sampler.guidance).speed(0.1).max_decimals(2))
+                        .on_hover_text("Classifier-free guidance scale (1 = none)")
+                });
+                fields.row(ui, "Guide layout", "eval.sampler.guide_layout", |ui| {
+                    ui.checkbox(&mut sampler.guide_layout, "guidance drops the layout too")
+                });
+                fields.row(ui, "EMA weights", "eval.sampler.use_ema", |ui| {
+                    ui.checkbox(&mut sampler.use_ema, "sample with the EMA weights")
+                });
+                if config.dataset.kind == DatasetKind::Folder {
+                    fields.row(ui, "Judge steps", "eval.judge_steps", |ui| {
+                        ui.add(DragValue::new(&mut config.eval.judge_steps).speed(10))
+                            .on_hover_text("Steps of the judge trained for this folder (cached per dataset)")
+                    });
+                }
             });
 
             let ui = &mut columns[1];

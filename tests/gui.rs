@@ -317,4 +317,9 @@ fn an_image_folder_is_chosen_checked_without_freezing_and_trained_on() {
     assert!(run.root().join("split.json").is_file() && run.root().join("data_report.json").is_file());
     let evals: Vec<wick::run::events::EvalRecord> = wick::run::atomic::read_jsonl(&run.evals_path()).unwrap();
     assert!(evals.iter().any(|e| e.step == 10 && e.fid.is_some() && e.iou.is_some()), "{evals:?}");
+
+    // The Checkpoints panel says how far the judge trained for this data can be trusted.
+    harness.state_mut().persisted.panel = Panel::Checkpoints;
+    step_until(&mut harness, Duration::from_secs(30), |h| h.query_by_label_contains("held-out accuracy").is_some());
+    assert!(harness.query_by_label_contains("judge trained on this data (circle, square, triangle)").is_some());
 }

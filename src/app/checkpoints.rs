@@ -33,6 +33,8 @@ pub struct CheckpointReport {
     pub recommendation: String,
     /// The run's config (forks start from it).
     pub config: Option<RunConfig>,
+    /// The judge trained for an image-folder run (judge.json): how far its FID and top-k can be trusted.
+    pub judge: Option<crate::eval::judge::JudgeReport>,
     /// What the report was made from: an unchanged fingerprint means the report need not be read again.
     pub fingerprint: ReportFingerprint,
 }
@@ -140,6 +142,9 @@ pub fn load_report(root: &Path, previous: Option<&ReportFingerprint>) -> anyhow:
         rows,
         recommendation: recommendation.message,
         config: dir.config().ok(),
+        judge: std::fs::read(root.join(crate::run::data::JUDGE_REPORT_FILE))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok()),
         fingerprint,
     }))
 }

@@ -40,6 +40,16 @@ pub fn checkpoints_ui(ui: &mut Ui, app: &mut WickApp, commands: &mut Vec<AppComm
         return;
     };
     ui.label(RichText::new(&report.recommendation).strong());
+    if let Some(judge) = &report.judge {
+        ui.label(format!(
+            "Scored by a judge trained on this data ({}): held-out accuracy {:.3}{} on {} images — FID and top-k are \
+             as trustworthy as that.",
+            judge.classes.join(", "),
+            judge.accuracy,
+            judge.mean_iou.map(|iou| format!(", box IoU {iou:.3}")).unwrap_or_default(),
+            judge.heldout
+        ));
+    }
     ui.add_space(4.0);
     let has_rows = !report.rows.is_empty();
     ui.horizontal(|ui| {

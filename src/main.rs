@@ -541,6 +541,7 @@ fn judge_train(
         )),
         Some(root) => {
             anyhow::ensure!(matches!(resolution, 32 | 64), "--resolution {resolution}: expected 32 or 64");
+            config.flip = true;
             config.dataset = wick::config::DatasetConfig {
                 kind: wick::config::DatasetKind::Folder,
                 path: Some(root),

@@ -296,3 +296,36 @@ fn a_64_pixel_model_trains_on_a_folder_and_its_checkpoints_say_so() {
     let png = image::open(checkpoint.join("samples.png")).unwrap();
     assert!(png.width() >= 64 * 4, "cells are 64 pixels scaled up: {}", png.width());
 }
+
+#[test]
+fn folder_samples_are_the_files_pixels_with_their_class_and_box() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("images");
+    let layouts = image_folder(&root, 6);
+    let config = folder_config(&root, Some(&layouts)).dataset;
+    let options = wick::data::FolderOptions { cache_dir: None, split: None };
+    let dataset = wick::data::FolderDataset::open(&config, 32, 4, 3, &options, |_| {}).unwrap();
+    let names = ["circle", "square", "triangle"];
+    let mut checked = 0;
+    for (i, path) in dataset.train_paths().into_iter().enumerate() {
+        let sample = dataset.sample(i as u64);
+        assert_eq!(names[sample.label as usize], path.split('/').next().unwrap(), "{path}: label");
+        if !path.ends_with(".png") {
+            continue;
+        }
+        let file = image::open(root.join(path)).unwrap().to_rgb8();
+        if file.dimensions() != (32, 32) {
+            continue;
+        }
+        // A 32×32 PNG at resolution 32 is taken as it is: channel-major, scaled to [-1, 1].
+        let expected: Vec<f32> = (0..3)
+            .flat_map(|c| file.pixels().map(move |p| f32::from(p[c]) / 127.5 - 1.0).collect::<Vec<_>>())
+            .collect();
+        let worst = sample.image.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-6, "{path}: pixels differ by {worst}");
+        assert_eq!(sample.objects.len(), 1, "{path}");
+        assert_eq!(sample.objects[0].class, sample.label, "{path}: its one object is of its class");
+        checked += 1;
+    }
+    assert!(checked >= 3, "{checked} PNG files compared");
+}

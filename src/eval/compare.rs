@@ -139,7 +139,8 @@ pub fn compare_grid(
 
 /// Scores one checkpoint the way a run's evaluation does (FID, top-k, IoU on `samples` fixed inputs drawn
 /// from `seed`), with any sampler settings: how a user checks whether more steps, another guidance scale or a
-/// gate scale would have scored better, without training again. Real statistics are cached in `cache_dir`.
+/// gate scale would have scored better, without training again. Real statistics (and a folder's judge) are
+/// cached in the checkpoint's runs folder (`<runs>/.cache`), or in `cache_dir` for a checkpoint outside a run.
 pub fn evaluate_checkpoint(
     checkpoint: &Path,
     sampler: &SamplerConfig,
@@ -152,6 +153,9 @@ pub fn evaluate_checkpoint(
     let (model, _) = load_checkpoint_model(checkpoint, sampler.use_ema, device)?;
     let spec = model.spec();
     let (dataset, config) = dataset_of_checkpoint(checkpoint, &spec)?;
+    // A checkpoint of a run uses its runs folder's cache (where the run's judge already is).
+    let run_cache = run_of_checkpoint(checkpoint).and_then(|(run, _)| crate::run::data::runs_cache_dir(&run));
+    let cache_dir = run_cache.as_deref().or(cache_dir);
     let set = EvalSet::fixed(&dataset, seed, samples);
     let (judge, judge_key, _) = judge_for_run(&config, &dataset, cache_dir, device, |_, _| {})?;
     let dataset_key = dataset_key(&dataset, &config.dataset)?;

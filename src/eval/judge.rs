@@ -32,11 +32,45 @@ pub struct JudgeTrainConfig {
     pub dataset: DatasetConfig,
     /// Held-out images scored at the end.
     pub heldout: usize,
+    /// Mirror half of the training images left–right (boxes too), drawn from the seed: a small image folder
+    /// is seen many times, and a judge that memorises it says little about new images.
+    #[serde(default)]
+    pub flip: bool,
 }
 
 impl Default for JudgeTrainConfig {
     fn default() -> Self {
-        Self { seed: 0, steps: 2000, batch_size: 64, lr: 1e-3, dataset: DatasetConfig::default(), heldout: 1000 }
+        Self {
+            seed: 0,
+            steps: 2000,
+            batch_size: 64,
+            lr: 1e-3,
+            dataset: DatasetConfig::default(),
+            heldout: 1000,
+            flip: false,
+        }
+    }
+}
+
+/// Mirrors the images `[b, 3, side, side]` of the rows picked by `rng` left–right, with their boxes.
+fn flip_some(batch: &mut Batch, side: usize, slots: usize, rng: &mut rand_chacha::ChaCha8Rng) {
+    use rand::Rng;
+    let image_len = 3 * side * side;
+    for row in 0..batch.size {
+        if !rng.random::<bool>() {
+            continue;
+        }
+        for line in batch.images[row * image_len..(row + 1) * image_len].chunks_exact_mut(side) {
+            line.reverse();
+        }
+        for slot in 0..slots {
+            let b = &mut batch.boxes[(row * slots + slot) * 4..(row * slots + slot + 1) * 4];
+            if b[2] > b[0] {
+                let (x0, x1) = (b[0], b[2]);
+                b[0] = 1.0 - x1;
+                b[2] = 1.0 - x0;
+            }
+        }
     }
 }
 
@@ -86,8 +120,12 @@ pub fn train_judge(
     let params = crate::model::sorted_vars(&varmap)?;
     let mut optimizer = AdamW::default();
     let mut prefetcher = Prefetcher::spawn(dataset.clone(), config.seed, 0, config.batch_size, 4);
+    let mut flips = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(config.seed ^ 0x464c_4950); // "FLIP"
     for step in 0..config.steps {
-        let batch = prefetcher.next_batch()?;
+        let mut batch = prefetcher.next_batch()?;
+        if config.flip {
+            flip_some(&mut batch, dataset.image_size(), dataset.slots(), &mut flips);
+        }
         let (images, labels, boxes, mask) = judge_tensors(&batch, dataset, device)?;
         let out = judge.forward(&images)?;
         let class_loss = candle_nn::loss::cross_entropy(&out.logits, &labels)?;

@@ -108,6 +108,7 @@ pub fn judge_for_run(
         seed: 0,
         steps: config.eval.judge_steps,
         dataset: config.dataset.clone(),
+        flip: true,
         ..JudgeTrainConfig::default()
     };
     let key = sha256_hex(format!("{}|{}|{}", folder.content_key(), train.steps, train.seed).as_bytes());

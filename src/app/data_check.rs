@@ -84,16 +84,11 @@ impl DataCheckState {
         (self.progress.0.load(Ordering::Relaxed), self.progress.1.load(Ordering::Relaxed))
     }
 
-    /// Asks the running check to stop (what it read is kept: checking again continues from there).
+    /// Asks the running check to stop (what it read is kept: checking again continues from there). Returns at
+    /// once: the worker ends after the chunk of files it is reading, and its result is dropped.
     pub fn cancel(&mut self) {
         self.cancel.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-        if let Some(receiver) = self.result.take() {
-            if let Ok(Err(message)) = receiver.try_recv() {
-                self.last = Some(Err(message));
-            }
-        }
+        self.result = None;
+        self.thread = None;
     }
 }

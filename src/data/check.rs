@@ -123,6 +123,23 @@ pub struct LayoutSummary {
     pub slots: usize,
 }
 
+impl LayoutSummary {
+    /// One line: lines, images with and without a layout, objects, objects beyond the slots, box units.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} lines, {} images with a layout, {} without, {} objects ({} beyond {} slots), boxes in {}{}",
+            self.lines,
+            self.images_with_layout,
+            self.images_without_layout,
+            self.objects,
+            self.objects_beyond_slots,
+            self.slots,
+            units_name(self.box_units),
+            if self.units_detected { " (detected)" } else { "" }
+        )
+    }
+}
+
 /// The report of a data check (`wick data check` prints it as JSON; a run stores it as data_report.json).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataReport {
@@ -176,18 +193,7 @@ impl DataReport {
             lines.push(format!("  {:<20} {:>6} usable of {:>6}", class.name, class.usable, class.files));
         }
         if let Some(layout) = &self.layout {
-            lines.push(format!(
-                "layouts {}: {} lines, {} images with a layout, {} without, {} objects ({} beyond {} slots), boxes in {}{}",
-                layout.file.display(),
-                layout.lines,
-                layout.images_with_layout,
-                layout.images_without_layout,
-                layout.objects,
-                layout.objects_beyond_slots,
-                layout.slots,
-                units_name(layout.box_units),
-                if layout.units_detected { " (detected)" } else { "" }
-            ));
+            lines.push(format!("layouts {}: {}", layout.file.display(), layout.describe()));
         }
         for (kind, count) in self.problem_counts() {
             lines.push(format!("  {count:>5} × {}", kind.label()));

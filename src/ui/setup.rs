@@ -366,17 +366,7 @@ fn report_ui(ui: &mut Ui, report: &DataReport) {
         ui.label(format!("Sizes: {}", sizes.join(", ")));
     }
     if let Some(layout) = &report.layout {
-        ui.label(format!(
-            "Layouts: {} lines, {} images with a layout, {} without, {} objects ({} beyond {} slots), boxes in {}{}",
-            layout.lines,
-            layout.images_with_layout,
-            layout.images_without_layout,
-            layout.objects,
-            layout.objects_beyond_slots,
-            layout.slots,
-            crate::data::check::units_name(layout.box_units),
-            if layout.units_detected { " (detected)" } else { "" }
-        ));
+        ui.label(format!("Layouts: {}", layout.describe()));
     }
     if report.problems.is_empty() {
         ui.label("No problems found.");

@@ -265,11 +265,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let sampler = sampler.config(1.0);
             let request =
                 wick::eval::compare::CompareRequest { checkpoints, gate_scales, seed, count, sampler, scale: 4 };
-            let (png, description) =
-                wick::eval::compare::compare_grid(&request, &candle_core::Device::Cpu, |done, total| {
-                    eprintln!("sampled column {done}/{total}");
-                })?;
-            wick::run::atomic::atomic_write(&out, &png)?;
+            let grid = wick::eval::compare::compare_grid(&request, &candle_core::Device::Cpu, |done, total| {
+                eprintln!("sampled column {done}/{total}");
+            })?;
+            let description = grid.description;
+            wick::run::atomic::atomic_write(&out, &grid.png)?;
             wick::run::atomic::atomic_write(&out.with_extension("json"), &serde_json::to_vec_pretty(&description)?)?;
             eprintln!(
                 "wrote {} ({} columns × {} rows)",

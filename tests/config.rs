@@ -868,7 +868,7 @@ fn smoke_preset_is_what_tests_expect() {
 }
 
 #[test]
-fn demo_preset_is_the_base_then_layout_curriculum() {
+fn demo_preset_is_the_base_then_adapter_curriculum() {
     let demo = RunConfig::preset("demo").expect("demo");
     assert_eq!(demo.model.preset.name(), "small");
     assert!(demo.model.adapter);
@@ -879,12 +879,12 @@ fn demo_preset_is_the_base_then_layout_curriculum() {
     assert_eq!(base.layout_dropout, 1.0);
     assert_eq!(base.schedule.kind, ScheduleKind::Cosine);
     assert_eq!((base.grad_clip, base.class_dropout), (1.0, 0.1));
-    // The layout path learns with the image model frozen, and sees some empty layouts so that guidance can
-    // drop the layout in its unconditional branch.
-    assert_eq!(adapter.trainable, Trainable::Group(TrainableGroup::Layout));
+    // The adapter joins and everything trains with it, on layouts, some of them empty so that guidance can
+    // drop the layout in its unconditional branch; no weight decay pulls the zero-initialised gates back.
+    assert_eq!(adapter.trainable, Trainable::Group(TrainableGroup::All));
     assert!(adapter.layout_dropout > 0.0 && adapter.layout_dropout < 0.5);
+    assert_eq!(adapter.weight_decay, 0.0);
     assert!(demo.eval.sampler.guide_layout);
-    assert_eq!(adapter.schedule.kind, ScheduleKind::Constant);
     for stage in &demo.stages {
         assert_eq!(stage.batch_size, 64);
         assert!(stage.eval_every > 0 && stage.steps % stage.eval_every == 0, "{}: evaluated at its end", stage.name);

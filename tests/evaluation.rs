@@ -106,7 +106,7 @@ fn a_checkpoint_sample_grid_is_identical_when_regenerated() {
         sampler: config.eval.sampler,
         scale: 4,
     };
-    let (png, description) = wick::eval::compare::compare_grid(&request, &candle_core::Device::Cpu, |_, _| {}).unwrap();
-    assert_eq!(description.rows.len(), 2);
-    assert!(png == saved, "the regenerated grid differs from the checkpoint's samples.png");
+    let grid = wick::eval::compare::compare_grid(&request, &candle_core::Device::Cpu, |_, _| {}).unwrap();
+    assert_eq!(grid.description.rows.len(), 2);
+    assert!(grid.png == saved, "the regenerated grid differs from the checkpoint's samples.png");
 }

@@ -324,3 +324,56 @@ fn an_image_folder_is_chosen_checked_without_freezing_and_trained_on() {
     step_until(&mut harness, Duration::from_secs(30), |h| h.query_by_label_contains("held-out accuracy").is_some());
     assert!(harness.query_by_label_contains("judge trained on this data (circle, square, triangle)").is_some());
 }
+
+#[test]
+fn checkpoints_are_compared_as_their_run_evaluated_them_and_saved_with_labels() {
+    wick::model::tune_cpu_runtime();
+    let runs = tempfile::tempdir().unwrap();
+    let mut config = common::tiny_two_stage(3, 3);
+    config.eval.sampler.steps = 3;
+    config.eval.sampler.guidance = 2.5;
+    config.eval.seed = 7;
+    let dir = RunDir::create(runs.path(), "cmp", &config).unwrap();
+    train::start(dir.clone(), TrainOptions::default()).unwrap().join();
+    let checkpoints: Vec<_> = dir.checkpoints().unwrap().into_iter().map(|c| c.dir).collect();
+    assert_eq!(checkpoints.len(), 2, "steps 3 and 6");
+
+    let dialog = ScriptedDialog::new();
+    let mut harness = harness(runs.path(), &dialog);
+    step_until(&mut harness, Duration::from_secs(20), |h| h.query_by_label(&dir.id()).is_some());
+    harness.get_by_label(&dir.id()).click();
+    step_until(&mut harness, Duration::from_secs(20), |h| h.state().stores.contains_key(dir.root()));
+    harness.get_by_label("Checkpoints").click();
+    settle(&mut harness);
+    // Tick both checkpoints, then send them to Compare: it samples the way the run's evaluations did.
+    harness.state_mut().panels.checkpoints.picked.extend(checkpoints.iter().cloned());
+    settle(&mut harness);
+    harness.get_by_label("Compare selected (2)").click();
+    settle(&mut harness);
+    assert_eq!(harness.state().persisted.panel, Panel::Compare);
+    let settings = &harness.state().panels.compare.settings;
+    assert_eq!((settings.steps, settings.guidance, settings.seed), (3, 2.5, 7));
+    assert_eq!(settings.checkpoints, checkpoints);
+
+    harness.get_by_label("Generate").click();
+    step_until(&mut harness, Duration::from_secs(60), |h| {
+        h.state().panels.compare.result.is_some() || h.state().panels.compare.error.is_some()
+    });
+    let compare = &harness.state().panels.compare;
+    let result = compare.result.as_ref().unwrap_or_else(|| panic!("{:?}", compare.error));
+    assert_eq!(result.description.columns, ["step-00000003", "step-00000006"]);
+    // The shown grid carries its titles above and each row's requests at the left; clicking a cell finds it.
+    let [left, top] = result.geometry.origin_px;
+    assert!(left > 0 && top > 0, "{:?}", result.geometry);
+    let [x, y] = result.geometry.cell_origin(1, 0);
+    assert_eq!(result.geometry.cell_at(x as f32 + 1.0, y as f32 + 1.0), Some((1, 0)));
+    assert_eq!(result.geometry.cell_at(1.0, y as f32 + 1.0), None, "a row label is no cell");
+
+    let out = runs.path().join("compare.png");
+    dialog.push(&out);
+    harness.get_by_label("Save PNG…").click();
+    step_until(&mut harness, Duration::from_secs(20), |_| out.exists());
+    let saved = image::open(&out).unwrap().to_rgb8();
+    let shown = &harness.state().panels.compare.result.as_ref().unwrap().image;
+    assert_eq!([saved.width() as usize, saved.height() as usize], shown.size, "the file is the grid shown");
+}

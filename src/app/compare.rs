@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crossbeam_channel::{bounded, unbounded, Receiver};
 
 use crate::eval::compare::{compare_grid, CompareRequest};
-use crate::eval::grid::GridDescription;
+use crate::eval::grid::{GridDescription, RenderedGrid};
 use crate::eval::sampler::SamplerConfig;
 
 /// Most checkpoints (columns) a comparison takes.
@@ -51,6 +51,17 @@ impl Default for CompareSettings {
             rows: 4,
             scale: 3,
         }
+    }
+}
+
+impl CompareSettings {
+    /// Samples the way `eval`'s evaluations do (sampler and seed), so the columns show what the run's evaluations
+    /// scored.
+    pub fn use_evaluation_of(&mut self, eval: &crate::config::EvalConfig) {
+        let sampler = &eval.sampler;
+        (self.steps, self.guidance, self.guide_layout, self.use_ema) =
+            (sampler.steps, sampler.guidance, sampler.guide_layout, sampler.use_ema);
+        self.seed = eval.seed;
     }
 }
 
@@ -112,6 +123,8 @@ pub struct GridGeometry {
     pub cell_px: usize,
     /// Pixels between cells (and around them).
     pub gap_px: usize,
+    /// Where the cells start (left of them the row labels, above them the column titles).
+    pub origin_px: [usize; 2],
 }
 
 impl GridGeometry {
@@ -119,13 +132,15 @@ impl GridGeometry {
     pub fn of(description: &GridDescription, width_px: usize) -> Self {
         let columns = description.columns.len().max(1);
         let gap_px = description.gap_px as usize;
-        let cell_px = width_px.saturating_sub((columns + 1) * gap_px) / columns;
-        Self { columns, rows: description.rows.len(), cell_px, gap_px }
+        let origin_px = description.origin_px.map(|v| v as usize);
+        let cell_px = width_px.saturating_sub(origin_px[0] + (columns + 1) * gap_px) / columns;
+        Self { columns, rows: description.rows.len(), cell_px, gap_px, origin_px }
     }
 
     /// Top-left pixel of cell (column, row).
     pub fn cell_origin(&self, column: usize, row: usize) -> [usize; 2] {
-        [self.gap_px + column * (self.cell_px + self.gap_px), self.gap_px + row * (self.cell_px + self.gap_px)]
+        let pitch = self.cell_px + self.gap_px;
+        [self.origin_px[0] + self.gap_px + column * pitch, self.origin_px[1] + self.gap_px + row * pitch]
     }
 
     /// The cell under pixel (x, y), if any.
@@ -134,8 +149,8 @@ impl GridGeometry {
             return None;
         }
         let pitch = (self.cell_px + self.gap_px) as f32;
-        let column = ((x - self.gap_px as f32) / pitch).floor();
-        let row = ((y - self.gap_px as f32) / pitch).floor();
+        let column = ((x - (self.origin_px[0] + self.gap_px) as f32) / pitch).floor();
+        let row = ((y - (self.origin_px[1] + self.gap_px) as f32) / pitch).floor();
         if column < 0.0 || row < 0.0 || column as usize >= self.columns || row as usize >= self.rows {
             return None;
         }
@@ -156,15 +171,16 @@ pub fn crop_cell(image: &egui::ColorImage, geometry: &GridGeometry, column: usiz
     egui::ColorImage::new([side, side], pixels)
 }
 
-/// Column `column` of the grid (every row), as an image one cell wide.
+/// Column `column` of the grid (every row, below the titles), as an image one cell wide.
 pub fn crop_column(image: &egui::ColorImage, geometry: &GridGeometry, column: usize) -> egui::ColorImage {
     let [x0, _] = geometry.cell_origin(column, 0);
+    let top = geometry.origin_px[1];
     let width = geometry.cell_px;
-    let height = image.size[1];
+    let height = image.size[1].saturating_sub(top);
     let mut pixels = Vec::with_capacity(width * height);
     for y in 0..height {
         for x in 0..width {
-            pixels.push(pixel(image, x0 + x, y));
+            pixels.push(pixel(image, x0 + x, top + y));
         }
     }
     egui::ColorImage::new([width, height], pixels)
@@ -193,23 +209,24 @@ fn pixel(image: &egui::ColorImage, x: usize, y: usize) -> egui::Color32 {
 
 /// A finished comparison.
 pub struct CompareResult {
-    /// The PNG as written by [`compare_grid`].
+    /// The labelled PNG of [`compare_grid`] (what *Save as PNG* writes).
     pub png: Vec<u8>,
     /// Column titles and row requests.
     pub description: GridDescription,
-    /// The decoded grid.
+    /// The grid as shown: cells, column titles and row labels.
     pub image: egui::ColorImage,
     /// Where its cells are.
     pub geometry: GridGeometry,
 }
 
-/// Decodes the grid PNG into an image (on the worker).
-pub fn decode_grid(png: Vec<u8>, description: GridDescription) -> Result<CompareResult, String> {
-    let decoded = image::load_from_memory(&png).map_err(|e| format!("cannot decode the grid: {e}"))?.to_rgb8();
-    let size = [decoded.width() as usize, decoded.height() as usize];
-    let image = egui::ColorImage::from_rgb(size, decoded.as_raw());
-    let geometry = GridGeometry::of(&description, size[0]);
-    Ok(CompareResult { png, description, image, geometry })
+impl CompareResult {
+    /// The window's view of a rendered grid.
+    pub fn of(grid: RenderedGrid) -> Self {
+        let size = [grid.image.width() as usize, grid.image.height() as usize];
+        let image = egui::ColorImage::from_rgb(size, grid.image.as_raw());
+        let geometry = GridGeometry::of(&grid.description, size[0]);
+        Self { png: grid.png, description: grid.description, image, geometry }
+    }
 }
 
 /// A comparison being sampled.
@@ -242,8 +259,8 @@ impl CompareJob {
                     t.store(of, Ordering::Relaxed);
                     ctx.request_repaint();
                 })
-                .map_err(|e| format!("comparison failed: {e:#}"))
-                .and_then(|(png, description)| decode_grid(png, description));
+                .map(CompareResult::of)
+                .map_err(|e| format!("comparison failed: {e:#}"));
                 let _ = tx.send(result);
                 ctx.request_repaint();
             })
@@ -380,7 +397,7 @@ mod tests {
     use egui::{Color32, ColorImage};
 
     fn geometry() -> GridGeometry {
-        GridGeometry { columns: 2, rows: 1, cell_px: 2, gap_px: 1 }
+        GridGeometry { columns: 2, rows: 1, cell_px: 2, gap_px: 1, origin_px: [0, 0] }
     }
 
     #[test]
@@ -428,7 +445,20 @@ mod tests {
         assert_eq!(g.cell_at(4.2, 2.0), Some((1, 0)));
         assert_eq!(g.cell_at(7.5, 2.0), None);
         assert_eq!(g.cell_origin(1, 0), [4, 1]);
-        let d = GridDescription { columns: vec!["a".into(), "b".into()], rows: vec![], scale: 1, gap_px: 1 };
+        let d = GridDescription {
+            columns: vec!["a".into(), "b".into()],
+            rows: vec![],
+            scale: 1,
+            gap_px: 1,
+            origin_px: [0, 0],
+        };
         assert_eq!(GridGeometry::of(&d, 7).cell_px, 2);
+        // With labels left of the cells and titles above them, the cells move by the origin.
+        let labelled = GridGeometry { origin_px: [10, 5], ..g };
+        assert_eq!(labelled.cell_origin(1, 0), [14, 6]);
+        assert_eq!(labelled.cell_at(1.5, 1.5), None, "the labels are no cell");
+        assert_eq!(labelled.cell_at(14.5, 6.5), Some((1, 0)));
+        let d = GridDescription { origin_px: [10, 5], ..d };
+        assert_eq!(GridGeometry::of(&d, 17).cell_px, 2);
     }
 }

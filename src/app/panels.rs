@@ -159,6 +159,11 @@ impl WickApp {
                     super::compare::MAX_CHECKPOINTS,
                     picked.len()
                 );
+                // Checkpoints of one run: sample as its evaluations did.
+                let run = picked[0].parent().and_then(Path::parent);
+                if let Some(config) = run.and_then(|run| self.stores.get(run)).and_then(|s| s.config.as_ref()) {
+                    self.panels.compare.settings.use_evaluation_of(&config.eval);
+                }
                 self.panels.compare.settings.checkpoints = picked;
                 self.persisted.panel = Panel::Compare;
             }

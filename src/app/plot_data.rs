@@ -52,6 +52,9 @@ pub struct PlotCache {
     pub x_range: Option<(f64, f64)>,
     /// Width of the plots' data area last frame, in points.
     pub width_px: usize,
+    /// The runs the plots showed last frame: when they change, the plots return to their automatic bounds
+    /// (egui keeps a plot's zoom between frames and launches, which would frame another run's values).
+    pub shown_runs: Vec<PathBuf>,
     /// Envelopes recomputed this frame (for the benchmark and tests).
     pub recomputed: usize,
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 
-use super::grid::{render_grid, GridDescription};
+use super::grid::{render_grid, RenderedGrid};
 use super::sampler::{sample_images, EvalSet, SamplerConfig};
 use crate::config::RunConfig;
 use crate::data::Dataset;
@@ -83,7 +83,7 @@ pub fn compare_grid(
     request: &CompareRequest,
     device: &Device,
     mut progress: impl FnMut(usize, usize),
-) -> Result<(Vec<u8>, GridDescription)> {
+) -> Result<RenderedGrid> {
     let Some(first) = request.checkpoints.first() else { bail!("no checkpoint to sample") };
     if request.checkpoints.len() > 1 && request.gate_scales.len() > 1 {
         bail!("give several checkpoints or several gate scales, not both");

@@ -1,5 +1,7 @@
 //! Sample grids: images side by side (one column per checkpoint or gate scale, one row per fixed input),
-//! upscaled, with the requested boxes drawn over them; written as PNG with a JSON description.
+//! upscaled, with the requested boxes drawn over them; written as PNG with a JSON description. The PNG carries
+//! its own legend — column titles above, each row's requested objects at the left in their boxes' colours — so
+//! a grid opened on its own says what every box asked for.
 
 use std::io::Cursor;
 
@@ -15,6 +17,16 @@ const BOX_COLOURS: [[u8; 3]; 4] = [[255, 64, 64], [64, 200, 255], [255, 220, 0],
 const GAP_PX: u32 = 4;
 /// Background between cells.
 const GAP_COLOUR: [u8; 3] = [24, 24, 28];
+/// Column titles.
+const TITLE_COLOUR: [u8; 3] = [220, 220, 228];
+/// The class of a row that requests no layout.
+const NO_LAYOUT_COLOUR: [u8; 3] = [150, 150, 158];
+/// Side of a glyph of the label font, in pixels.
+const GLYPH_PX: u32 = 8;
+/// Pixels per text line (a glyph and two pixels of leading).
+const LINE_PX: u32 = GLYPH_PX + 2;
+/// Longest row label, in characters (longer class names are cut, ending in "..").
+const MAX_LABEL_CHARS: usize = 14;
 
 /// What one row of a grid asked for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,17 +48,32 @@ pub struct GridDescription {
     pub scale: u32,
     /// Pixels between cells.
     pub gap_px: u32,
+    /// Where the cells start in the PNG (left of them the row labels, above them the column titles); the cell
+    /// of column c, row r starts at `origin_px + gap_px + (c, r) × (cell + gap_px)`. 0 in grids written before
+    /// labels existed.
+    #[serde(default)]
+    pub origin_px: [u32; 2],
 }
 
-/// Draws `columns` (each `[rows, 3, H, W]` in [-1, 1] for the items of `set`) into a grid; returns the PNG
-/// bytes and the description.
+/// A rendered grid.
+#[derive(Debug, Clone)]
+pub struct RenderedGrid {
+    /// The cells with their column titles and row labels.
+    pub image: RgbImage,
+    /// `image` as PNG, as written to files.
+    pub png: Vec<u8>,
+    /// How to read the PNG.
+    pub description: GridDescription,
+}
+
+/// Draws `columns` (each `[rows, 3, H, W]` in [-1, 1] for the items of `set`) into a grid titled `titles`.
 pub fn render_grid(
     titles: &[String],
     columns: &[Vec<f32>],
     set: &EvalSet,
     scale: u32,
     null_class: u32,
-) -> Result<(Vec<u8>, GridDescription)> {
+) -> Result<RenderedGrid> {
     let side = set.image_size as u32;
     let cell = side * scale;
     let rows = set.count as u32;
@@ -78,11 +105,25 @@ pub fn render_grid(
             }
         }
     }
+    let mut row_labels = Vec::with_capacity(set.count);
     let rows_desc = (0..set.count)
-        .map(|r| GridRow {
-            class: class_name(&set.class_names, set.labels[r], null_class),
-            objects: (0..set.slots)
-                .filter(|s| set.box_classes[r * set.slots + s] != null_class)
+        .map(|r| {
+            let slots: Vec<usize> =
+                (0..set.slots).filter(|s| set.box_classes[r * set.slots + s] != null_class).collect();
+            let class = class_name(&set.class_names, set.labels[r], null_class);
+            row_labels.push(if slots.is_empty() {
+                vec![(class.clone(), NO_LAYOUT_COLOUR)]
+            } else {
+                slots
+                    .iter()
+                    .map(|s| {
+                        let c = set.box_classes[r * set.slots + s];
+                        (class_name(&set.class_names, c, null_class), BOX_COLOURS[c as usize % BOX_COLOURS.len()])
+                    })
+                    .collect()
+            });
+            let objects = slots
+                .iter()
                 .map(|s| {
                     let b = &set.boxes[(r * set.slots + s) * 4..(r * set.slots + s + 1) * 4];
                     (
@@ -90,12 +131,67 @@ pub fn render_grid(
                         [b[0], b[1], b[2], b[3]],
                     )
                 })
-                .collect(),
+                .collect();
+            GridRow { class, objects }
         })
         .collect();
+    let (labelled, origin_px) = with_labels(&canvas, titles, &row_labels, cell);
     let mut png = Vec::new();
-    canvas.write_to(&mut Cursor::new(&mut png), ImageFormat::Png).context("cannot encode the grid as PNG")?;
-    Ok((png, GridDescription { columns: titles.to_vec(), rows: rows_desc, scale, gap_px: GAP_PX }))
+    labelled.write_to(&mut Cursor::new(&mut png), ImageFormat::Png).context("cannot encode the grid as PNG")?;
+    let description = GridDescription { columns: titles.to_vec(), rows: rows_desc, scale, gap_px: GAP_PX, origin_px };
+    Ok(RenderedGrid { image: labelled, png, description })
+}
+
+/// The cells with column titles above and each row's labels (text, colour) at the left; returns the image and
+/// where the cells start in it.
+fn with_labels(cells: &RgbImage, titles: &[String], row_labels: &[Vec<(String, [u8; 3])>], cell: u32) -> (RgbImage, [u32; 2]) {
+    let label_chars =
+        row_labels.iter().flatten().map(|(text, _)| text.chars().count()).max().unwrap_or(0).min(MAX_LABEL_CHARS);
+    let left_px = if label_chars == 0 { 0 } else { GAP_PX + label_chars as u32 * GLYPH_PX };
+    let top_px = if titles.iter().all(|t| t.is_empty()) { 0 } else { GAP_PX + LINE_PX };
+    let mut canvas = RgbImage::from_pixel(cells.width() + left_px, cells.height() + top_px, Rgb(GAP_COLOUR));
+    image::imageops::replace(&mut canvas, cells, i64::from(left_px), i64::from(top_px));
+    let title_chars = (cell / GLYPH_PX) as usize;
+    for (c, title) in titles.iter().enumerate() {
+        let x = left_px + GAP_PX + c as u32 * (cell + GAP_PX);
+        draw_text(&mut canvas, x, GAP_PX, title, title_chars, TITLE_COLOUR);
+    }
+    let lines_per_cell = (cell / LINE_PX).max(1) as usize;
+    for (r, labels) in row_labels.iter().enumerate() {
+        let y = top_px + GAP_PX + r as u32 * (cell + GAP_PX);
+        for (line, (text, colour)) in labels.iter().take(lines_per_cell).enumerate() {
+            draw_text(&mut canvas, GAP_PX, y + line as u32 * LINE_PX, text, label_chars, *colour);
+        }
+    }
+    (canvas, [left_px, top_px])
+}
+
+/// Writes `text` at (x, y) in the 8×8 label font, cut to `max_chars` (ending in ".."); characters the font
+/// lacks show as '?'. Pixels outside the canvas are skipped.
+fn draw_text(canvas: &mut RgbImage, x: u32, y: u32, text: &str, max_chars: usize, colour: [u8; 3]) {
+    use font8x8::UnicodeFonts;
+    let chars: Vec<char> = text.chars().collect();
+    let shown: Vec<char> = if chars.len() > max_chars {
+        chars.iter().take(max_chars.saturating_sub(2)).copied().chain("..".chars()).take(max_chars).collect()
+    } else {
+        chars
+    };
+    for (i, ch) in shown.into_iter().enumerate() {
+        let glyph = font8x8::BASIC_FONTS
+            .get(ch)
+            .or_else(|| font8x8::LATIN_FONTS.get(ch))
+            .or_else(|| font8x8::BASIC_FONTS.get('?'))
+            .unwrap_or([0; 8]);
+        let gx = x + i as u32 * GLYPH_PX;
+        for (row, bits) in glyph.iter().enumerate() {
+            for column in 0..GLYPH_PX {
+                let (px, py) = (gx + column, y + row as u32);
+                if bits & (1 << column) != 0 && px < canvas.width() && py < canvas.height() {
+                    canvas.put_pixel(px, py, Rgb(colour));
+                }
+            }
+        }
+    }
 }
 
 fn class_name(names: &[String], class: u32, null_class: u32) -> String {
@@ -133,5 +229,72 @@ fn draw_box(canvas: &mut RgbImage, b: [f32; 4], cell: u32, x0: u32, y0: u32, col
     for y in top..=bottom {
         canvas.put_pixel(x0 + left, y0 + y, Rgb(colour));
         canvas.put_pixel(x0 + right, y0 + y, Rgb(colour));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two rows of 4-pixel images: a circle requested in row 0, no layout in row 1.
+    fn set() -> EvalSet {
+        EvalSet {
+            count: 2,
+            image_size: 4,
+            slots: 2,
+            noise: vec![0.0; 2 * 3 * 16],
+            labels: vec![0, 1],
+            boxes: vec![0.0, 0.0, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            box_classes: vec![0, 4, 4, 4],
+            class_names: ["circle", "square", "triangle", "cross"].map(String::from).to_vec(),
+        }
+    }
+
+    fn count_colour(image: &RgbImage, x: std::ops::Range<u32>, y: std::ops::Range<u32>, colour: [u8; 3]) -> usize {
+        y.flat_map(|y| x.clone().map(move |x| (x, y))).filter(|&(x, y)| image.get_pixel(x, y).0 == colour).count()
+    }
+
+    #[test]
+    fn the_png_shows_the_cells_under_their_titles_beside_their_requests() {
+        let columns = vec![vec![0.5; 2 * 3 * 16], vec![-0.5; 2 * 3 * 16]];
+        let titles = vec!["step-00000010".to_string(), "step-00000020".to_string()];
+        let grid = render_grid(&titles, &columns, &set(), 8, 4).unwrap();
+        let png = image::load_from_memory(&grid.png).unwrap().to_rgb8();
+        assert!(png == grid.image);
+        let [left, top] = grid.description.origin_px;
+        assert_eq!(left, GAP_PX + 6 * GLYPH_PX, "as wide as the longest label: `circle`, `square`");
+        assert_eq!(top, GAP_PX + LINE_PX);
+        let cell = 4 * 8;
+        assert_eq!((png.width(), png.height()), (left + 2 * cell + 3 * GAP_PX, top + 2 * cell + 3 * GAP_PX));
+        // The cells start at the origin: row 1 (no boxes) is uniformly the column's value, 0.5 → 191, −0.5 → 64.
+        let row1_y = top + 2 * GAP_PX + cell;
+        for (column, value) in [(0u32, 191u8), (1, 64)] {
+            let x0 = left + GAP_PX + column * (cell + GAP_PX);
+            assert_eq!(count_colour(&png, x0..x0 + cell, row1_y..row1_y + cell, [value; 3]), (cell * cell) as usize);
+        }
+        // Titles above the cells; row 0 names its circle in the circle's box colour, row 1 (no layout) its class
+        // in grey; nothing in the circle's colour beside row 1.
+        assert!(count_colour(&png, left..png.width(), 0..top, TITLE_COLOUR) > 20);
+        let row0 = top + GAP_PX..top + GAP_PX + cell;
+        let row1 = top + 2 * GAP_PX + cell..top + 2 * GAP_PX + 2 * cell;
+        assert!(count_colour(&png, 0..left, row0.clone(), BOX_COLOURS[0]) > 20);
+        assert_eq!(count_colour(&png, 0..left, row1.clone(), BOX_COLOURS[0]), 0);
+        assert!(count_colour(&png, 0..left, row1, NO_LAYOUT_COLOUR) > 20);
+        assert_eq!(grid.description.rows[0].objects.len(), 1);
+        assert!(grid.description.rows[1].objects.is_empty());
+    }
+
+    #[test]
+    fn long_labels_are_cut_and_unknown_characters_drawn() {
+        let mut canvas = RgbImage::from_pixel(40, 8, Rgb([0, 0, 0]));
+        draw_text(&mut canvas, 0, 0, "a very long class name ✓", 5, [255, 255, 255]);
+        // Five glyphs at most: nothing is drawn beyond x = 40 (and nothing panics).
+        assert!(count_colour(&canvas, 0..40, 0..8, [255, 255, 255]) > 0);
+        let mut wide = RgbImage::from_pixel(80, 8, Rgb([0, 0, 0]));
+        draw_text(&mut wide, 0, 0, "a very long class name", 5, [255, 255, 255]);
+        assert_eq!(count_colour(&wide, 40..80, 0..8, [255, 255, 255]), 0, "cut to five characters");
+        let mut question = RgbImage::from_pixel(8, 8, Rgb([0, 0, 0]));
+        draw_text(&mut question, 0, 0, "✓", 1, [255, 255, 255]);
+        assert!(count_colour(&question, 0..8, 0..8, [255, 255, 255]) > 0, "a character the font lacks shows as '?'");
     }
 }

@@ -786,8 +786,8 @@ impl Trainer {
         let model = self.sampling_model()?;
         let images = sample_images(&model, &set, &self.config.eval.sampler, self.spec.null_class(), &self.device)?;
         let title = checkpoint_name(self.state.global_step);
-        let (png, description) = render_grid(&[title], &[images], &set, 4, self.spec.null_class())?;
-        Ok(GridFiles { png, json: serde_json::to_vec_pretty(&description)? })
+        let grid = render_grid(&[title], &[images], &set, 4, self.spec.null_class())?;
+        Ok(GridFiles { png: grid.png, json: serde_json::to_vec_pretty(&grid.description)? })
     }
 
     /// Writes a sample grid outside any checkpoint: `samples/step-N.png` (+ .json).

@@ -109,6 +109,11 @@ pub fn live_ui(ui: &mut Ui, app: &mut WickApp, commands: &mut Vec<AppCommand>) {
     // Prepare every envelope (mutable phase), then draw from the cache (shared phase).
     let cache = &mut app.plot_cache;
     cache.recomputed = 0;
+    let reset_bounds = cache.shown_runs != runs;
+    if reset_bounds {
+        cache.shown_runs = runs.clone();
+        cache.x_range = None;
+    }
     for store in &stores {
         cache.update_smoothed(store, settings.smoothing);
     }
@@ -125,7 +130,7 @@ pub fn live_ui(ui: &mut Ui, app: &mut WickApp, commands: &mut Vec<AppCommand>) {
     egui::ScrollArea::vertical().auto_shrink([false, false]).show(ui, |ui| {
         for spec in &specs {
             ui.label(egui::RichText::new(spec.title).strong());
-            let info = plot_ui(ui, spec, &stores, cache, &settings, link);
+            let info = plot_ui(ui, spec, &stores, cache, &settings, link, reset_bounds);
             if frame_info.is_none() {
                 frame_info = Some(info);
             }
@@ -181,7 +186,8 @@ fn x_of(store: &RunStore, step: u64, settings: &LiveSettings) -> f64 {
     }
 }
 
-/// One plot; returns (x auto-bounds, visible x-range, data width in points).
+/// One plot, back at its automatic bounds when `reset_bounds`; returns (x auto-bounds, visible x-range, data
+/// width in points).
 fn plot_ui(
     ui: &mut Ui,
     spec: &PlotSpec,
@@ -189,6 +195,7 @@ fn plot_ui(
     cache: &PlotCache,
     settings: &LiveSettings,
     link: Id,
+    reset_bounds: bool,
 ) -> (bool, (f64, f64), usize) {
     let log = settings.log_scale;
     let overlay = stores.len() > 1;
@@ -197,6 +204,8 @@ fn plot_ui(
         .link_axis(link, [true, false])
         .link_cursor(link, [true, false])
         .legend(Legend::default())
+        // The mouse wheel scrolls the panel, never pans the plot under the pointer (drag pans, Ctrl+wheel zooms).
+        .allow_scroll(false)
         .x_axis_label(match settings.x_axis {
             XAxis::Step => "step",
             XAxis::WallTime => "training seconds",
@@ -218,6 +227,9 @@ fn plot_ui(
         })
         .fold(1.0, f64::max);
     plot = plot.include_x(0.0).include_x(x_end).y_axis_min_width(56.0);
+    if reset_bounds {
+        plot = plot.reset();
+    }
     if spec.title == GATES_TITLE && !log {
         plot = plot.include_y(-GATES_MIN_HALF_SPAN).include_y(GATES_MIN_HALF_SPAN);
     }

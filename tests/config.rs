@@ -886,7 +886,7 @@ fn demo_preset_is_the_base_then_adapter_curriculum() {
     assert_eq!(adapter.weight_decay, 0.0);
     assert!(demo.eval.sampler.guide_layout);
     for stage in &demo.stages {
-        assert_eq!(stage.batch_size, 64);
+        assert!([32, 64].contains(&stage.batch_size), "{}: {}", stage.name, stage.batch_size);
         assert!(stage.eval_every > 0 && stage.steps % stage.eval_every == 0, "{}: evaluated at its end", stage.name);
     }
 }

@@ -344,9 +344,11 @@ fn checkpoints_are_compared_as_their_run_evaluated_them_and_saved_with_labels() 
     harness.get_by_label(&dir.id()).click();
     step_until(&mut harness, Duration::from_secs(20), |h| h.state().stores.contains_key(dir.root()));
     harness.get_by_label("Checkpoints").click();
-    settle(&mut harness);
+    step_until(&mut harness, Duration::from_secs(20), |h| h.query_by_label("step-00000006").is_some());
     // Tick both checkpoints, then send them to Compare: it samples the way the run's evaluations did.
-    harness.state_mut().panels.checkpoints.picked.extend(checkpoints.iter().cloned());
+    harness.get_by_label("step-00000003").click();
+    settle(&mut harness);
+    harness.get_by_label("step-00000006").click();
     settle(&mut harness);
     harness.get_by_label("Compare selected (2)").click();
     settle(&mut harness);
@@ -362,9 +364,10 @@ fn checkpoints_are_compared_as_their_run_evaluated_them_and_saved_with_labels() 
     let compare = &harness.state().panels.compare;
     let result = compare.result.as_ref().unwrap_or_else(|| panic!("{:?}", compare.error));
     assert_eq!(result.description.columns, ["step-00000003", "step-00000006"]);
-    // The shown grid carries its titles above and each row's requests at the left; clicking a cell finds it.
+    // The shown grid carries each row's requests at the left (titles are text above it); clicking a cell finds it.
+    assert!(harness.query_all_by_label("step-00000006").count() >= 1, "column titles are shown");
     let [left, top] = result.geometry.origin_px;
-    assert!(left > 0 && top > 0, "{:?}", result.geometry);
+    assert!(left > 0 && top == 0, "{:?}", result.geometry);
     let [x, y] = result.geometry.cell_origin(1, 0);
     assert_eq!(result.geometry.cell_at(x as f32 + 1.0, y as f32 + 1.0), Some((1, 0)));
     assert_eq!(result.geometry.cell_at(1.0, y as f32 + 1.0), None, "a row label is no cell");
@@ -373,7 +376,31 @@ fn checkpoints_are_compared_as_their_run_evaluated_them_and_saved_with_labels() 
     dialog.push(&out);
     harness.get_by_label("Save PNG…").click();
     step_until(&mut harness, Duration::from_secs(20), |_| out.exists());
+    // The file is the grid shown, with the column titles written above it.
     let saved = image::open(&out).unwrap().to_rgb8();
-    let shown = &harness.state().panels.compare.result.as_ref().unwrap().image;
-    assert_eq!([saved.width() as usize, saved.height() as usize], shown.size, "the file is the grid shown");
+    let result = harness.state().panels.compare.result.as_ref().unwrap();
+    let title_px = result.description.origin_px[1] as usize;
+    assert!(title_px > 0);
+    assert_eq!([saved.width() as usize, saved.height() as usize], [result.image.size[0], result.image.size[1] + title_px]);
+}
+
+#[test]
+fn the_last_opened_run_comes_back_only_where_it_is_listed() {
+    let runs = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let config = common::tiny_two_stage(1, 1);
+    let here = RunDir::create(runs.path(), "here", &config).unwrap();
+    let elsewhere = RunDir::create(other.path(), "elsewhere", &config).unwrap();
+    let open_with = |last: &Path, extra: Vec<std::path::PathBuf>| {
+        let persisted = Persisted { last_opened_run: Some(last.to_path_buf()), extra_runs: extra, ..Persisted::default() };
+        let runs_dir = runs.path().to_path_buf();
+        let harness = Harness::builder().with_size(egui::vec2(1200.0, 800.0)).build_eframe(move |cc| {
+            WickApp::with_state(cc.egui_ctx.clone(), runs_dir, Box::new(ScriptedDialog::new()), persisted)
+        });
+        harness.state().selected.clone()
+    };
+    assert_eq!(open_with(here.root(), vec![]), [here.root().to_path_buf()], "a run of this runs folder comes back");
+    assert!(open_with(elsewhere.root(), vec![]).is_empty(), "a run of another runs folder, not listed here, does not");
+    let extra = vec![elsewhere.root().to_path_buf()];
+    assert_eq!(open_with(elsewhere.root(), extra), [elsewhere.root().to_path_buf()], "unless it was opened from there");
 }

@@ -213,18 +213,22 @@ pub struct CompareResult {
     pub png: Vec<u8>,
     /// Column titles and row requests.
     pub description: GridDescription,
-    /// The grid as shown: cells, column titles and row labels.
+    /// The grid as shown: cells and row labels (the column titles are text above it).
     pub image: egui::ColorImage,
     /// Where its cells are.
     pub geometry: GridGeometry,
 }
 
 impl CompareResult {
-    /// The window's view of a rendered grid.
+    /// The window's view of a rendered grid: the image below its title strip (the panel writes the column
+    /// titles itself, as text), with the row labels at the left.
     pub fn of(grid: RenderedGrid) -> Self {
-        let size = [grid.image.width() as usize, grid.image.height() as usize];
-        let image = egui::ColorImage::from_rgb(size, grid.image.as_raw());
-        let geometry = GridGeometry::of(&grid.description, size[0]);
+        let [width, height] = [grid.image.width() as usize, grid.image.height() as usize];
+        let top = (grid.description.origin_px[1] as usize).min(height);
+        let rows = grid.image.as_raw().get(top * width * 3..).unwrap_or_default();
+        let image = egui::ColorImage::from_rgb([width, height - top], rows);
+        let mut geometry = GridGeometry::of(&grid.description, width);
+        geometry.origin_px[1] = 0;
         Self { png: grid.png, description: grid.description, image, geometry }
     }
 }

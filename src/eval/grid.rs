@@ -154,7 +154,7 @@ fn with_labels(cells: &RgbImage, titles: &[String], row_labels: &[Vec<(String, [
     let title_chars = (cell / GLYPH_PX) as usize;
     for (c, title) in titles.iter().enumerate() {
         let x = left_px + GAP_PX + c as u32 * (cell + GAP_PX);
-        draw_text(&mut canvas, x, GAP_PX, title, title_chars, TITLE_COLOUR);
+        draw_text(&mut canvas, x, GAP_PX, &title_tail(&short_title(title), title_chars), title_chars, TITLE_COLOUR);
     }
     let lines_per_cell = (cell / LINE_PX).max(1) as usize;
     for (r, labels) in row_labels.iter().enumerate() {
@@ -164,6 +164,28 @@ fn with_labels(cells: &RgbImage, titles: &[String], row_labels: &[Vec<(String, [
         }
     }
     (canvas, [left_px, top_px])
+}
+
+/// A checkpoint name as a column title: `step-00004800` → `step 4800` (the rest of the title kept).
+fn short_title(title: &str) -> String {
+    let Some(rest) = title.strip_prefix("step-") else { return title.to_string() };
+    let digits_end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    if digits_end == 0 {
+        return title.to_string();
+    }
+    let step = rest[..digits_end].trim_start_matches('0');
+    format!("step {}{}", if step.is_empty() { "0" } else { step }, &rest[digits_end..])
+}
+
+/// The end of `text` when it is longer than `max_chars` (".." then the last characters): the end of a column
+/// title is what tells columns apart.
+fn title_tail(text: &str, max_chars: usize) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() <= max_chars {
+        return text.to_string();
+    }
+    let keep = max_chars.saturating_sub(2);
+    "..".chars().take(max_chars).chain(chars[chars.len() - keep..].iter().copied()).collect()
 }
 
 /// Writes `text` at (x, y) in the 8×8 label font, cut to `max_chars` (ending in ".."); characters the font
@@ -282,6 +304,16 @@ mod tests {
         assert!(count_colour(&png, 0..left, row1, NO_LAYOUT_COLOUR) > 20);
         assert_eq!(grid.description.rows[0].objects.len(), 1);
         assert!(grid.description.rows[1].objects.is_empty());
+    }
+
+    #[test]
+    fn column_titles_are_short_and_keep_their_end() {
+        assert_eq!(short_title("step-00004800"), "step 4800");
+        assert_eq!(short_title("step-00000000"), "step 0");
+        assert_eq!(short_title("step-00000700 gate×0.5"), "step 700 gate×0.5");
+        assert_eq!(short_title("best"), "best");
+        assert_eq!(title_tail("step 4800 gate×0.5", 12), "..0 gate×0.5");
+        assert_eq!(title_tail("step 4800", 12), "step 4800");
     }
 
     #[test]

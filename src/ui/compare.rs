@@ -136,7 +136,15 @@ fn result_ui(ui: &mut Ui, state: &mut CompareState) {
     let image_size = egui::vec2(result.image.size[0] as f32, result.image.size[1] as f32);
     let shown = if image_size.x > MAX_GRID_WIDTH { image_size * (MAX_GRID_WIDTH / image_size.x) } else { image_size };
     let factor = shown.x / image_size.x.max(1.0);
-    // The grid image carries its column titles and each row's requested objects (in their boxes' colours).
+    // Column titles over their columns; the image carries each row's requested objects in their boxes' colours.
+    ui.horizontal(|ui| {
+        ui.spacing_mut().item_spacing.x = 0.0;
+        let pitch = (geometry.cell_px + geometry.gap_px) as f32 * factor;
+        ui.add_space((geometry.origin_px[0] + geometry.gap_px) as f32 * factor);
+        for title in &result.description.columns {
+            ui.add_sized([pitch, 16.0], egui::Label::new(RichText::new(title).small()).truncate());
+        }
+    });
     ui.horizontal_top(|ui| {
         let response = ui.add(egui::Image::new((grid.id(), shown)).sense(egui::Sense::click()));
         if response.clicked() {
@@ -185,7 +193,7 @@ fn result_ui(ui: &mut Ui, state: &mut CompareState) {
         ui.toggle_value(&mut state.show_difference, "Difference |A−B|");
     });
     let key = (state.column_a, state.column_b);
-    let column_size = egui::vec2(geometry.cell_px as f32, image_size.y - geometry.origin_px[1] as f32) * factor;
+    let column_size = egui::vec2(geometry.cell_px as f32, image_size.y) * factor;
     ui.horizontal_top(|ui| {
         if state.flicker {
             let textures = match &state.textures.flicker {

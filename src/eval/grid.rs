@@ -94,45 +94,24 @@ pub fn render_grid(
             let y0 = GAP_PX + r as u32 * (cell + GAP_PX);
             let pixels = &images[r * image_len..(r + 1) * image_len];
             blit(&mut canvas, pixels, set.image_size, scale, x0, y0);
-            for slot in 0..set.slots {
-                let class = set.box_classes[r * set.slots + slot];
-                if class == null_class {
-                    continue;
-                }
-                let b = &set.boxes[(r * set.slots + slot) * 4..(r * set.slots + slot + 1) * 4];
-                let colour = BOX_COLOURS[class as usize % BOX_COLOURS.len()];
-                draw_box(&mut canvas, [b[0], b[1], b[2], b[3]], cell, x0, y0, colour);
+            for (class, b) in requested_objects(set, r, null_class) {
+                draw_box(&mut canvas, b, cell, x0, y0, box_colour(class));
             }
         }
     }
     let mut row_labels = Vec::with_capacity(set.count);
     let rows_desc = (0..set.count)
         .map(|r| {
-            let slots: Vec<usize> =
-                (0..set.slots).filter(|s| set.box_classes[r * set.slots + s] != null_class).collect();
             let class = class_name(&set.class_names, set.labels[r], null_class);
-            row_labels.push(if slots.is_empty() {
+            let objects: Vec<(String, [f32; 4], [u8; 3])> = requested_objects(set, r, null_class)
+                .map(|(c, b)| (class_name(&set.class_names, c, null_class), b, box_colour(c)))
+                .collect();
+            row_labels.push(if objects.is_empty() {
                 vec![(class.clone(), NO_LAYOUT_COLOUR)]
             } else {
-                slots
-                    .iter()
-                    .map(|s| {
-                        let c = set.box_classes[r * set.slots + s];
-                        (class_name(&set.class_names, c, null_class), BOX_COLOURS[c as usize % BOX_COLOURS.len()])
-                    })
-                    .collect()
+                objects.iter().map(|(name, _, colour)| (name.clone(), *colour)).collect()
             });
-            let objects = slots
-                .iter()
-                .map(|s| {
-                    let b = &set.boxes[(r * set.slots + s) * 4..(r * set.slots + s + 1) * 4];
-                    (
-                        class_name(&set.class_names, set.box_classes[r * set.slots + s], null_class),
-                        [b[0], b[1], b[2], b[3]],
-                    )
-                })
-                .collect();
-            GridRow { class, objects }
+            GridRow { class, objects: objects.into_iter().map(|(name, b, _)| (name, b)).collect() }
         })
         .collect();
     let (labelled, origin_px) = with_labels(&canvas, titles, &row_labels, cell);
@@ -214,6 +193,20 @@ fn draw_text(canvas: &mut RgbImage, x: u32, y: u32, text: &str, max_chars: usize
             }
         }
     }
+}
+
+/// The objects row `r` of `set` requests: (class, normalised box), empty slots left out.
+fn requested_objects(set: &EvalSet, r: usize, null_class: u32) -> impl Iterator<Item = (u32, [f32; 4])> + '_ {
+    (r * set.slots..(r + 1) * set.slots).filter_map(move |slot| {
+        let class = set.box_classes[slot];
+        let b = &set.boxes[slot * 4..slot * 4 + 4];
+        (class != null_class).then_some((class, [b[0], b[1], b[2], b[3]]))
+    })
+}
+
+/// Outline (and label) colour of a class's boxes.
+fn box_colour(class: u32) -> [u8; 3] {
+    BOX_COLOURS[class as usize % BOX_COLOURS.len()]
 }
 
 fn class_name(names: &[String], class: u32, null_class: u32) -> String {

@@ -86,6 +86,9 @@ enum Command {
         count: usize,
         #[command(flatten)]
         sampler: SamplerArgs,
+        /// Add a first column of the real held-out images the rows' layouts come from.
+        #[arg(long)]
+        real: bool,
         /// Output PNG (a .json describing the cells is written beside it).
         #[arg(long)]
         out: PathBuf,
@@ -261,10 +264,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", wick::eval::report::format_report(&rows, &recommendation));
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Sample { checkpoints, gate_scales, seed, count, sampler, out }) => {
+        Some(Command::Sample { checkpoints, gate_scales, seed, count, sampler, real, out }) => {
             let sampler = sampler.config(1.0);
-            let request =
-                wick::eval::compare::CompareRequest { checkpoints, gate_scales, seed, count, sampler, scale: 4 };
+            let request = wick::eval::compare::CompareRequest {
+                checkpoints,
+                gate_scales,
+                seed,
+                count,
+                sampler,
+                scale: 4,
+                real_images: real,
+            };
             let grid = wick::eval::compare::compare_grid(&request, &candle_core::Device::Cpu, |done, total| {
                 eprintln!("sampled column {done}/{total}");
             })?;
@@ -326,12 +336,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Sizes candle's CPU thread pool (it reads RAYON_NUM_THREADS); 0 leaves every core in use.
+/// Sizes the compute threads (see [`wick::model::set_compute_threads`]); 0 leaves every core in use. Called
+/// before any compute thread starts, while this process is single-threaded.
 fn set_threads(threads: usize) {
-    if threads > 0 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        // Set before any compute thread starts, while this process is single-threaded.
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    }
+    wick::model::set_compute_threads(threads);
 }
 
 fn train_new(config_path: &Path, runs_dir: &Path, name: Option<String>, stop_at: Option<u64>) -> Result<ExitCode> {

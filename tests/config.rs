@@ -185,6 +185,18 @@ fn dropouts_are_probabilities() {
 }
 
 #[test]
+fn object_loss_weight_is_finite_and_not_negative() {
+    for value in [-1.0, f64::NAN, f64::INFINITY] {
+        let mut config = valid();
+        config.stages[1].object_loss_weight = value;
+        only_issue(&config, "stages[1].object_loss_weight");
+    }
+    let mut config = valid();
+    config.stages[1].object_loss_weight = 3.0;
+    assert_valid(&config);
+}
+
+#[test]
 fn schedule_floor_in_zero_one() {
     for value in [-0.5, 1.5, f64::NAN] {
         let mut config = valid();

@@ -111,6 +111,24 @@ fn resume_is_bit_exact_mid_stage_and_across_the_stage_boundary() {
 }
 
 #[test]
+fn an_object_loss_weight_changes_only_the_stage_that_sets_it() {
+    let runs = tempfile::tempdir().unwrap();
+    let plain = tiny_two_stage(3, 3);
+    let mut weighted = plain.clone();
+    weighted.stages[1].object_loss_weight = 3.0;
+    let (plain_dir, weighted_dir) = (create_run(runs.path(), &plain), create_run(runs.path(), &weighted));
+    train_events(&plain_dir, TrainOptions::default());
+    train_events(&weighted_dir, TrainOptions::default());
+    let (a, b) = (loss_bits(&plain_dir), loss_bits(&weighted_dir));
+    assert_eq!(a.len(), 6);
+    assert_eq!(a[..3], b[..3], "the base stage has no object weight: identical losses");
+    for ((step, plain), (_, weighted)) in a[3..].iter().zip(&b[3..]) {
+        let (plain, weighted) = (f64::from_bits(plain.unwrap()), f64::from_bits(weighted.unwrap()));
+        assert!(weighted.is_finite() && weighted != plain, "step {step}: {weighted} vs {plain}");
+    }
+}
+
+#[test]
 fn adapter_gates_stay_zero_in_the_base_stage_and_move_in_the_adapter_stage() {
     let runs = tempfile::tempdir().unwrap();
     let dir = create_run(runs.path(), &tiny_two_stage(5, 5));

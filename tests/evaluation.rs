@@ -105,8 +105,49 @@ fn a_checkpoint_sample_grid_is_identical_when_regenerated() {
         count: config.eval.grid_rows,
         sampler: config.eval.sampler,
         scale: 4,
+        real_images: false,
     };
     let grid = wick::eval::compare::compare_grid(&request, &candle_core::Device::Cpu, |_, _| {}).unwrap();
     assert_eq!(grid.description.rows.len(), 2);
     assert!(grid.png == saved, "the regenerated grid differs from the checkpoint's samples.png");
+
+    // With the real images beside it: a first column holding the held-out images the layouts come from.
+    let with_real = wick::eval::compare::CompareRequest { real_images: true, ..request };
+    let grid = wick::eval::compare::compare_grid(&with_real, &candle_core::Device::Cpu, |_, _| {}).unwrap();
+    let d = &grid.description;
+    assert_eq!(d.columns, vec![wick::eval::compare::REAL_COLUMN_TITLE.to_string(), checkpoint_name(&checkpoint)]);
+    let spec = wick::model::spec_from_weights(&checkpoint.join("model.safetensors")).unwrap();
+    let (dataset, _) = wick::eval::compare::dataset_of_checkpoint(&checkpoint, &spec).unwrap();
+    let real = wick::data::make_heldout_batch(&dataset, 0, d.rows.len()).images;
+    let side = spec.image_size as u32;
+    let plane = (side * side) as usize;
+    let (mut same_real, mut same_sampled, mut pixels) = (0, 0, 0);
+    for row in 0..d.rows.len() as u32 {
+        for (y, x) in (0..side).flat_map(|y| (0..side).map(move |x| (y, x))) {
+            // The centre of the image pixel's 4×4 block (box outlines run along block edges).
+            let at = |column: u32| {
+                let cell = side * d.scale + d.gap_px;
+                let px = d.origin_px[0] + d.gap_px + column * cell + x * d.scale + d.scale / 2;
+                let py = d.origin_px[1] + d.gap_px + row * cell + y * d.scale + d.scale / 2;
+                grid.image.get_pixel(px, py).0
+            };
+            let index = row as usize * 3 * plane + (y * side + x) as usize;
+            let expected = [0, 1, 2].map(|c| ((real[index + c * plane] + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8);
+            pixels += 1;
+            same_real += usize::from(at(0) == expected);
+            same_sampled += usize::from(at(1) == expected);
+        }
+    }
+    assert!(
+        same_real * 100 >= pixels * 97,
+        "{same_real} of {pixels} pixels of the real column are the held-out images"
+    );
+    assert!(
+        same_sampled * 2 < pixels,
+        "the sampled column matches the real images too often ({same_sampled} of {pixels})"
+    );
+}
+
+fn checkpoint_name(checkpoint: &std::path::Path) -> String {
+    checkpoint.file_name().unwrap().to_string_lossy().into_owned()
 }

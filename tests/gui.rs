@@ -381,7 +381,22 @@ fn checkpoints_are_compared_as_their_run_evaluated_them_and_saved_with_labels() 
     let result = harness.state().panels.compare.result.as_ref().unwrap();
     let title_px = result.description.origin_px[1] as usize;
     assert!(title_px > 0);
-    assert_eq!([saved.width() as usize, saved.height() as usize], [result.image.size[0], result.image.size[1] + title_px]);
+    assert_eq!(
+        [saved.width() as usize, saved.height() as usize],
+        [result.image.size[0], result.image.size[1] + title_px]
+    );
+
+    // The real images the rows' layouts come from, as a first column to judge the samples against.
+    harness.get_by_label("Real images").click();
+    settle(&mut harness);
+    harness.get_by_label("Generate").click();
+    step_until(&mut harness, Duration::from_secs(60), |h| {
+        h.state().panels.compare.result.as_ref().is_some_and(|r| r.description.columns.len() == 3)
+            || h.state().panels.compare.error.is_some()
+    });
+    let compare = &harness.state().panels.compare;
+    let result = compare.result.as_ref().unwrap_or_else(|| panic!("{:?}", compare.error));
+    assert_eq!(result.description.columns, [wick::eval::compare::REAL_COLUMN_TITLE, "step-00000003", "step-00000006"]);
 }
 
 #[test]
@@ -392,7 +407,8 @@ fn the_last_opened_run_comes_back_only_where_it_is_listed() {
     let here = RunDir::create(runs.path(), "here", &config).unwrap();
     let elsewhere = RunDir::create(other.path(), "elsewhere", &config).unwrap();
     let open_with = |last: &Path, extra: Vec<std::path::PathBuf>| {
-        let persisted = Persisted { last_opened_run: Some(last.to_path_buf()), extra_runs: extra, ..Persisted::default() };
+        let persisted =
+            Persisted { last_opened_run: Some(last.to_path_buf()), extra_runs: extra, ..Persisted::default() };
         let runs_dir = runs.path().to_path_buf();
         let harness = Harness::builder().with_size(egui::vec2(1200.0, 800.0)).build_eframe(move |cc| {
             WickApp::with_state(cc.egui_ctx.clone(), runs_dir, Box::new(ScriptedDialog::new()), persisted)

@@ -35,6 +35,8 @@ pub struct CompareSettings {
     pub rows: usize,
     /// Pixels per image pixel.
     pub scale: u32,
+    /// A first column of the real held-out images the rows' layouts come from.
+    pub real_images: bool,
 }
 
 impl Default for CompareSettings {
@@ -50,6 +52,7 @@ impl Default for CompareSettings {
             seed: 0,
             rows: 4,
             scale: 3,
+            real_images: false,
         }
     }
 }
@@ -108,6 +111,7 @@ impl CompareSettings {
                 ..SamplerConfig::default()
             },
             scale: self.scale.max(1),
+            real_images: self.real_images,
         })
     }
 }

@@ -174,12 +174,8 @@ impl WickApp {
         // The last-opened run comes back if it is still there and listed (in this runs folder or opened from
         // elsewhere), not when the window now looks at another runs folder.
         let listed = |p: &PathBuf| p.parent() == Some(runs_dir.as_path()) || persisted.extra_runs.contains(p);
-        let selected = persisted
-            .last_opened_run
-            .iter()
-            .filter(|p| p.join("run.toml").is_file() && listed(p))
-            .cloned()
-            .collect();
+        let selected =
+            persisted.last_opened_run.iter().filter(|p| p.join("run.toml").is_file() && listed(p)).cloned().collect();
         let app = Self {
             persisted,
             runs_dir,

@@ -232,6 +232,10 @@ pub struct StageConfig {
     pub class_dropout: f64,
     /// Probability of dropping the whole layout (every slot empty) for an image.
     pub layout_dropout: f64,
+    /// Extra weight of the loss on the pixels inside an image's object boxes: their squared error counts
+    /// `1 + object_loss_weight` times a background pixel's (the loss is normalised by the total weight, so it
+    /// stays on the scale of a plain mean). 0 = the plain mean of the reference.
+    pub object_loss_weight: f64,
     /// Log metrics every this many steps.
     pub log_every: u64,
     /// Evaluate every this many steps; 0 = never.
@@ -385,6 +389,7 @@ impl Default for StageConfig {
             ema_decay: 0.0,
             class_dropout: 0.1,
             layout_dropout: 0.0,
+            object_loss_weight: 0.0,
             log_every: 10,
             eval_every: 0,
             save_every: 0,

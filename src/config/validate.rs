@@ -342,6 +342,16 @@ fn check_stage(stage: &StageConfig, prefix: &str, model_has_adapter: bool, issue
         }
     }
 
+    if !(stage.object_loss_weight.is_finite() && stage.object_loss_weight >= 0.0) {
+        issues.add(
+            path("object_loss_weight"),
+            format!(
+                "must be a finite number ≥ 0, found {} — 0 weighs every pixel alike; 3 makes an object's pixels count 4 times",
+                stage.object_loss_weight
+            ),
+        );
+    }
+
     let schedule = &stage.schedule;
     if !(0.0..=1.0).contains(&schedule.floor) {
         issues.add(

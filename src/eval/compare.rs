@@ -76,7 +76,12 @@ pub struct CompareRequest {
     pub sampler: SamplerConfig,
     /// Pixels per image pixel in the grid.
     pub scale: u32,
+    /// A first column of the real held-out images the rows' layouts come from: what the columns aim at.
+    pub real_images: bool,
 }
+
+/// Title of the column of real images.
+pub const REAL_COLUMN_TITLE: &str = "real (held-out)";
 
 /// Samples every column on the same inputs and renders the grid; `progress(done, total)` after each column.
 pub fn compare_grid(
@@ -98,6 +103,7 @@ pub fn compare_grid(
         request.checkpoints.iter().map(|c| (c.clone(), scales[0])).collect()
     };
     let mut set: Option<EvalSet> = None;
+    let mut dataset: Option<Dataset> = None;
     let mut null_class = 0;
     for (index, (checkpoint, gate_scale)) in jobs.iter().enumerate() {
         let (model, _) = load_checkpoint_model(checkpoint, request.sampler.use_ema, device)?;
@@ -117,8 +123,8 @@ pub fn compare_grid(
                 set
             }
             None => {
-                let (dataset, _) = dataset_of_checkpoint(first, &spec)?;
-                set.insert(EvalSet::fixed(&dataset, request.seed, request.count))
+                let data = dataset.insert(dataset_of_checkpoint(first, &spec)?.0);
+                set.insert(EvalSet::fixed(data, request.seed, request.count))
             }
         };
         let config = SamplerConfig { gate_scale: *gate_scale, ..request.sampler };
@@ -134,6 +140,10 @@ pub fn compare_grid(
         progress(index + 1, jobs.len());
     }
     let set = set.context("nothing was sampled")?;
+    if let Some(dataset) = dataset.filter(|_| request.real_images) {
+        columns.insert(0, set.real_images(&dataset));
+        titles.insert(0, REAL_COLUMN_TITLE.to_string());
+    }
     render_grid(&titles, &columns, &set, request.scale, null_class)
 }
 

@@ -123,7 +123,12 @@ pub fn render_grid(
 
 /// The cells with column titles above and each row's labels (text, colour) at the left; returns the image and
 /// where the cells start in it.
-fn with_labels(cells: &RgbImage, titles: &[String], row_labels: &[Vec<(String, [u8; 3])>], cell: u32) -> (RgbImage, [u32; 2]) {
+fn with_labels(
+    cells: &RgbImage,
+    titles: &[String],
+    row_labels: &[Vec<(String, [u8; 3])>],
+    cell: u32,
+) -> (RgbImage, [u32; 2]) {
     let label_chars =
         row_labels.iter().flatten().map(|(text, _)| text.chars().count()).max().unwrap_or(0).min(MAX_LABEL_CHARS);
     let left_px = if label_chars == 0 { 0 } else { GAP_PX + label_chars as u32 * GLYPH_PX };

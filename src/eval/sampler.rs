@@ -78,6 +78,12 @@ impl EvalSet {
         }
     }
 
+    /// The real held-out images whose layouts [`fixed`](Self::fixed) took for this set (same `dataset`),
+    /// `[count, 3, H, W]` in [-1, 1]: what a sample of each item aims at.
+    pub fn real_images(&self, dataset: &Dataset) -> Vec<f32> {
+        make_heldout_batch(dataset, 0, self.count).images
+    }
+
     /// The first `n` items (or all).
     pub fn take(&self, n: usize) -> Self {
         let n = n.min(self.count);

@@ -31,7 +31,7 @@ pub use denoiser::Denoiser;
 pub use init::{
     build_model, load_model, randomize_zero_init, sorted_vars, spec_from_weights, weights_file, WEIGHTS_FILE,
 };
-pub use loss::flow_matching_loss;
+pub use loss::{flow_matching_loss, object_pixel_weights, weighted_flow_matching_loss};
 pub use predict::predict_file;
-pub use runtime::{tune_allocator, tune_cpu_runtime, CpuTuning};
+pub use runtime::{set_compute_threads, tune_allocator, tune_cpu_runtime, CpuTuning};
 pub use spec::{is_adapter_param, is_layout_param, param_count, param_shapes, ModelSpec};

@@ -9,6 +9,15 @@
 //!   cores, and a step can take several times longer. With `CANDLE_NUM_THREADS=1` it is not created; gemm
 //!   (`RAYON_NUM_THREADS`) and wick's fused kernels still use every core, and the steps were also faster on an
 //!   idle machine (185 vs 196 ms for the small preset at batch 64).
+//! - candle asks for its thread count on every matmul; with `RAYON_NUM_THREADS` unset it recomputes the
+//!   physical core count by reading `/proc/cpuinfo` each time (≈ 5 % of a training step of the demo model on 2
+//!   cores, all of it in the kernel formatting that file). Setting the variable once, to the count candle would
+//!   compute, makes that a lookup.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether `RAYON_NUM_THREADS` came from the user's environment (then wick never changes it).
+static USER_SET_THREADS: AtomicBool = AtomicBool::new(false);
 
 /// What [`tune_cpu_runtime`] applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,17 +26,36 @@ pub struct CpuTuning {
     pub allocator: bool,
     /// `CANDLE_NUM_THREADS` was unset and is now `1` (candle's spinning barrier pool is not created).
     pub candle_single_pool: bool,
+    /// `RAYON_NUM_THREADS` was unset and is now this count (the one candle would have computed); `None` when
+    /// the environment already set it.
+    pub pinned_threads: Option<usize>,
 }
 
 /// Applies the CPU settings above. Call it first thing in `main`, before spawning threads or running any
 /// candle op (the environment variable is read once, when candle first needs its pool). An explicitly set
-/// `CANDLE_NUM_THREADS` is left alone. The heap then stays at its peak size.
+/// `CANDLE_NUM_THREADS` or `RAYON_NUM_THREADS` is left alone. The heap then stays at its peak size.
 pub fn tune_cpu_runtime() -> CpuTuning {
     let candle_single_pool = std::env::var_os("CANDLE_NUM_THREADS").is_none();
     if candle_single_pool {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
-    CpuTuning { allocator: tune_allocator(), candle_single_pool }
+    let user_set_threads = std::env::var_os("RAYON_NUM_THREADS").is_some();
+    USER_SET_THREADS.store(user_set_threads, Ordering::Relaxed);
+    let pinned_threads = (!user_set_threads).then(|| {
+        let threads = candle_core::utils::get_num_threads();
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        threads
+    });
+    CpuTuning { allocator: tune_allocator(), candle_single_pool, pinned_threads }
+}
+
+/// Sizes the compute threads (candle's matmuls and wick's kernels) to `threads`, a run's `threads` setting;
+/// 0 keeps every core. An explicit `RAYON_NUM_THREADS` in the environment wins over both. Call it while no
+/// compute runs (before a run's trainer starts): the count is read from the environment.
+pub fn set_compute_threads(threads: usize) {
+    if threads > 0 && !USER_SET_THREADS.load(Ordering::Relaxed) {
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
 }
 
 /// Only the allocator part of [`tune_cpu_runtime`]; returns whether it applied (false off glibc).

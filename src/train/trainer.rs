@@ -657,6 +657,19 @@ impl Trainer {
         let y = Tensor::from_vec(labels, b, device)?;
         let boxes = Tensor::from_vec(boxes, (b, slots, 4), device)?;
         let box_classes = Tensor::from_vec(box_classes, (b, slots), device)?;
+        if stage.object_loss_weight > 0.0 {
+            // The image's objects, whether or not its layout was dropped: they are in the picture either way.
+            let weights = model::object_pixel_weights(
+                &batch.boxes,
+                &batch.box_classes,
+                slots,
+                null,
+                side,
+                stage.object_loss_weight as f32,
+            );
+            let weights = Tensor::from_vec(weights, (b, 1, side, side), device)?;
+            return Ok(model::weighted_flow_matching_loss(model, &x0, &t, &eps, &y, &boxes, &box_classes, &weights)?);
+        }
         Ok(model::flow_matching_loss(model, &x0, &t, &eps, &y, &boxes, &box_classes)?)
     }
 

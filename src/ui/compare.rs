@@ -115,6 +115,8 @@ fn settings_ui(ui: &mut Ui, state: &mut CompareState) {
         ui.checkbox(&mut s.guide_layout, "Guide layout")
             .on_hover_text("Guidance also drops the layout in its unconditional branch (strengthens the layout)");
         ui.checkbox(&mut s.use_ema, "EMA weights");
+        ui.checkbox(&mut s.real_images, "Real images")
+            .on_hover_text("A first column of the real held-out images the rows' layouts come from");
         ui.label("Seed");
         ui.add(DragValue::new(&mut s.seed));
         ui.label("Rows");

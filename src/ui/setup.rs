@@ -585,6 +585,11 @@ fn stage_editor_ui(ui: &mut Ui, stage: &mut StageConfig, index: usize, fields: &
         fields.row(ui, "Layout dropout", p("layout_dropout"), |ui| {
             ui.add(DragValue::new(&mut stage.layout_dropout).speed(0.01).max_decimals(3))
         });
+        fields.row(ui, "Object loss weight", p("object_loss_weight"), |ui| {
+            ui.add(DragValue::new(&mut stage.object_loss_weight).speed(0.05).max_decimals(2)).on_hover_text(
+                "Extra loss weight on pixels inside object boxes: 3 = they count 4 times; 0 = plain mean",
+            )
+        });
         fields.row(ui, "Log every", p("log_every"), |ui| ui.add(DragValue::new(&mut stage.log_every)));
         fields.row(ui, "Eval every", p("eval_every"), |ui| {
             ui.add(DragValue::new(&mut stage.eval_every)).on_hover_text("0 = never")

@@ -16,12 +16,25 @@ pub fn flow_matching_loss(
     boxes: &Tensor,
     box_classes: &Tensor,
 ) -> Result<Tensor> {
+    squared_errors(model, x0, t, eps, y, boxes, box_classes)?.mean_all()
+}
+
+/// The squared error of the predicted velocity per element, `[B, 3, H, W]`, with the graph attached.
+fn squared_errors(
+    model: &Denoiser,
+    x0: &Tensor,
+    t: &Tensor,
+    eps: &Tensor,
+    y: &Tensor,
+    boxes: &Tensor,
+    box_classes: &Tensor,
+) -> Result<Tensor> {
     let b = x0.dim(0)?;
     let tb = t.reshape((b, 1, 1, 1))?;
     let xt = (x0.broadcast_mul(&tb.affine(-1.0, 1.0)?)? + eps.broadcast_mul(&tb)?)?;
     let target = (eps - x0)?;
     let v = model.forward(&xt, t, y, boxes, box_classes)?;
-    (v - target)?.sqr()?.mean_all()
+    (v - target)?.sqr()
 }
 
 /// [`flow_matching_loss`] with each pixel's squared error weighted: `Σ w·e² / Σ w` over every element, with
@@ -38,13 +51,11 @@ pub fn weighted_flow_matching_loss(
     box_classes: &Tensor,
     pixel_weights: &Tensor,
 ) -> Result<Tensor> {
-    let b = x0.dim(0)?;
-    let tb = t.reshape((b, 1, 1, 1))?;
-    let xt = (x0.broadcast_mul(&tb.affine(-1.0, 1.0)?)? + eps.broadcast_mul(&tb)?)?;
-    let target = (eps - x0)?;
-    let v = model.forward(&xt, t, y, boxes, box_classes)?;
     let total = f64::from(pixel_weights.sum_all()?.to_scalar::<f32>()?) * x0.dim(1)? as f64;
-    (v - target)?.sqr()?.broadcast_mul(pixel_weights)?.sum_all()?.affine(1.0 / total.max(f64::MIN_POSITIVE), 0.0)
+    squared_errors(model, x0, t, eps, y, boxes, box_classes)?
+        .broadcast_mul(pixel_weights)?
+        .sum_all()?
+        .affine(1.0 / total.max(f64::MIN_POSITIVE), 0.0)
 }
 
 /// Per-pixel loss weights `[count, side, side]` (row-major, flattened): `1 + extra` on pixels whose centre lies

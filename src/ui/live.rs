@@ -212,6 +212,10 @@ fn plot_ui(
         });
     if log {
         plot = plot.y_axis_formatter(|mark, _| format!("{:.1e}", 10f64.powf(mark.value)));
+    } else {
+        plot = plot
+            .y_grid_spacer(egui_plot::uniform_grid_spacer(|input| one_two_five_steps(input.base_step_size)))
+            .y_axis_formatter(|mark, _| tick_label(mark.value, mark.step_size));
     }
     let primary = stores[0];
     // Every plot spans the same x-range in auto mode: the whole plan (and every point), so linked plots line up.
@@ -332,4 +336,59 @@ fn plot_ui(
 /// The run id without its time stamp when that is long.
 fn short_id(id: &str) -> &str {
     id.char_indices().nth(24).map_or(id, |(i, _)| &id[..i])
+}
+
+/// Grid steps at 1, 2 or 5 × 10^k, the finest at least `min_step`, each coarser one a multiple of the one before.
+/// egui_plot's default uses powers of 10 only, and labels a step only when it is ≥ 20 px apart: a plot spanning
+/// 0.1 in 190 px — the adapter gates — then labelled nothing but 0.
+fn one_two_five_steps(min_step: f64) -> [f64; 3] {
+    if !(min_step.is_finite() && min_step > 0.0) {
+        return [1.0, 5.0, 10.0];
+    }
+    let decade = 10f64.powf(min_step.log10().floor());
+    let mantissa = [1.0, 2.0, 5.0, 10.0].into_iter().find(|m| m * decade >= min_step * (1.0 - 1e-9)).unwrap_or(10.0);
+    let finest = mantissa * decade;
+    // 1 → 5 → 10, 2 → 10 → 20, 5 → 10 → 50 (in units of the decade).
+    let medium = if mantissa == 5.0 { 2.0 } else { 5.0 };
+    [finest, finest * medium, finest * 10.0]
+}
+
+/// A tick label with the decimals its step needs: 0.5 on a step of 0.5 is "0.5" (egui_plot's default rounds the
+/// decimals of a 5 × 10^k step down and shows "0").
+fn tick_label(value: f64, step: f64) -> String {
+    if value == 0.0 {
+        return "0".to_string();
+    }
+    let decimals = if step > 0.0 && step.is_finite() { (-step.log10()).ceil().clamp(0.0, 12.0) as usize } else { 2 };
+    format!("{value:.decimals$}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{one_two_five_steps, tick_label};
+
+    #[test]
+    fn tick_labels_carry_the_decimals_of_their_step() {
+        assert_eq!(tick_label(0.5, 0.5), "0.5");
+        assert_eq!(tick_label(-0.05, 0.05), "-0.05");
+        assert_eq!(tick_label(0.2, 0.2), "0.2");
+        assert_eq!(tick_label(300.0, 100.0), "300");
+        assert_eq!(tick_label(-0.0, 1.0), "0");
+        assert_eq!(tick_label(1.0, 1.0), "1");
+    }
+
+    #[test]
+    fn grid_steps_are_one_two_five_and_nest() {
+        let close = |a: [f64; 3], b: [f64; 3]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-12 * y.abs());
+        assert!(close(one_two_five_steps(0.0013), [0.002, 0.01, 0.02]));
+        assert!(close(one_two_five_steps(0.003), [0.005, 0.01, 0.05]));
+        assert!(close(one_two_five_steps(0.01), [0.01, 0.05, 0.1]));
+        assert!(close(one_two_five_steps(70.0), [100.0, 500.0, 1000.0]));
+        assert_eq!(one_two_five_steps(0.0), [1.0, 5.0, 10.0]);
+        for min in [1e-5, 3.3e-3, 0.7, 42.0, 9e6] {
+            let [a, b, c] = one_two_five_steps(min);
+            assert!(a >= min * (1.0 - 1e-9) && a < min * 2.5 + 1e-12, "{min}: {a}");
+            assert!(((b / a).round() - b / a).abs() < 1e-9 && ((c / b).round() - c / b).abs() < 1e-9, "{a} {b} {c}");
+        }
+    }
 }

@@ -365,7 +365,7 @@ fn checkpoints_are_compared_as_their_run_evaluated_them_and_saved_with_labels() 
     let result = compare.result.as_ref().unwrap_or_else(|| panic!("{:?}", compare.error));
     assert_eq!(result.description.columns, ["step-00000003", "step-00000006"]);
     // The shown grid carries each row's requests at the left (titles are text above it); clicking a cell finds it.
-    assert!(harness.query_all_by_label("step-00000006").count() >= 1, "column titles are shown");
+    assert!(harness.query_by_label("step 6").is_some(), "column titles are shown, short");
     let [left, top] = result.geometry.origin_px;
     assert!(left > 0 && top == 0, "{:?}", result.geometry);
     let [x, y] = result.geometry.cell_origin(1, 0);

@@ -151,7 +151,7 @@ fn with_labels(
 }
 
 /// A checkpoint name as a column title: `step-00004800` → `step 4800` (the rest of the title kept).
-fn short_title(title: &str) -> String {
+pub fn short_title(title: &str) -> String {
     let Some(rest) = title.strip_prefix("step-") else { return title.to_string() };
     let digits_end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
     if digits_end == 0 {

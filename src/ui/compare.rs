@@ -144,7 +144,9 @@ fn result_ui(ui: &mut Ui, state: &mut CompareState) {
         let pitch = (geometry.cell_px + geometry.gap_px) as f32 * factor;
         ui.add_space((geometry.origin_px[0] + geometry.gap_px) as f32 * factor);
         for title in &result.description.columns {
-            ui.add_sized([pitch, 16.0], egui::Label::new(RichText::new(title).small()).truncate());
+            let short = crate::eval::grid::short_title(title);
+            ui.add_sized([pitch, 18.0], egui::Label::new(RichText::new(short).strong()).truncate())
+                .on_hover_text(title);
         }
     });
     ui.horizontal_top(|ui| {

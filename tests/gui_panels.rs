@@ -132,7 +132,7 @@ fn two_checkpoints_are_compared_side_by_side_and_the_grid_saved() {
     assert_eq!(result.geometry.columns, 2);
     assert_eq!(result.geometry.rows, 2);
     assert!(result.png.starts_with(b"\x89PNG"));
-    assert!(harness.query_all_by_label("step-00000006").count() >= 1, "column titles are shown");
+    assert!(harness.query_by_label("step 6").is_some(), "column titles are shown, short");
 
     harness.get_by_label("Difference |A−B|").click();
     settle(&mut harness);

@@ -250,7 +250,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Resume { run_dir, stop_at }) => {
             let dir = RunDir::open(&run_dir)?;
             let config = dir.config()?;
-            set_threads(config.threads);
+            wick::model::set_compute_threads(config.threads);
             watch(train::start(dir, TrainOptions { resume: true, stop_at_step: stop_at, ..Default::default() })?)
         }
         Some(Command::Verify { run_dir }) => verify(&run_dir),
@@ -325,7 +325,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Bench { preset, batch, steps, warmup, threads }) => {
             let preset: ModelPreset = serde_json::from_value(serde_json::Value::String(preset.clone()))
                 .map_err(|_| anyhow::anyhow!("--preset {preset}: expected tiny, small or base"))?;
-            set_threads(threads);
+            wick::model::set_compute_threads(threads);
             let threads =
                 if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
             let options = wick::bench::BenchOptions { preset, batch, steps, warmup, threads };
@@ -336,15 +336,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Sizes the compute threads (see [`wick::model::set_compute_threads`]); 0 leaves every core in use. Called
-/// before any compute thread starts, while this process is single-threaded.
-fn set_threads(threads: usize) {
-    wick::model::set_compute_threads(threads);
-}
-
 fn train_new(config_path: &Path, runs_dir: &Path, name: Option<String>, stop_at: Option<u64>) -> Result<ExitCode> {
     let config = RunConfig::load(config_path)?;
-    set_threads(config.threads);
+    wick::model::set_compute_threads(config.threads);
     check_folder_before_run(&config, config_path, runs_dir)?;
     let name = name.unwrap_or_else(|| config.name.clone());
     let dir = RunDir::create(runs_dir, &name, &config)?;

@@ -152,6 +152,10 @@ struct SamplerArgs {
     /// Guidance also drops the layout in its unconditional branch (strengthens the layout too).
     #[arg(long)]
     guide_layout: bool,
+    /// Apply guidance only while t (1 = noise, 0 = image) is in LOW,HIGH (e.g. 0.2,0.8); outside, the
+    /// conditional prediction alone
+    #[arg(long, value_name = "LOW,HIGH", value_parser = parse_interval, default_value = "0,1")]
+    guidance_interval: [f64; 2],
     /// Use the raw weights even when the checkpoint has EMA weights.
     #[arg(long)]
     raw: bool,
@@ -163,11 +167,26 @@ impl SamplerArgs {
             steps: self.steps,
             guidance: self.guidance,
             guide_layout: self.guide_layout,
+            guidance_interval: self.guidance_interval,
             gate_scale,
             use_ema: !self.raw,
             ..Default::default()
         }
     }
+}
+
+/// Parses `LOW,HIGH` with 0 ≤ LOW ≤ HIGH ≤ 1.
+fn parse_interval(text: &str) -> Result<[f64; 2], String> {
+    let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+    let [low, high] = parts.as_slice() else {
+        return Err(format!("expected two numbers LOW,HIGH such as 0.2,0.8, found `{text}`"));
+    };
+    let number = |s: &str| s.parse::<f64>().map_err(|_| format!("`{s}` is not a number (in `{text}`)"));
+    let (low, high) = (number(low)?, number(high)?);
+    if !(0.0 <= low && low <= high && high <= 1.0) {
+        return Err(format!("need 0 ≤ LOW ≤ HIGH ≤ 1, found {low},{high}"));
+    }
+    Ok([low, high])
 }
 
 /// `wick --version`: crate version, git hash, cargo features.

@@ -908,3 +908,28 @@ fn unknown_builtin_preset_lists_the_available_ones() {
     let text = RunConfig::preset("huge").expect_err("no such preset").to_string();
     assert!(text.contains("smoke") && text.contains("demo"), "{text}");
 }
+
+#[test]
+fn timestep_logit_mean_is_a_finite_shift_of_at_most_three() {
+    for value in [-3.5, 4.0, f64::NAN, f64::NEG_INFINITY] {
+        let mut config = valid();
+        config.stages[0].timestep_logit_mean = value;
+        only_issue(&config, "stages[0].timestep_logit_mean");
+    }
+    let mut config = valid();
+    config.stages[0].timestep_logit_mean = -0.5;
+    config.stages[1].timestep_logit_mean = 3.0;
+    assert_valid(&config);
+}
+
+#[test]
+fn the_guidance_interval_lies_in_zero_one_low_first() {
+    for interval in [[0.8, 0.2], [-0.1, 0.5], [0.2, 1.5], [f64::NAN, 1.0]] {
+        let mut config = valid();
+        config.eval.sampler.guidance_interval = interval;
+        only_issue(&config, "eval.sampler.guidance_interval");
+    }
+    let mut config = valid();
+    config.eval.sampler.guidance_interval = [0.5, 0.5];
+    assert_valid(&config);
+}

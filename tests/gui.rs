@@ -270,7 +270,9 @@ fn an_image_folder_is_chosen_checked_without_freezing_and_trained_on() {
     let dataset = &harness.state().setup.config.dataset;
     assert_eq!((dataset.path.as_deref(), dataset.layouts.as_deref()), (Some(root.as_path()), Some(layouts.as_path())));
     // The evaluation's sampler is edited here too; a folder adds its judge's training steps.
-    assert!(harness.query_by_label("Guidance").is_some() && harness.query_by_label("Guide layout").is_some());
+    for field in ["Guidance", "Guide layout", "Guidance interval"] {
+        assert!(harness.query_by_label(field).is_some(), "the Setup panel edits the sampler's {field}");
+    }
     assert!(harness.query_by_label("Judge steps").is_some());
 
     harness.get_by_label("Check data").click();
@@ -332,6 +334,7 @@ fn checkpoints_are_compared_as_their_run_evaluated_them_and_saved_with_labels() 
     let mut config = common::tiny_two_stage(3, 3);
     config.eval.sampler.steps = 3;
     config.eval.sampler.guidance = 2.5;
+    config.eval.sampler.guidance_interval = [0.3, 0.7];
     config.eval.seed = 7;
     let dir = RunDir::create(runs.path(), "cmp", &config).unwrap();
     train::start(dir.clone(), TrainOptions::default()).unwrap().join();
@@ -354,7 +357,7 @@ fn checkpoints_are_compared_as_their_run_evaluated_them_and_saved_with_labels() 
     settle(&mut harness);
     assert_eq!(harness.state().persisted.panel, Panel::Compare);
     let settings = &harness.state().panels.compare.settings;
-    assert_eq!((settings.steps, settings.guidance, settings.seed), (3, 2.5, 7));
+    assert_eq!((settings.steps, settings.guidance, settings.guidance_interval, settings.seed), (3, 2.5, [0.3, 0.7], 7));
     assert_eq!(settings.checkpoints, checkpoints);
 
     harness.get_by_label("Generate").click();

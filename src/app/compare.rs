@@ -27,6 +27,8 @@ pub struct CompareSettings {
     pub guidance: f64,
     /// Guidance also drops the layout in its unconditional branch.
     pub guide_layout: bool,
+    /// The t interval (1 = noise, 0 = image) where guidance applies.
+    pub guidance_interval: [f64; 2],
     /// Sample with the EMA weights when present.
     pub use_ema: bool,
     /// Seed of the fixed noise and layouts.
@@ -48,6 +50,7 @@ impl Default for CompareSettings {
             // The demo's evaluation sampler.
             guidance: 6.0,
             guide_layout: true,
+            guidance_interval: [0.2, 0.8],
             use_ema: true,
             seed: 0,
             rows: 4,
@@ -62,8 +65,8 @@ impl CompareSettings {
     /// scored.
     pub fn use_evaluation_of(&mut self, eval: &crate::config::EvalConfig) {
         let sampler = &eval.sampler;
-        (self.steps, self.guidance, self.guide_layout, self.use_ema) =
-            (sampler.steps, sampler.guidance, sampler.guide_layout, sampler.use_ema);
+        (self.steps, self.guidance, self.guide_layout, self.guidance_interval, self.use_ema) =
+            (sampler.steps, sampler.guidance, sampler.guide_layout, sampler.guidance_interval, sampler.use_ema);
         self.seed = eval.seed;
     }
 }
@@ -107,6 +110,7 @@ impl CompareSettings {
                 steps: self.steps,
                 guidance: self.guidance,
                 guide_layout: self.guide_layout,
+                guidance_interval: self.guidance_interval,
                 use_ema: self.use_ema,
                 ..SamplerConfig::default()
             },

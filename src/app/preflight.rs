@@ -12,7 +12,7 @@ use crossbeam_channel::{bounded, Receiver};
 use crate::config::RunConfig;
 use crate::data::{dataset_class_names, make_batch, Dataset, FolderOptions};
 use crate::model::{build_model, flow_matching_loss, param_count, sorted_vars, ModelSpec};
-use crate::train::noise::{draw_samples, step_rng, stream_seed, Stream};
+use crate::train::noise::{draw_samples, DrawSettings, step_rng, stream_seed, Stream};
 
 /// One line of the checklist.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,7 +116,7 @@ fn preflight_into(
         let b = batch.size;
         let mut rng = step_rng(config.seed, 0);
         let mut eps = Vec::new();
-        let draws = draw_samples(&mut rng, b, 3 * side * side, stage.class_dropout, stage.layout_dropout, &mut eps);
+        let draws = draw_samples(&mut rng, b, 3 * side * side, DrawSettings::of_stage(stage), &mut eps);
         let t: Vec<f32> = draws.iter().map(|d| d.t).collect();
         let x0 = Tensor::from_vec(batch.images.clone(), (b, 3, side, side), &device)?;
         let eps = Tensor::from_vec(eps, (b, 3, side, side), &device)?;
@@ -213,7 +213,7 @@ fn preflight_into(
         plan_secs += stage.steps as f64 * step_secs * stage.grad_accum.max(1) as f64;
         // Evaluations: every eval_every steps and at the stage's end; sample grids with every checkpoint.
         let sampler = &config.eval.sampler;
-        let passes = sampler.steps as f64 * if (sampler.guidance - 1.0).abs() > f64::EPSILON { 2.0 } else { 1.0 };
+        let passes = sampler.forward_passes() as f64;
         let evals = stage.steps.checked_div(stage.eval_every).map_or(0, |n| n + 1);
         let saves = stage.steps.checked_div(stage.save_every).map_or(1, |n| n + 1);
         let per_image = forward_secs_per_image.max(0.0);

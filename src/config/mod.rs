@@ -236,6 +236,10 @@ pub struct StageConfig {
     /// `1 + object_loss_weight` times a background pixel's (the loss is normalised by the total weight, so it
     /// stays on the scale of a plain mean). 0 = the plain mean of the reference.
     pub object_loss_weight: f64,
+    /// Location of the logit-normal distribution training timesteps are drawn from: t = sigmoid(m + n),
+    /// n ~ N(0, 1). 0 = the reference's (median t = 0.5); negative values train more at low noise, where fine
+    /// detail is drawn, positive more at high noise, where composition is. The validation loss always uses 0.
+    pub timestep_logit_mean: f64,
     /// Log metrics every this many steps.
     pub log_every: u64,
     /// Evaluate every this many steps; 0 = never.
@@ -390,6 +394,7 @@ impl Default for StageConfig {
             class_dropout: 0.1,
             layout_dropout: 0.0,
             object_loss_weight: 0.0,
+            timestep_logit_mean: 0.0,
             log_every: 10,
             eval_every: 0,
             save_every: 0,

@@ -352,6 +352,17 @@ fn check_stage(stage: &StageConfig, prefix: &str, model_has_adapter: bool, issue
         );
     }
 
+    if !(stage.timestep_logit_mean.is_finite() && stage.timestep_logit_mean.abs() <= 3.0) {
+        issues.add(
+            path("timestep_logit_mean"),
+            format!(
+                "must be in [-3, 3], found {} — 0 centres training timesteps on t = 0.5; -1 puts the median at \
+                 t = 0.27 (more low-noise training), +1 at t = 0.73",
+                stage.timestep_logit_mean
+            ),
+        );
+    }
+
     let schedule = &stage.schedule;
     if !(0.0..=1.0).contains(&schedule.floor) {
         issues.add(
@@ -514,6 +525,16 @@ fn check_eval(eval: &super::EvalConfig, issues: &mut Issues) {
         issues.add(
             "eval.sampler.guidance",
             format!("is {} — must be a finite number ≥ 0 (1 = no guidance)", eval.sampler.guidance),
+        );
+    }
+    let [low, high] = eval.sampler.guidance_interval;
+    if !(0.0 <= low && low <= high && high <= 1.0) {
+        issues.add(
+            "eval.sampler.guidance_interval",
+            format!(
+                "is [{low}, {high}] — must be [low, high] with 0 ≤ low ≤ high ≤ 1: the t (1 = noise, 0 = image) \
+                 where guidance applies; [0, 1] = every step"
+            ),
         );
     }
     if !eval.sampler.gate_scale.is_finite() {

@@ -23,6 +23,9 @@ pub struct SamplerConfig {
     /// class), `true` = the class and the layout (guidance strengthens both). Dropping the layout needs a
     /// model that saw empty layouts in training (`layout_dropout` > 0 in the stages that train the adapter).
     pub guide_layout: bool,
+    /// Guidance applies while the step's t (1 = noise, 0 = image) lies in `[low, high]`; outside it the
+    /// conditional prediction alone moves the sample (and only it is computed). `[0, 1]` = every step.
+    pub guidance_interval: [f64; 2],
     /// Multiplies every adapter gate (1 = as trained, 0 = adapter off).
     pub gate_scale: f64,
     /// Sample with the EMA weights when the checkpoint has them.
@@ -33,7 +36,37 @@ pub struct SamplerConfig {
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        Self { steps: 20, guidance: 2.0, guide_layout: false, gate_scale: 1.0, use_ema: true, batch_size: 64 }
+        Self {
+            steps: 20,
+            guidance: 2.0,
+            guide_layout: false,
+            guidance_interval: [0.0, 1.0],
+            gate_scale: 1.0,
+            use_ema: true,
+            batch_size: 64,
+        }
+    }
+}
+
+impl SamplerConfig {
+    /// The t of each Euler step, from 1 (noise) down to `1 / steps`.
+    pub fn step_times(&self) -> impl Iterator<Item = f64> {
+        let steps = self.steps.max(1);
+        let dt = 1.0 / steps as f64;
+        (0..steps).map(move |i| 1.0 - i as f64 * dt)
+    }
+
+    /// Whether the step at `t` applies guidance: a guidance scale other than 1 and `t` inside
+    /// `guidance_interval` (bounds inclusive, with a tolerance for the rounding of `1 - i / steps`).
+    pub fn guides_at(&self, t: f64) -> bool {
+        const TOLERANCE: f64 = 1e-9;
+        let [low, high] = self.guidance_interval;
+        self.guidance != 1.0 && t >= low - TOLERANCE && t <= high + TOLERANCE
+    }
+
+    /// Forward passes per image of one sample: one per step, two for a guided step.
+    pub fn forward_passes(&self) -> usize {
+        self.step_times().map(|t| if self.guides_at(t) { 2 } else { 1 }).sum()
     }
 }
 
@@ -144,7 +177,7 @@ fn sample_chunk(
     device: &Device,
 ) -> Result<Vec<f32>> {
     let n = labels.len();
-    let guided = config.guidance != 1.0;
+    let guided = config.step_times().any(|t| config.guides_at(t));
     // With guidance, the conditional and unconditional halves run as one batch of 2n.
     let (labels_in, boxes_in, classes_in, rows) = if guided {
         let mut l = labels.to_vec();
@@ -166,22 +199,78 @@ fn sample_chunk(
     let boxes_t = Tensor::from_vec(boxes_in, (rows, slots, 4), device)?;
     let classes_t = Tensor::from_vec(classes_in, (rows, slots), device)?;
     let mut x = Tensor::from_vec(noise.to_vec(), (n, 3, side, side), device)?;
-    let steps = config.steps.max(1);
-    let dt = 1.0 / steps as f64;
-    for i in 0..steps {
-        let t_now = 1.0 - i as f64 * dt;
-        let t = Tensor::full(t_now as f32, rows, device)?;
-        let x_in = if guided { Tensor::cat(&[&x, &x], 0)? } else { x.clone() };
-        let v = model.forward_with_gate_scale(&x_in, &t, &y, &boxes_t, &classes_t, config.gate_scale)?;
-        let v = if guided {
+    let dt = 1.0 / config.steps.max(1) as f64;
+    for t_now in config.step_times() {
+        let v = if config.guides_at(t_now) {
+            let t = Tensor::full(t_now as f32, rows, device)?;
+            let x_in = Tensor::cat(&[&x, &x], 0)?;
+            let v = model.forward_with_gate_scale(&x_in, &t, &y, &boxes_t, &classes_t, config.gate_scale)?;
             let cond = v.narrow(0, 0, n)?;
             let uncond = v.narrow(0, n, n)?;
             (&uncond + ((cond - &uncond)? * config.guidance)?)?
         } else {
-            v
+            // The conditional inputs are the first n rows whether or not guidance doubled them.
+            let t = Tensor::full(t_now as f32, n, device)?;
+            let (y, boxes_t, classes_t) = (y.narrow(0, 0, n)?, boxes_t.narrow(0, 0, n)?, classes_t.narrow(0, 0, n)?);
+            model.forward_with_gate_scale(&x, &t, &y, &boxes_t, &classes_t, config.gate_scale)?
         };
         // x_t = (1 - t) x0 + t eps, v = eps - x0: stepping t down by dt moves x by -dt v.
         x = (x - (v * dt)?)?;
     }
     Ok(x.clamp(-1f32, 1f32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModelPreset;
+    use crate::model::{build_model, randomize_zero_init, ModelSpec};
+
+    fn config(steps: usize, guidance: f64, guidance_interval: [f64; 2]) -> SamplerConfig {
+        SamplerConfig { steps, guidance, guide_layout: true, guidance_interval, ..SamplerConfig::default() }
+    }
+
+    #[test]
+    fn guidance_applies_at_the_steps_inside_its_interval() {
+        let middle = config(10, 6.0, [0.2, 0.8]);
+        let times: Vec<f64> = middle.step_times().collect();
+        assert_eq!(times.len(), 10);
+        assert!((times[0] - 1.0).abs() < 1e-12 && (times[9] - 0.1).abs() < 1e-9);
+        let guided: Vec<bool> = times.iter().map(|&t| middle.guides_at(t)).collect();
+        // t = 1.0, 0.9 | 0.8 … 0.2 (both bounds inclusive, despite 1 - 8 · 0.1 rounding) | 0.1
+        assert_eq!(guided, [false, false, true, true, true, true, true, true, true, false]);
+        assert_eq!(middle.forward_passes(), 17);
+        assert_eq!(config(10, 6.0, [0.0, 1.0]).forward_passes(), 20);
+        assert_eq!(config(10, 1.0, [0.0, 1.0]).forward_passes(), 10, "guidance 1 is no guidance");
+    }
+
+    #[test]
+    fn guidance_outside_every_step_samples_like_no_guidance() {
+        let device = Device::Cpu;
+        let spec = ModelSpec::from_preset(ModelPreset::Tiny, true);
+        let (varmap, model) = build_model(spec, &device, 1).unwrap();
+        randomize_zero_init(spec, &varmap, 2).unwrap();
+        let (count, side, slots) = (3, spec.image_size, spec.slots);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let set = EvalSet {
+            count,
+            image_size: side,
+            slots,
+            noise: (0..count * 3 * side * side).map(|_| StandardNormal.sample(&mut rng)).collect(),
+            labels: vec![0, 1, 2],
+            boxes: (0..count * slots).flat_map(|_| [0.1f32, 0.2, 0.6, 0.7]).collect(),
+            box_classes: (0..count * slots).map(|i| if i % slots == 0 { (i / slots) as u32 } else { 4 }).collect(),
+            class_names: Vec::new(),
+        };
+        let null = spec.null_class();
+        let sample = |c: SamplerConfig| sample_images(&model, &set, &c, null, &device).unwrap();
+        let plain = sample(config(4, 1.0, [0.0, 1.0]));
+        // 4 steps: t = 1, 0.75, 0.5, 0.25 — none lies in [0, 0.2].
+        assert_eq!(sample(config(4, 6.0, [0.0, 0.2])), plain);
+        let everywhere = sample(config(4, 6.0, [0.0, 1.0]));
+        let first_step_only = sample(config(4, 6.0, [0.9, 1.0]));
+        assert_ne!(everywhere, plain);
+        assert_ne!(first_step_only, plain);
+        assert_ne!(first_step_only, everywhere);
+    }
 }

@@ -636,7 +636,7 @@ impl Trainer {
         let slots = self.spec.slots;
         let null = self.spec.null_class();
         let mut eps = Vec::new();
-        let draws = noise::draw_samples(rng, b, 3 * side * side, stage.class_dropout, stage.layout_dropout, &mut eps);
+        let draws = noise::draw_samples(rng, b, 3 * side * side, noise::DrawSettings::of_stage(stage), &mut eps);
         let mut labels = batch.labels.clone();
         let mut boxes = batch.boxes.clone();
         let mut box_classes = batch.box_classes.clone();

@@ -33,7 +33,7 @@ impl ValidationSet {
         let batch = make_heldout_batch(dataset, 0, count);
         let mut rng = ChaCha8Rng::seed_from_u64(noise::stream_seed(seed, Stream::Validation));
         let mut eps = Vec::new();
-        let draws = noise::draw_samples(&mut rng, count, 3 * side * side, 0.0, 0.0, &mut eps);
+        let draws = noise::draw_samples(&mut rng, count, 3 * side * side, noise::DrawSettings::default(), &mut eps);
         let image = 3 * side * side;
         let mut chunks = Vec::new();
         let mut start = 0;

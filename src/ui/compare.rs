@@ -114,6 +114,8 @@ fn settings_ui(ui: &mut Ui, state: &mut CompareState) {
         ui.add(DragValue::new(&mut s.guidance).range(0.0..=20.0).speed(0.05));
         ui.checkbox(&mut s.guide_layout, "Guide layout")
             .on_hover_text("Guidance also drops the layout in its unconditional branch (strengthens the layout)");
+        ui.label("Guided t");
+        guidance_interval_ui(ui, &mut s.guidance_interval);
         ui.checkbox(&mut s.use_ema, "EMA weights");
         ui.checkbox(&mut s.real_images, "Real images")
             .on_hover_text("A first column of the real held-out images the rows' layouts come from");
@@ -263,4 +265,15 @@ fn short_name(dir: &std::path::Path) -> String {
         Some(run) => format!("{run} / {name}"),
         None => name,
     }
+}
+
+/// Two linked fields `low – high` for the t interval (1 = noise, 0 = image) where guidance applies; each
+/// bound is kept inside [0, 1] and on its side of the other.
+pub(crate) fn guidance_interval_ui(ui: &mut Ui, interval: &mut [f64; 2]) -> egui::Response {
+    let hint = "Guidance applies while t (1 = noise, 0 = image) is in this interval; 0 – 1 = every step";
+    let [low, high] = interval;
+    let mut response = ui.add(DragValue::new(low).range(0.0..=*high).speed(0.01).max_decimals(2)).on_hover_text(hint);
+    ui.label("–");
+    response |= ui.add(DragValue::new(high).range(*low..=1.0).speed(0.01).max_decimals(2)).on_hover_text(hint);
+    response
 }

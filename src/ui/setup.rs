@@ -164,6 +164,9 @@ pub fn setup_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &
                 fields.row(ui, "Guide layout", "eval.sampler.guide_layout", |ui| {
                     ui.checkbox(&mut sampler.guide_layout, "guidance drops the layout too")
                 });
+                fields.row(ui, "Guidance interval", "eval.sampler.guidance_interval", |ui| {
+                    super::compare::guidance_interval_ui(ui, &mut sampler.guidance_interval)
+                });
                 fields.row(ui, "EMA weights", "eval.sampler.use_ema", |ui| {
                     ui.checkbox(&mut sampler.use_ema, "sample with the EMA weights")
                 });
@@ -589,6 +592,10 @@ fn stage_editor_ui(ui: &mut Ui, stage: &mut StageConfig, index: usize, fields: &
             ui.add(DragValue::new(&mut stage.object_loss_weight).speed(0.05).max_decimals(2)).on_hover_text(
                 "Extra loss weight on pixels inside object boxes: 3 = they count 4 times; 0 = plain mean",
             )
+        });
+        fields.row(ui, "Timestep logit mean", p("timestep_logit_mean"), |ui| {
+            ui.add(DragValue::new(&mut stage.timestep_logit_mean).speed(0.05).range(-3.0..=3.0).max_decimals(2))
+                .on_hover_text("Where training timesteps centre: 0 = t 0.5; negative = more low-noise (detail) training")
         });
         fields.row(ui, "Log every", p("log_every"), |ui| ui.add(DragValue::new(&mut stage.log_every)));
         fields.row(ui, "Eval every", p("eval_every"), |ui| {

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use wick::config::{
-    ConfigError, ConfigIssue, EarlyStoppingConfig, MetricMode, RunConfig, ScheduleConfig, ScheduleKind, ShapesVariant,
-    StageConfig, Trainable, TrainableGroup, PRESETS,
+    ConfigError, ConfigIssue, EarlyStoppingConfig, MetricMode, ObjectLossMode, RunConfig, ScheduleConfig, ScheduleKind,
+    ShapesVariant, StageConfig, Trainable, TrainableGroup, PRESETS,
 };
 
 // ── helpers ─────────────────────────────────────────────────────────────────────────────────────────────
@@ -932,4 +932,14 @@ fn the_guidance_interval_lies_in_zero_one_low_first() {
     let mut config = valid();
     config.eval.sampler.guidance_interval = [0.5, 0.5];
     assert_valid(&config);
+}
+
+#[test]
+fn object_loss_mode_reads_pixels_or_objects() {
+    let parse = |value: &str| RunConfig::from_toml_str(&format!("[[stages]]\nobject_loss_mode = \"{value}\"\n"), "t");
+    assert_eq!(parse("pixels").expect("parses").stages[0].object_loss_mode, ObjectLossMode::Pixels);
+    assert_eq!(parse("objects").expect("parses").stages[0].object_loss_mode, ObjectLossMode::Objects);
+    let (path, message) = parse_error("[[stages]]\nobject_loss_mode = \"boxes\"\n");
+    assert!(message.contains("pixels") && message.contains("objects"), "{path}: {message}");
+    assert_eq!(StageConfig::default().object_loss_mode, ObjectLossMode::Pixels);
 }

@@ -12,7 +12,7 @@ use crossbeam_channel::{bounded, Receiver};
 use crate::config::RunConfig;
 use crate::data::{dataset_class_names, make_batch, Dataset, FolderOptions};
 use crate::model::{build_model, flow_matching_loss, param_count, sorted_vars, ModelSpec};
-use crate::train::noise::{draw_samples, DrawSettings, step_rng, stream_seed, Stream};
+use crate::train::noise::{draw_samples, step_rng, stream_seed, DrawSettings, Stream};
 
 /// One line of the checklist.
 #[derive(Debug, Clone, PartialEq)]

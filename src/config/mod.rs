@@ -108,6 +108,18 @@ pub enum ResizeMode {
     Letterbox,
 }
 
+/// How `object_loss_weight` spreads over an image's objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectLossMode {
+    /// Every object pixel weighs `1 + w`: a large object gains more weight than a small one.
+    #[default]
+    Pixels,
+    /// Every object gains the same total weight, `w` times the pixels of a box a quarter of the image wide,
+    /// spread over its own pixels: a small object's pixels weigh more than a large one's.
+    Objects,
+}
+
 /// Which dataset a run trains on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -236,6 +248,8 @@ pub struct StageConfig {
     /// `1 + object_loss_weight` times a background pixel's (the loss is normalised by the total weight, so it
     /// stays on the scale of a plain mean). 0 = the plain mean of the reference.
     pub object_loss_weight: f64,
+    /// How `object_loss_weight` spreads over objects: per pixel (default) or the same per object.
+    pub object_loss_mode: ObjectLossMode,
     /// Location of the logit-normal distribution training timesteps are drawn from: t = sigmoid(m + n),
     /// n ~ N(0, 1). 0 = the reference's (median t = 0.5); negative values train more at low noise, where fine
     /// detail is drawn, positive more at high noise, where composition is. The validation loss always uses 0.
@@ -394,6 +408,7 @@ impl Default for StageConfig {
             class_dropout: 0.1,
             layout_dropout: 0.0,
             object_loss_weight: 0.0,
+            object_loss_mode: ObjectLossMode::Pixels,
             timestep_logit_mean: 0.0,
             log_every: 10,
             eval_every: 0,

@@ -58,9 +58,11 @@ pub fn weighted_flow_matching_loss(
         .affine(1.0 / total.max(f64::MIN_POSITIVE), 0.0)
 }
 
-/// Per-pixel loss weights `[count, side, side]` (row-major, flattened): `1 + extra` on pixels whose centre lies
-/// inside one of an image's object boxes (`boxes` `[count, slots, 4]` normalised x0, y0, x1, y1; slots of class
-/// `null_class` are empty), 1 elsewhere.
+/// Per-pixel loss weights `[count, side, side]` (row-major, flattened) that favour an image's objects
+/// (`boxes` `[count, slots, 4]` normalised x0, y0, x1, y1; slots of class `null_class` are empty). A pixel whose
+/// centre lies inside an object's box weighs `1 + extra`, or with `per_object` `1 + extra · r / a` for a box
+/// of `a` pixels, `r` = the pixels of a box a quarter of the image wide (so every object gains the same total
+/// weight); where boxes overlap the larger weight holds. Other pixels weigh 1.
 pub fn object_pixel_weights(
     boxes: &[f32],
     box_classes: &[u32],
@@ -68,8 +70,10 @@ pub fn object_pixel_weights(
     null_class: u32,
     side: usize,
     extra: f32,
+    per_object: bool,
 ) -> Vec<f32> {
     let count = box_classes.len() / slots.max(1);
+    let reference_area = (side as f32 / 4.0).powi(2);
     let mut weights = vec![1.0f32; count * side * side];
     for (image, plane) in weights.chunks_exact_mut(side * side).enumerate() {
         for slot in 0..slots {
@@ -78,9 +82,14 @@ pub fn object_pixel_weights(
             }
             let b = &boxes[(image * slots + slot) * 4..(image * slots + slot) * 4 + 4];
             let centre = |i: usize| (i as f32 + 0.5) / side as f32;
-            for y in (0..side).filter(|&y| (b[1]..=b[3]).contains(&centre(y))) {
-                for x in (0..side).filter(|&x| (b[0]..=b[2]).contains(&centre(x))) {
-                    plane[y * side + x] = 1.0 + extra;
+            let rows: Vec<usize> = (0..side).filter(|&y| (b[1]..=b[3]).contains(&centre(y))).collect();
+            let columns: Vec<usize> = (0..side).filter(|&x| (b[0]..=b[2]).contains(&centre(x))).collect();
+            let area = (rows.len() * columns.len()) as f32;
+            let weight = if per_object { 1.0 + extra * reference_area / area.max(1.0) } else { 1.0 + extra };
+            for y in &rows {
+                for x in &columns {
+                    let pixel = &mut plane[y * side + x];
+                    *pixel = pixel.max(weight);
                 }
             }
         }
@@ -96,7 +105,7 @@ mod tests {
     fn object_pixels_weigh_more_and_empty_slots_nothing() {
         // One 4×4 image, two slots: a box over the top-left 2×2 pixels, and an empty slot covering everything.
         let boxes = [0.0, 0.0, 0.5, 0.5, 0.0, 0.0, 1.0, 1.0];
-        let weights = object_pixel_weights(&boxes, &[1, 9], 2, 9, 4, 3.0);
+        let weights = object_pixel_weights(&boxes, &[1, 9], 2, 9, 4, 3.0, false);
         #[rustfmt::skip]
         let expected = [
             4.0, 4.0, 1.0, 1.0,
@@ -105,6 +114,21 @@ mod tests {
             1.0, 1.0, 1.0, 1.0,
         ];
         assert_eq!(weights, expected);
+    }
+
+    #[test]
+    fn per_object_weights_give_every_object_the_same_total() {
+        // One 8×8 image (reference box: 2×2 = 4 pixels): a 2×2 box and a 4×4 box.
+        let boxes = [0.0, 0.0, 0.25, 0.25, 0.5, 0.5, 1.0, 1.0];
+        let weights = object_pixel_weights(&boxes, &[0, 1], 2, 9, 8, 2.0, true);
+        let extra_of = |x0: usize, y0: usize, n: usize| -> f32 {
+            (y0..y0 + n).flat_map(|y| (x0..x0 + n).map(move |x| (x, y))).map(|(x, y)| weights[y * 8 + x] - 1.0).sum()
+        };
+        // Each object gains 2 × 4 = 8: 2 per pixel of the small box, 0.5 per pixel of the large one.
+        assert_eq!(weights[0], 3.0);
+        assert_eq!(weights[63], 1.5);
+        assert!((extra_of(0, 0, 2) - 8.0).abs() < 1e-5 && (extra_of(4, 4, 4) - 8.0).abs() < 1e-5);
+        assert_eq!(weights.iter().filter(|&&w| w == 1.0).count(), 64 - 4 - 16);
     }
 
     #[test]

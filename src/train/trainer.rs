@@ -666,6 +666,7 @@ impl Trainer {
                 null,
                 side,
                 stage.object_loss_weight as f32,
+                stage.object_loss_mode == crate::config::ObjectLossMode::Objects,
             );
             let weights = Tensor::from_vec(weights, (b, 1, side, side), device)?;
             return Ok(model::weighted_flow_matching_loss(model, &x0, &t, &eps, &y, &boxes, &box_classes, &weights)?);

@@ -11,8 +11,8 @@ use crate::app::data_check::DataCheckState;
 use crate::app::setup::{SetupState, StageOp};
 use crate::app::AppCommand;
 use crate::config::{
-    BoxUnits, ConfigIssue, DatasetKind, EarlyStoppingConfig, MetricMode, ModelPreset, ResizeMode, ScheduleKind,
-    ShapesVariant, StageConfig, Trainable, TrainableGroup, METRICS, PRESETS,
+    BoxUnits, ConfigIssue, DatasetKind, EarlyStoppingConfig, MetricMode, ModelPreset, ObjectLossMode, ResizeMode,
+    ScheduleKind, ShapesVariant, StageConfig, Trainable, TrainableGroup, METRICS, PRESETS,
 };
 use crate::data::DataReport;
 
@@ -38,7 +38,10 @@ pub fn setup_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &
                 fields.row(ui, "Seed", "seed", |ui| ui.add(DragValue::new(&mut config.seed)));
                 fields.row(ui, "Device", "device", |ui| device_ui(ui, &mut config.device));
                 fields.row(ui, "Threads", "threads", |ui| {
-                    ui.add(DragValue::new(&mut config.threads)).on_hover_text("0 = every core")
+                    ui.add(DragValue::new(&mut config.threads)).on_hover_text(
+                        "0 = every core. Applied by `wick train`; runs started in this window use the threads the \
+                         window started with (RAYON_NUM_THREADS when set, else every core)",
+                    )
                 });
                 fields.row(ui, "Model preset", "model.preset", |ui| {
                     combo_ui(
@@ -593,9 +596,18 @@ fn stage_editor_ui(ui: &mut Ui, stage: &mut StageConfig, index: usize, fields: &
                 "Extra loss weight on pixels inside object boxes: 3 = they count 4 times; 0 = plain mean",
             )
         });
+        fields.row(ui, "Object loss spread", p("object_loss_mode"), |ui| {
+            let options = [(ObjectLossMode::Pixels, "per pixel"), (ObjectLossMode::Objects, "per object")];
+            combo_ui(ui, "object_loss_mode", &mut stage.object_loss_mode, &options).on_hover_text(
+                "Per pixel: every object pixel gains the weight. Per object: every object gains the same total, \
+                 so a small object's pixels weigh more",
+            )
+        });
         fields.row(ui, "Timestep logit mean", p("timestep_logit_mean"), |ui| {
             ui.add(DragValue::new(&mut stage.timestep_logit_mean).speed(0.05).range(-3.0..=3.0).max_decimals(2))
-                .on_hover_text("Where training timesteps centre: 0 = t 0.5; negative = more low-noise (detail) training")
+                .on_hover_text(
+                    "Where training timesteps centre: 0 = t 0.5; negative = more low-noise (detail) training",
+                )
         });
         fields.row(ui, "Log every", p("log_every"), |ui| ui.add(DragValue::new(&mut stage.log_every)));
         fields.row(ui, "Eval every", p("eval_every"), |ui| {

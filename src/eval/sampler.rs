@@ -198,6 +198,8 @@ fn sample_chunk(
     let y = Tensor::from_vec(labels_in, rows, device)?;
     let boxes_t = Tensor::from_vec(boxes_in, (rows, slots, 4), device)?;
     let classes_t = Tensor::from_vec(classes_in, (rows, slots), device)?;
+    // The conditional inputs alone (the first n rows whether or not guidance doubled them), for unguided steps.
+    let (y_cond, boxes_cond, classes_cond) = (y.narrow(0, 0, n)?, boxes_t.narrow(0, 0, n)?, classes_t.narrow(0, 0, n)?);
     let mut x = Tensor::from_vec(noise.to_vec(), (n, 3, side, side), device)?;
     let dt = 1.0 / config.steps.max(1) as f64;
     for t_now in config.step_times() {
@@ -209,10 +211,8 @@ fn sample_chunk(
             let uncond = v.narrow(0, n, n)?;
             (&uncond + ((cond - &uncond)? * config.guidance)?)?
         } else {
-            // The conditional inputs are the first n rows whether or not guidance doubled them.
             let t = Tensor::full(t_now as f32, n, device)?;
-            let (y, boxes_t, classes_t) = (y.narrow(0, 0, n)?, boxes_t.narrow(0, 0, n)?, classes_t.narrow(0, 0, n)?);
-            model.forward_with_gate_scale(&x, &t, &y, &boxes_t, &classes_t, config.gate_scale)?
+            model.forward_with_gate_scale(&x, &t, &y_cond, &boxes_cond, &classes_cond, config.gate_scale)?
         };
         // x_t = (1 - t) x0 + t eps, v = eps - x0: stepping t down by dt moves x by -dt v.
         x = (x - (v * dt)?)?;

@@ -2,7 +2,6 @@
 //! derived by hand, top-k and IoU on hand-made inputs, early stopping on scripted metric sequences, the best
 //! tracker, the Pareto front, the recommendation, and gate alerts on scripted gate sequences.
 
-use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -218,24 +217,18 @@ fn stats_survive_a_json_round_trip() {
 }
 
 #[test]
-fn fid_at_dimension_128_takes_milliseconds() {
+fn fid_at_the_judges_dimension_is_finite_and_deterministic() {
+    // The evaluation's size: 500 samples of the judge's 128-d features (its time: `cargo bench --bench fid`).
     let (count, dim) = (500, 128);
     let a = GaussianStats::from_features(&features(11, count, dim), count, dim).unwrap();
     let b = GaussianStats::from_features(&features(12, count, dim), count, dim).unwrap();
-    let start = Instant::now();
     let fid = a.fid(&b);
-    let first = start.elapsed();
-    let start = Instant::now();
-    let runs = 10;
-    for _ in 0..runs {
+    assert!(fid.is_finite() && fid > 0.0, "{fid}");
+    for _ in 0..3 {
         assert_eq!(a.fid(&b).to_bits(), fid.to_bits(), "FID is deterministic");
     }
-    let each = start.elapsed() / runs;
-    let start = Instant::now();
-    let _ = GaussianStats::from_features(&features(11, count, dim), count, dim).unwrap();
-    let fit = start.elapsed();
-    println!("FID dim {dim}: {fid:.6}; first call {first:?}, then {each:?} per call; fitting {count} samples {fit:?}");
-    assert!(fid.is_finite() && fid > 0.0);
+    let again = GaussianStats::from_features(&features(11, count, dim), count, dim).unwrap();
+    assert_eq!(again.fid(&b).to_bits(), fid.to_bits(), "refitting the same features gives the same FID");
 }
 
 // ── top-k and IoU ───────────────────────────────────────────────────────────────────────────────────────

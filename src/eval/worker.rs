@@ -251,9 +251,12 @@ impl EvalWorker {
     pub fn spawn(judge: Judge, real: GaussianStats, set: Arc<EvalSet>, device: Device) -> Result<Self> {
         let (job_tx, job_rx) = unbounded::<EvalJob>();
         let (result_tx, result_rx) = unbounded();
+        // The judge's kernels keep to the spawning run's thread limit.
+        let kernel_threads = crate::model::kernel_thread_limit();
         let thread = std::thread::Builder::new()
             .name("eval".to_string())
             .spawn(move || {
+                crate::model::limit_kernel_threads(kernel_threads);
                 for job in job_rx.iter() {
                     let start = Instant::now();
                     let scores = score_images(&judge, &real, &set, &job.images, &device);

@@ -70,7 +70,7 @@ where
     }
     let total_len: usize = outputs.iter().map(|(data, _)| data.len()).sum();
     let pool = Pool::global();
-    let threads = pool.workers + 1;
+    let threads = pool.threads_for_caller();
     let group = items.div_ceil(threads * 4).max(1);
     let n_groups = items.div_ceil(group);
     let mut chunks: Vec<Vec<&mut [T]>> = (0..n_groups).map(|_| Vec::with_capacity(outputs.len())).collect();
@@ -102,6 +102,19 @@ where
 thread_local! {
     /// Set on the pool's worker threads, and on a caller while it runs a job: a nested `run` runs inline.
     static IN_POOL: Cell<bool> = const { Cell::new(false) };
+    /// The most threads (the caller included) a job posted from this thread may use; 0 = no limit.
+    static THREAD_LIMIT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Limits the fused kernels called from this thread to `threads` threads, the caller included (0 = every
+/// thread of the pool). Results do not depend on it: the kernels split work into independent items.
+pub(crate) fn limit_threads_of_this_thread(threads: usize) {
+    THREAD_LIMIT.with(|limit| limit.set(threads));
+}
+
+/// This thread's limit (see [`limit_threads_of_this_thread`]); 0 = none.
+pub(crate) fn thread_limit_of_this_thread() -> usize {
+    THREAD_LIMIT.with(|limit| limit.get())
 }
 
 /// A job handed to the workers: a type- and lifetime-erased `&(dyn Fn() + Sync)`.
@@ -118,6 +131,8 @@ struct State {
     active: usize,
     /// A panic raised by a worker inside the job.
     panicked: bool,
+    /// How many workers may be inside the current job at once (the caller's thread limit − 1).
+    max_active: usize,
 }
 
 /// A small pool of blocking worker threads for the fused kernels.
@@ -143,7 +158,7 @@ impl Pool {
             let workers = candle_core::utils::get_num_threads().saturating_sub(1);
             let pool: &'static Pool = Box::leak(Box::new(Pool {
                 workers,
-                state: Mutex::new(State { generation: 0, job: None, active: 0, panicked: false }),
+                state: Mutex::new(State { generation: 0, job: None, active: 0, panicked: false, max_active: 0 }),
                 wake: Condvar::new(),
                 done: Condvar::new(),
                 call: Mutex::new(()),
@@ -157,6 +172,16 @@ impl Pool {
             let _ = started;
             pool
         })
+    }
+
+    /// Threads a job posted from the calling thread may use, the caller included (its limit, at most the
+    /// pool's workers + 1).
+    pub(crate) fn threads_for_caller(&self) -> usize {
+        let all = self.workers + 1;
+        match THREAD_LIMIT.with(|limit| limit.get()) {
+            0 => all,
+            limit => limit.min(all),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -175,11 +200,11 @@ impl Pool {
                 }
                 seen = st.generation;
                 match st.job {
-                    Some(job) => {
+                    Some(job) if st.active < st.max_active => {
                         st.active += 1;
                         job
                     }
-                    None => continue,
+                    _ => continue,
                 }
             };
             let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.0)())).is_ok();
@@ -195,7 +220,8 @@ impl Pool {
     /// Runs `f` on the calling thread and on every worker that wakes up before the caller is done; returns
     /// once every thread that joined has left `f`. `f` must divide the work itself (e.g. a shared counter).
     pub(crate) fn run(&self, f: &(dyn Fn() + Sync)) {
-        if self.workers == 0 || IN_POOL.with(|flag| flag.get()) {
+        let helpers = self.threads_for_caller() - 1;
+        if helpers == 0 || IN_POOL.with(|flag| flag.get()) {
             return f();
         }
         let _call = self.call.lock().unwrap_or_else(|e| e.into_inner());
@@ -208,6 +234,7 @@ impl Pool {
             st.generation = st.generation.wrapping_add(1);
             st.job = Some(job);
             st.panicked = false;
+            st.max_active = helpers;
         }
         self.wake.notify_all();
         struct Withdraw<'a>(&'a Pool);
@@ -361,3 +388,42 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Which threads ran the items of a job large enough to be shared, under this thread's `limit`.
+    fn threads_used(limit: usize) -> (HashSet<std::thread::ThreadId>, Vec<f32>) {
+        limit_threads_of_this_thread(limit);
+        let seen = Mutex::new(HashSet::new());
+        let items = 256;
+        let per_item = 1024;
+        let mut out = vec![0f32; items * per_item];
+        par_items(items, vec![(&mut out, per_item)], |range, outs| {
+            seen.lock().unwrap().insert(std::thread::current().id());
+            for (i, item) in range.clone().enumerate() {
+                for (j, v) in outs[0][i * per_item..(i + 1) * per_item].iter_mut().enumerate() {
+                    *v = (item * per_item + j) as f32;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        });
+        limit_threads_of_this_thread(0);
+        (seen.into_inner().unwrap(), out)
+    }
+
+    #[test]
+    fn a_thread_limit_of_one_keeps_kernels_on_the_calling_thread() {
+        let (seen, out) = threads_used(1);
+        assert_eq!(seen, HashSet::from([std::thread::current().id()]), "only the caller ran the job");
+        assert!(out.iter().enumerate().all(|(i, v)| *v == i as f32), "every item written");
+        assert_eq!(Pool::global().threads_for_caller(), Pool::global().workers + 1, "the limit was lifted");
+        // Without a limit the same job is correct too (how many workers join depends on the scheduler).
+        let (_, unlimited) = threads_used(0);
+        assert_eq!(unlimited, out);
+    }
+}

@@ -33,5 +33,7 @@ pub use init::{
 };
 pub use loss::{flow_matching_loss, object_pixel_weights, weighted_flow_matching_loss};
 pub use predict::predict_file;
-pub use runtime::{set_compute_threads, tune_allocator, tune_cpu_runtime, CpuTuning};
+pub use runtime::{
+    kernel_thread_limit, limit_kernel_threads, set_compute_threads, tune_allocator, tune_cpu_runtime, CpuTuning,
+};
 pub use spec::{is_adapter_param, is_layout_param, param_count, param_shapes, ModelSpec};

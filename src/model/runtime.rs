@@ -58,6 +58,19 @@ pub fn set_compute_threads(threads: usize) {
     }
 }
 
+/// Limits wick's fused kernels called from the calling thread to `threads` threads, the caller included (0 = no
+/// limit). With candle's matmuls run inside a rayon pool of the same size, this holds a run to `threads` cores
+/// after the process has started (the environment, read once, cannot change safely while other threads
+/// compute). The limit is per thread: other threads (the window, another run) keep theirs.
+pub fn limit_kernel_threads(threads: usize) {
+    super::cpu::limit_threads_of_this_thread(threads);
+}
+
+/// The calling thread's kernel thread limit (see [`limit_kernel_threads`]), to hand on to a helper thread.
+pub fn kernel_thread_limit() -> usize {
+    super::cpu::thread_limit_of_this_thread()
+}
+
 /// Only the allocator part of [`tune_cpu_runtime`]; returns whether it applied (false off glibc).
 pub fn tune_allocator() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -84,7 +84,11 @@ pub(super) fn run_guarded(
                     .thread_name(|i| format!("compute-{i}"))
                     .build()
                     .context("cannot build the compute thread pool")?;
-                pool.install(body)
+                pool.install(move || {
+                    // candle's matmuls now use this pool; wick's kernels are held to the same count.
+                    crate::model::limit_kernel_threads(threads);
+                    body()
+                })
             } else {
                 body()
             }

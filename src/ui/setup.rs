@@ -39,8 +39,8 @@ pub fn setup_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &
                 fields.row(ui, "Device", "device", |ui| device_ui(ui, &mut config.device));
                 fields.row(ui, "Threads", "threads", |ui| {
                     ui.add(DragValue::new(&mut config.threads)).on_hover_text(
-                        "0 = every core. Applied by `wick train`; runs started in this window use the threads the \
-                         window started with (RAYON_NUM_THREADS when set, else every core)",
+                        "CPU compute threads of the run; 0 = every core. A run started in this window uses at most \
+                         the cores the window started with (RAYON_NUM_THREADS when set, else every core)",
                     )
                 });
                 fields.row(ui, "Model preset", "model.preset", |ui| {

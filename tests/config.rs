@@ -943,3 +943,16 @@ fn object_loss_mode_reads_pixels_or_objects() {
     assert!(message.contains("pixels") && message.contains("objects"), "{path}: {message}");
     assert_eq!(StageConfig::default().object_loss_mode, ObjectLossMode::Pixels);
 }
+
+#[test]
+fn threads_beyond_any_machine_are_refused_with_the_fix() {
+    let mut config = valid();
+    config.threads = 10_000;
+    only_issue(&config, "threads");
+    let issues = config.validate().expect_err("refused");
+    assert!(issues[0].message.contains("0 uses every core"), "{}", issues[0]);
+    for threads in [0, 1, 2, 64] {
+        config.threads = threads;
+        assert_valid(&config);
+    }
+}

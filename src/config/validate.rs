@@ -19,6 +19,9 @@ pub const METRICS: [&str; 7] = ["loss", "val_loss", "fid", "top1", "top2", "top3
 /// Longest run name accepted (it prefixes a directory name).
 const MAX_NAME_CHARS: usize = 100;
 
+/// Most compute threads a config may ask for (a typo such as 10000 would start that many threads).
+const MAX_THREADS: usize = 1024;
+
 /// One problem in a config: the field path, what is wrong, and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigIssue {
@@ -64,6 +67,15 @@ impl RunConfig {
         let mut issues = Issues::default();
         check_run_name(&self.name, &mut issues);
         check_device(&self.device, &mut issues);
+        if self.threads > MAX_THREADS {
+            issues.add(
+                "threads",
+                format!(
+                    "must be ≤ {MAX_THREADS}, found {} — it is the run's CPU compute threads; 0 uses every core",
+                    self.threads
+                ),
+            );
+        }
         check_dataset(&self.dataset, &mut issues);
         if self.checkpoints.keep_last == 0 {
             issues.add("checkpoints.keep_last", "must be ≥ 1 — with 0 no checkpoint would stay on disk to resume from");

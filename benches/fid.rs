@@ -6,28 +6,23 @@
 
 use std::time::{Duration, Instant};
 
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use wick::eval::GaussianStats;
 
 const COUNT: usize = 500;
 const DIM: usize = 128;
 const REPEATS: usize = 21;
 
-/// Deterministic correlated features (a splitmix-style generator; no dependency needed for a bench).
+/// Deterministic correlated features (the same recipe as the FID tests).
 fn features(seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
-    let mut uniform = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = Vec::with_capacity(COUNT * DIM);
     for _ in 0..COUNT {
-        let shared = uniform();
+        let shared: f32 = rng.random_range(-1.0..1.0);
         for j in 0..DIM {
-            out.push(uniform() + shared * (j % 3) as f32 + j as f32 * 0.1);
+            let own: f32 = rng.random_range(-1.0..1.0);
+            out.push(own + shared * (j % 3) as f32 + j as f32 * 0.1);
         }
     }
     out

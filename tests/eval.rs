@@ -2,7 +2,6 @@
 //! derived by hand, top-k and IoU on hand-made inputs, early stopping on scripted metric sequences, the best
 //! tracker, the Pareto front, the recommendation, and gate alerts on scripted gate sequences.
 
-
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use wick::config::{EarlyStoppingConfig, MetricMode};

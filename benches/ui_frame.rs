@@ -40,6 +40,7 @@ fn main() {
             samples_per_s: 500.0 + 20.0 * (x * 0.05).sin(),
             rss_bytes: Some(500 << 20),
             gpu_mem_bytes: None,
+            scalars: Default::default(),
         }));
     }
     store.refresh_blocks();

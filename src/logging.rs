@@ -30,6 +30,19 @@ pub fn bind_thread_to_run_log(path: &Path) {
     THREAD_RUN_LOG.with(|bound| *bound.borrow_mut() = Some(path.to_path_buf()));
 }
 
+/// The run log this thread is bound to, if any: a thread that starts helpers (evaluation, prefetch) binds
+/// them to the same log with [`bind_thread_to_run_log`].
+pub fn current_run_log() -> Option<PathBuf> {
+    THREAD_RUN_LOG.with(|bound| bound.borrow().clone())
+}
+
+/// Binds this thread to `path` when it is `Some` (see [`current_run_log`]).
+pub fn bind_thread_to(path: Option<&Path>) {
+    if let Some(path) = path {
+        bind_thread_to_run_log(path);
+    }
+}
+
 /// Makes sure run logs receive events even when the program installed no subscriber (tests, embedders):
 /// installs one with only the run-log layer if none is set.
 pub fn ensure_run_logging() {

@@ -257,7 +257,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         None => {
-            wick::app::run_native(wick::app::AppOptions { runs_dir: cli.runs_dir })?;
+            wick::app::run_native(wick::app::AppOptions {
+                runs_dir: cli.runs_dir,
+                tasks: wick::task::registry::TaskRegistry::builtin(),
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Demo) => {
@@ -280,10 +283,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Report { run_dir }) => {
             let dir = RunDir::open(&run_dir)?;
             let (rows, recommendation) = wick::eval::report::checkpoint_report(&dir)?;
-            print!("{}", wick::eval::report::format_report(&rows, &recommendation));
+            match dir.task_descriptor().filter(|t| t.kind != "shapes") {
+                Some(task) => {
+                    let columns = wick::eval::report::report_columns(&task);
+                    print!("{}", wick::eval::report::format_report_for(&columns, &rows, &recommendation, false));
+                }
+                None => print!("{}", wick::eval::report::format_report(&rows, &recommendation)),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Sample { checkpoints, gate_scales, seed, count, sampler, real, out }) => {
+            // A text task's checkpoints carry their samples: print them side by side (and write them to OUT).
+            if let Some(table) = wick::eval::compare::text_comparison(&checkpoints)? {
+                let text = wick::eval::compare::format_text_comparison(&table);
+                print!("{text}");
+                wick::run::atomic::atomic_write(&out, text.as_bytes())?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let sampler = sampler.config(1.0);
             let request = wick::eval::compare::CompareRequest {
                 checkpoints,
@@ -425,22 +441,22 @@ fn watch(handle: train::TrainerHandle) -> Result<ExitCode> {
         match &event {
             TrainEvent::Metrics(m) => {
                 let loss = m.loss.map_or("non-finite".to_string(), |l| format!("{l:.4}"));
+                let gate = if m.gates.is_empty() { String::new() } else { format!(" gate {:.4}", m.gate_mean) };
                 match &bar {
                     Some(bar) => {
                         bar.set_position(m.step);
                         bar.set_prefix(m.stage.clone());
-                        bar.set_message(format!("loss {loss} lr {:.2e} gate {:.4}", m.lr, m.gate_mean));
+                        bar.set_message(format!("loss {loss} lr {:.2e}{gate}", m.lr));
                     }
                     None if last_plain.elapsed() >= Duration::from_secs(2) || m.step == total => {
                         last_plain = Instant::now();
                         eprintln!(
-                            "step {}/{} [{}] loss {loss} lr {:.2e} grad {:.3} gate {:.4} {:.0} img/s",
+                            "step {}/{} [{}] loss {loss} lr {:.2e} grad {:.3}{gate} {:.0} samples/s",
                             m.step,
                             total,
                             m.stage,
                             m.lr,
                             m.grad_norm.unwrap_or(f64::NAN),
-                            m.gate_mean,
                             m.samples_per_s
                         );
                     }

@@ -11,3 +11,27 @@ fn page_size_bytes() -> u64 {
     // Every Linux platform Wick runs on uses 4 KiB base pages; huge pages do not show in statm's count.
     4096
 }
+
+/// GPU memory this process holds on `device`, when the device can tell: for a CUDA device, NVML's reading of
+/// this process's memory on that GPU; `None` on the CPU, and when NVML is missing or does not list us.
+pub fn device_memory_bytes(device: &candle_core::Device) -> Option<u64> {
+    let candle_core::DeviceLocation::Cuda { gpu_id } = device.location() else {
+        return None;
+    };
+    static NVML: std::sync::OnceLock<Option<nvml_wrapper::Nvml>> = std::sync::OnceLock::new();
+    let nvml = NVML.get_or_init(|| nvml_wrapper::Nvml::init().ok()).as_ref()?;
+    let gpu = nvml.device_by_index(u32::try_from(gpu_id).ok()?).ok()?;
+    let pid = std::process::id();
+    gpu.running_compute_processes().ok()?.into_iter().find(|p| p.pid == pid).and_then(|p| match p.used_gpu_memory {
+        nvml_wrapper::enums::device::UsedGpuMemory::Used(bytes) => Some(bytes),
+        nvml_wrapper::enums::device::UsedGpuMemory::Unavailable => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_cpu_reports_no_gpu_memory() {
+        assert_eq!(super::device_memory_bytes(&candle_core::Device::Cpu), None);
+    }
+}

@@ -106,18 +106,37 @@ fn eval_scores_a_checkpoint_the_same_way_twice_and_names_a_missing_one() {
 /// against an uninterrupted run, bit for bit.
 #[test]
 fn kill_9_at_any_instant_then_resume_logs_the_same_losses() {
-    let tmp = tempfile::tempdir().unwrap();
     let mut config = tiny_two_stage(16, 12);
     config.stages[0].save_every = 2;
     config.stages[1].save_every = 2;
-    let config_path = write_config(tmp.path(), &config.to_toml_string().unwrap());
+    kill_resume_matches_uninterrupted(&config.to_toml_string().unwrap(), 28);
+}
+
+/// The same for the chars task: killed mid-stage, `wick resume` continues with identical losses.
+#[test]
+fn a_chars_run_killed_mid_stage_resumes_with_the_same_losses() {
+    let mut config = wick::config::RunConfig::preset("chars-smoke").unwrap();
+    config.device = "cpu".to_string();
+    for stage in &mut config.stages {
+        stage.steps = 14;
+        stage.save_every = 2;
+    }
+    kill_resume_matches_uninterrupted(&config.to_toml_string().unwrap(), 28);
+}
+
+/// Trains `config_text` once uninterrupted, then again killing it (SIGKILL) after varied delays counted from
+/// a step the current process itself logged — not during start-up — and resuming each time; every logged
+/// loss must equal the uninterrupted run's, bit for bit.
+fn kill_resume_matches_uninterrupted(config_text: &str, total_steps: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let config_path = write_config(tmp.path(), config_text);
 
     let reference_runs = tmp.path().join("reference");
     let out = run(&["train", config_path.to_str().unwrap(), "--runs-dir", reference_runs.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let reference: std::collections::HashMap<u64, Option<u64>> =
         common::loss_bits(&the_run(&reference_runs)).into_iter().collect();
-    assert_eq!(reference.len(), 28);
+    assert_eq!(reference.len(), total_steps);
 
     let runs = tmp.path().join("killed");
     let mut child = wick()
@@ -126,16 +145,19 @@ fn kill_9_at_any_instant_then_resume_logs_the_same_losses() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Kill after varied delays once the run has begun logging; then resume and kill again.
     let delays_ms = [0u64, 37, 5, 90, 13, 61];
     let mut kills = 0;
+    let mut lines_before = 0;
     for delay in delays_ms {
-        let start = Instant::now();
-        while !first_metrics_exist(&runs) && start.elapsed() < Duration::from_secs(120) {
+        // Wait until this process has logged a step of its own (the file grew past what was there); the
+        // deadline only catches a hang.
+        let waiting = Instant::now();
+        while metrics_lines(&runs) <= lines_before {
+            assert!(waiting.elapsed() < Duration::from_secs(600), "no new step logged in 10 minutes");
             if child.try_wait().unwrap().is_some() {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(2));
         }
         std::thread::sleep(Duration::from_millis(delay));
         if child.try_wait().unwrap().is_some() {
@@ -144,6 +166,7 @@ fn kill_9_at_any_instant_then_resume_logs_the_same_losses() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         kills += 1;
+        lines_before = metrics_lines(&runs);
         let dir = the_run(&runs);
         child = wick()
             .args(["resume", dir.root().to_str().unwrap()])
@@ -158,21 +181,23 @@ fn kill_9_at_any_instant_then_resume_logs_the_same_losses() {
 
     let dir = the_run(&runs);
     let logged = common::loss_bits(&dir);
-    assert!(logged.len() >= 28);
+    assert!(logged.len() >= total_steps);
     for (step, bits) in &logged {
         assert_eq!(reference.get(step), Some(bits), "step {step} logged a different loss after a kill");
     }
     let steps: std::collections::BTreeSet<u64> = logged.iter().map(|(s, _)| *s).collect();
-    assert_eq!(steps.len(), 28, "every step is logged");
+    assert_eq!(steps.len(), total_steps, "every step is logged");
     assert_eq!(dir.read_state().unwrap().status, wick::run::RunStatus::Finished);
     let out = run(&["verify", dir.root().to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
-fn first_metrics_exist(runs: &Path) -> bool {
+/// Complete lines in the metrics.jsonl of the only run under `runs` (0 before it exists).
+fn metrics_lines(runs: &Path) -> usize {
     runs.read_dir()
         .ok()
         .and_then(|mut d| d.next())
         .and_then(|e| e.ok())
-        .is_some_and(|e| e.path().join("metrics.jsonl").exists())
+        .and_then(|e| std::fs::read(e.path().join("metrics.jsonl")).ok())
+        .map_or(0, |bytes| bytes.iter().filter(|&&b| b == b'\n').count())
 }

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{create_run, loss_bits, tiny_two_stage, train_events};
-use wick::run::{RunStatus, TrainEvent};
+use wick::run::{RunDir, RunStatus, TrainEvent};
 use wick::train::{self, TrainCommand, TrainOptions};
 
 fn read_weights(dir: &std::path::Path) -> Vec<u8> {
@@ -298,5 +298,39 @@ fn a_stage_warm_starts_from_another_runs_checkpoint_and_missing_adapter_weights_
     match events.last() {
         Some(TrainEvent::Failed { message, .. }) => assert!(message.contains("stages[1].warm_start"), "{message}"),
         other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+/// Two runs training at once in one process, each on its own compute pool and evaluating: each log.txt holds
+/// its own run's lines only (the trainer body runs on a pool thread, the judge on an eval thread).
+#[test]
+fn two_runs_at_once_each_log_only_their_own_lines() {
+    let runs = tempfile::tempdir().unwrap();
+    let make = |name: &str| {
+        let mut config = common::tiny_two_stage(4, 2);
+        config.name = name.to_string();
+        config.threads = 1;
+        config.stages[0].eval_every = 2;
+        config.stages[1].eval_every = 2;
+        common::create_run(runs.path(), &config)
+    };
+    let (a, b) = (make("left"), make("right"));
+    // Resuming a run with no checkpoint logs a warning naming its directory from the trainer body.
+    let start = |dir: &RunDir| train::start(dir.clone(), TrainOptions { resume: true, ..Default::default() }).unwrap();
+    let (ha, hb) = (start(&a), start(&b));
+    let events_a: Vec<TrainEvent> = ha.events.iter().collect();
+    let events_b: Vec<TrainEvent> = hb.events.iter().collect();
+    ha.join();
+    hb.join();
+    assert!(matches!(events_a.last(), Some(TrainEvent::Finished { .. })), "{events_a:?}");
+    assert!(matches!(events_b.last(), Some(TrainEvent::Finished { .. })), "{events_b:?}");
+    for (dir, other) in [(&a, &b), (&b, &a)] {
+        let log = std::fs::read_to_string(dir.log_path()).unwrap();
+        let own = dir.root().display().to_string();
+        let foreign = other.root().display().to_string();
+        assert!(log.contains(&format!("{own}: no intact checkpoint")), "{log}");
+        assert!(!log.contains(&foreign), "{} holds lines of the other run:\n{log}", dir.log_path().display());
+        // Three evaluations, each judged on this run's eval thread.
+        assert_eq!(log.matches("judged 16 images").count(), 3, "{log}");
     }
 }

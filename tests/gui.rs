@@ -94,7 +94,6 @@ fn stages_can_be_added_duplicated_moved_and_removed() {
 
 #[test]
 fn the_smoke_preset_trains_from_start_to_finished_and_is_listed() {
-    wick::model::tune_cpu_runtime();
     let runs = tempfile::tempdir().unwrap();
     let mut harness = harness(runs.path(), &ScriptedDialog::new());
     settle(&mut harness);
@@ -128,7 +127,6 @@ fn the_smoke_preset_trains_from_start_to_finished_and_is_listed() {
 
 #[test]
 fn a_run_written_by_the_engine_opens_from_a_folder_elsewhere() {
-    wick::model::tune_cpu_runtime();
     let runs = tempfile::tempdir().unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
     let config = common::tiny_two_stage(2, 1);
@@ -208,7 +206,6 @@ fn saved_window_state_from_an_older_version_still_loads() {
 
 #[test]
 fn closing_the_window_while_training_stops_with_a_checkpoint_and_the_run_resumes_next_launch() {
-    wick::model::tune_cpu_runtime();
     let runs = tempfile::tempdir().unwrap();
     let root = {
         let mut harness = harness(runs.path(), &ScriptedDialog::new());
@@ -244,7 +241,6 @@ fn closing_the_window_while_training_stops_with_a_checkpoint_and_the_run_resumes
 
 #[test]
 fn an_image_folder_is_chosen_checked_without_freezing_and_trained_on() {
-    wick::model::tune_cpu_runtime();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("images");
     let layouts = common::image_folder(&root, 12);
@@ -329,7 +325,6 @@ fn an_image_folder_is_chosen_checked_without_freezing_and_trained_on() {
 
 #[test]
 fn checkpoints_are_compared_as_their_run_evaluated_them_and_saved_with_labels() {
-    wick::model::tune_cpu_runtime();
     let runs = tempfile::tempdir().unwrap();
     let mut config = common::tiny_two_stage(3, 3);
     config.eval.sampler.steps = 3;

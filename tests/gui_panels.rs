@@ -32,7 +32,6 @@ fn harness(runs_dir: &Path, dialog: &ScriptedDialog, panel: Panel, run: Option<&
 /// A tiny two-stage run trained to the end by the engine, evaluated at steps 3 and 6 (16 samples, 4 sampler
 /// steps), with checkpoints at both.
 fn trained_run(runs: &Path) -> RunDir {
-    wick::model::tune_cpu_runtime();
     let mut config = common::tiny_two_stage(3, 3);
     for stage in &mut config.stages {
         stage.eval_every = 3;
@@ -210,7 +209,6 @@ fn the_system_panel_shows_a_gpu_or_says_there_is_none() {
 
 #[test]
 fn preflight_of_the_smoke_preset_passes_every_check() {
-    wick::model::tune_cpu_runtime();
     let runs = tempfile::tempdir().unwrap();
     let mut harness = harness(runs.path(), &ScriptedDialog::new(), Panel::Preflight, None);
     harness.state_mut().setup.replace(RunConfig::preset("smoke").unwrap(), None);
@@ -263,7 +261,6 @@ fn toasts_show_run_events_and_errors_stay_until_clicked() {
 
 #[test]
 fn a_run_trained_in_the_window_raises_toasts_and_fills_the_checkpoint_table_as_it_saves() {
-    wick::model::tune_cpu_runtime();
     let runs = tempfile::tempdir().unwrap();
     let mut harness = harness(runs.path(), &ScriptedDialog::new(), Panel::Setup, None);
     harness.state_mut().setup.replace(RunConfig::preset("smoke").unwrap(), None);
@@ -280,4 +277,59 @@ fn a_run_trained_in_the_window_raises_toasts_and_fills_the_checkpoint_table_as_i
     assert!(toasts.iter().any(|t| t.contains("stage base finished")), "toasts: {toasts:?}");
     harness.get_by_label_contains("stage base finished");
     harness.get_by_label("step-00000050");
+}
+
+/// A chars run in the window: Setup shows the task's own settings, the Start button trains it, Live plots
+/// its exact-match, the Checkpoints table has its metric columns, and Compare shows its text samples side by
+/// side.
+#[test]
+fn a_chars_run_is_set_up_trained_tabled_and_its_text_samples_compared() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut harness = harness(runs.path(), &ScriptedDialog::new(), Panel::Setup, None);
+    settle(&mut harness);
+    harness.get_by_label("Preset").click();
+    settle(&mut harness);
+    harness.get_by_label("chars-smoke").click();
+    settle(&mut harness);
+    assert_eq!(harness.state().setup.config.task.kind, "chars");
+    harness.get_by_label("Task settings (chars)");
+    harness.get_by_label("Context");
+    harness.get_by_label("Digits (this stage)");
+    assert!(harness.query_by_label("Model preset").is_none(), "the shapes model's fields are hidden");
+    harness.state_mut().setup.config.device = "cpu".to_string();
+    harness.get_by_label("Start").click();
+    settle(&mut harness);
+    assert!(harness.state().is_training(), "status: {:?}", harness.state().status);
+    step_until(&mut harness, Duration::from_secs(60), |h| !h.state().is_training());
+    let root = harness.state().runs.first().map(|r| r.root.clone()).expect("the run is listed");
+    assert_eq!(RunDir::open(&root).unwrap().read_state().unwrap().status, wick::run::RunStatus::Finished);
+    // Live: the task's metrics have plots of their own, and no FID plot is drawn for a chars run.
+    let shown = |h: &Harness<'_, WickApp>, label: &str| h.query_all_by_label(label).count() > 0;
+    step_until(&mut harness, Duration::from_secs(20), |h| shown(h, "exact match"));
+    assert!(shown(&harness, "bits/char"));
+    assert!(!shown(&harness, "FID (judge)"));
+
+    harness.state_mut().persisted.panel = Panel::Checkpoints;
+    step_until(&mut harness, Duration::from_secs(20), report_loaded);
+    let report = harness.state().panels.checkpoints.report.clone().unwrap();
+    assert_eq!(report.rows.len(), 4);
+    for column in ["held-out loss", "exact match", "bits/char"] {
+        assert!(shown(&harness, column), "no {column} column");
+    }
+    assert!(!shown(&harness, "FID"));
+    harness.get_by_label("step-00000005").click();
+    settle(&mut harness);
+    harness.get_by_label("step-00000020").click();
+    settle(&mut harness);
+    harness.get_by_label("Compare selected (2)").click();
+    settle(&mut harness);
+    harness.get_by_label("Generate").click();
+    step_until(&mut harness, Duration::from_secs(20), |h| h.state().panels.compare.text.is_some());
+    let table = harness.state().panels.compare.text.clone().unwrap();
+    assert_eq!(table.columns, ["step-00000005", "step-00000020"]);
+    assert_eq!(table.rows.len(), 4);
+    for row in &table.rows {
+        assert!(shown(&harness, &row.prompt), "prompt {} not shown", row.prompt);
+    }
+    harness.get_by_label_contains("what differs from the column to the left");
 }

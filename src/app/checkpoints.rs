@@ -37,6 +37,8 @@ pub struct CheckpointReport {
     pub judge: Option<crate::eval::judge::JudgeReport>,
     /// What the report was made from: an unchanged fingerprint means the report need not be read again.
     pub fingerprint: ReportFingerprint,
+    /// The metric columns: the run's task's declared metrics; `None` for the shapes task's fixed columns.
+    pub columns: Option<Vec<crate::task::MetricSpec>>,
 }
 
 /// Cheap summary of what a checkpoint report depends on: the sealed checkpoints, the size of evals.jsonl and
@@ -146,6 +148,7 @@ pub fn load_report(root: &Path, previous: Option<&ReportFingerprint>) -> anyhow:
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok()),
         fingerprint,
+        columns: dir.task_descriptor().filter(|t| t.kind != "shapes").map(|t| crate::eval::report::report_columns(&t)),
     }))
 }
 

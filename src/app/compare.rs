@@ -241,11 +241,19 @@ impl CompareResult {
     }
 }
 
+/// What a comparison gave: an image grid, or text samples side by side.
+pub enum CompareOutcome {
+    /// Sampled images.
+    Grid(CompareResult),
+    /// The checkpoints' saved text samples.
+    Text(crate::eval::compare::TextComparison),
+}
+
 /// A comparison being sampled.
 pub struct CompareJob {
     done: Arc<AtomicUsize>,
     total: Arc<AtomicUsize>,
-    result: Receiver<Result<CompareResult, String>>,
+    result: Receiver<Result<CompareOutcome, String>>,
 }
 
 impl CompareJob {
@@ -258,6 +266,20 @@ impl CompareJob {
         std::thread::Builder::new()
             .name("compare".into())
             .spawn(move || {
+                // A text task's checkpoints carry their samples: they are read, not sampled again.
+                match crate::eval::compare::text_comparison(&request.checkpoints) {
+                    Ok(Some(table)) => {
+                        let _ = tx.send(Ok(CompareOutcome::Text(table)));
+                        ctx.request_repaint();
+                        return;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("comparison failed: {e:#}")));
+                        ctx.request_repaint();
+                        return;
+                    }
+                }
                 let device = match crate::train::select_device("auto") {
                     Ok(device) => device,
                     Err(e) => {
@@ -271,7 +293,7 @@ impl CompareJob {
                     t.store(of, Ordering::Relaxed);
                     ctx.request_repaint();
                 })
-                .map(CompareResult::of)
+                .map(|grid| CompareOutcome::Grid(CompareResult::of(grid)))
                 .map_err(|e| format!("comparison failed: {e:#}"));
                 let _ = tx.send(result);
                 ctx.request_repaint();
@@ -298,6 +320,8 @@ pub struct CompareState {
     pub job: Option<CompareJob>,
     /// The last result.
     pub result: Option<CompareResult>,
+    /// The last text comparison (a text task's checkpoints).
+    pub text: Option<crate::eval::compare::TextComparison>,
     /// Why the last comparison failed.
     pub error: Option<String>,
     /// The zoomed cell (column, row).
@@ -349,7 +373,12 @@ impl CompareState {
             if let Ok(result) = job.result.try_recv() {
                 self.job = None;
                 match result {
-                    Ok(result) => {
+                    Ok(CompareOutcome::Text(table)) => {
+                        self.result = None;
+                        self.text = Some(table);
+                    }
+                    Ok(CompareOutcome::Grid(result)) => {
+                        self.text = None;
                         let columns = result.geometry.columns;
                         self.column_a = 0;
                         self.column_b = columns.saturating_sub(1).min(1);

@@ -38,6 +38,8 @@ use dialog::FileDialog;
 use plot_data::PlotCache;
 use session::TrainingSession;
 use setup::{SetupState, StageOp};
+
+use crate::task::registry::TaskRegistry;
 use state::{Panel, Persisted, STORAGE_KEY};
 use store::RunStore;
 use workers::{RunSummary, RunsScanner, ScanRequest, StoreLoader};
@@ -46,6 +48,8 @@ use workers::{RunSummary, RunsScanner, ScanRequest, StoreLoader};
 pub struct AppOptions {
     /// The folder holding the runs.
     pub runs_dir: PathBuf,
+    /// The tasks Setup offers and runs train with: [`TaskRegistry::builtin`], plus a program's own.
+    pub tasks: TaskRegistry,
 }
 
 /// Opens the window and runs it until it is closed.
@@ -57,7 +61,11 @@ pub fn run_native(options: AppOptions) -> anyhow::Result<()> {
     eframe::run_native(
         "Wick",
         native,
-        Box::new(move |cc| Ok(Box::new(WickApp::new(cc, options.runs_dir, Box::new(dialog::RfdDialog))))),
+        Box::new(move |cc| {
+            let mut app = WickApp::new(cc, options.runs_dir, Box::new(dialog::RfdDialog));
+            app.set_tasks(options.tasks);
+            Ok(Box::new(app))
+        }),
     )
     .map_err(|e| anyhow::anyhow!("cannot open the window: {e}"))
 }
@@ -158,6 +166,12 @@ impl WickApp {
         let persisted: Persisted =
             cc.storage.and_then(|storage| eframe::get_value(storage, STORAGE_KEY)).unwrap_or_default();
         Self::with_state(cc.egui_ctx.clone(), runs_dir, dialog, persisted)
+    }
+
+    /// Offers `tasks` in Setup and trains runs with them (a program with its own task registers it here).
+    pub fn set_tasks(&mut self, tasks: TaskRegistry) {
+        self.setup.tasks = tasks;
+        self.setup.invalidate();
     }
 
     /// The window's state from explicit persisted settings (tests, benchmarks).
@@ -503,7 +517,7 @@ impl WickApp {
             anyhow::bail!(blocker);
         }
         let config = self.setup.config.clone();
-        let dir = RunDir::create(&self.runs_dir, &config.name, &config)?;
+        let dir = self.setup.tasks.create_run(&self.runs_dir, &config)?;
         self.begin_session(dir, false)
     }
 
@@ -515,7 +529,7 @@ impl WickApp {
 
     fn begin_session(&mut self, dir: RunDir, resume: bool) -> anyhow::Result<()> {
         let root = dir.root().to_path_buf();
-        let session = TrainingSession::start(dir.clone(), resume, self.notify())?;
+        let session = TrainingSession::start(&self.setup.tasks, dir.clone(), resume, self.notify())?;
         let verb = if resume { "Resumed" } else { "Started" };
         self.say(format!("{verb} run {}", session.id), false);
         self.session = Some(session);
@@ -528,6 +542,7 @@ impl WickApp {
         } else {
             let mut store = RunStore::new(&root);
             store.config = dir.config().ok();
+            store.task = dir.task_descriptor();
             store.state = dir.read_state().ok();
             store.ledger = store.state.as_ref().map(|s| s.stages.clone()).unwrap_or_default();
             self.loading.remove(&root);

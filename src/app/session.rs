@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::TryRecvError;
 
 use crate::run::{RunDir, RunStatus, TrainEvent};
-use crate::train::{self, TrainCommand, TrainOptions, TrainerHandle};
+use crate::train::{TrainCommand, TrainOptions, TrainerHandle};
 
 /// How long a frame may spend draining trainer events before it goes on drawing.
 pub const DRAIN_BUDGET: Duration = Duration::from_millis(4);
@@ -41,11 +41,16 @@ pub struct TrainingSession {
 
 impl TrainingSession {
     /// Starts (or, with `resume`, continues) training `dir`; `notify` wakes the window after each event.
-    pub fn start(dir: RunDir, resume: bool, notify: Arc<dyn Fn() + Send + Sync>) -> anyhow::Result<Self> {
+    pub fn start(
+        tasks: &crate::task::registry::TaskRegistry,
+        dir: RunDir,
+        resume: bool,
+        notify: Arc<dyn Fn() + Send + Sync>,
+    ) -> anyhow::Result<Self> {
         let root = dir.root().to_path_buf();
         let id = dir.id();
         let total_steps = dir.config()?.total_steps();
-        let handle = train::start(dir, TrainOptions { resume, notify: Some(notify), ..Default::default() })?;
+        let handle = tasks.start(dir, TrainOptions { resume, notify: Some(notify), ..Default::default() })?;
         Ok(Self {
             handle: Some(handle),
             root,

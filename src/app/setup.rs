@@ -21,6 +21,8 @@ pub struct SetupState {
     pub file: Option<PathBuf>,
     /// *Check data* of the draft's image folder.
     pub data_check: super::data_check::DataCheckState,
+    /// The tasks the window can train (the built-in ones, plus a program's own).
+    pub tasks: crate::task::registry::TaskRegistry,
     validated: Option<RunConfig>,
 }
 
@@ -51,6 +53,7 @@ impl SetupState {
             preset: preset.to_string(),
             file: None,
             data_check: Default::default(),
+            tasks: crate::task::registry::TaskRegistry::builtin(),
             validated: None,
         };
         state.revalidate();
@@ -63,12 +66,50 @@ impl SetupState {
         Self::new(config, DEFAULT_PRESET)
     }
 
+    /// Forgets the last validation (the next frame validates again, e.g. after the tasks changed).
+    pub fn invalidate(&mut self) {
+        self.validated = None;
+    }
+
+    /// The descriptor of the draft's task, when the window knows it.
+    pub fn task(&self) -> Option<&crate::task::TaskDescriptor> {
+        self.tasks.descriptor(&self.config.task.kind)
+    }
+
+    /// Switches the draft to another task: its settings at their defaults, no stage overrides, and the
+    /// task's headline metric picks the best checkpoint unless the current one is also the new task's.
+    pub fn set_task_kind(&mut self, kind: &str) {
+        if self.config.task.kind == kind {
+            return;
+        }
+        let Some(task) = self.tasks.descriptor(kind).cloned() else { return };
+        self.config.task.kind = kind.to_string();
+        self.config.task.settings = task.settings.defaults();
+        for stage in &mut self.config.stages {
+            stage.task.clear();
+        }
+        if task.metric(&self.config.eval.best_metric).is_none() {
+            if let Some(first) = task.metrics.first() {
+                self.config.eval.best_metric = first.name.clone();
+                self.config.eval.best_mode = None;
+            }
+        }
+        for stage in &mut self.config.stages {
+            if let Some(es) = &mut stage.early_stopping {
+                if task.metric(&es.metric).is_none() {
+                    es.metric = "loss".to_string();
+                    es.mode = crate::config::MetricMode::Min;
+                }
+            }
+        }
+    }
+
     /// Validates the draft again when it changed since the last validation.
     pub fn revalidate(&mut self) {
         if self.validated.as_ref() == Some(&self.config) {
             return;
         }
-        self.issues = self.config.validate().err().unwrap_or_default();
+        self.issues = self.tasks.validate(&self.config).err().unwrap_or_default();
         self.validated = Some(self.config.clone());
         if self.selected_stage >= self.config.stages.len() {
             self.selected_stage = self.config.stages.len().saturating_sub(1);

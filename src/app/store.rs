@@ -158,6 +158,8 @@ pub struct RunStore {
     pub messages: Vec<(u64, String)>,
     /// Events applied so far.
     pub events_applied: u64,
+    /// What the run's task declares (task.json), when known.
+    pub task: Option<crate::task::TaskDescriptor>,
     last_wall_secs: f64,
 }
 
@@ -175,6 +177,7 @@ impl RunStore {
         let mut store = Self::new(root);
         let text = std::fs::read_to_string(dir.config_path())?;
         store.config = RunConfig::from_toml_str(&text, &dir.config_path().display().to_string()).ok();
+        store.task = dir.task_descriptor();
         let state = dir.read_state().ok();
         if let Some(state) = &state {
             store.ledger = state.stages.clone();
@@ -216,6 +219,9 @@ impl RunStore {
                     self.push(names::GATE_MEAN, step, wall, m.gate_mean);
                 }
                 self.push(names::SAMPLES_PER_S, step, wall, m.samples_per_s);
+                for (name, value) in &m.scalars {
+                    self.push(name, step, wall, *value);
+                }
                 if let Some(rss) = m.rss_bytes {
                     self.push(names::RSS_MIB, step, wall, rss as f64 / (1024.0 * 1024.0));
                 }
@@ -233,11 +239,16 @@ impl RunStore {
                 let step = e.step as f64;
                 let wall = self.wall_at_step(e.step);
                 let opt = |v: Option<f64>| v.filter(|v| v.is_finite()).unwrap_or(f64::NAN);
-                self.push(names::FID, step, wall, opt(e.fid));
-                for (name, value) in names::TOP.iter().zip([e.top1, e.top2, e.top3]) {
-                    self.push(name, step, wall, opt(value));
+                if self.is_shapes() {
+                    self.push(names::FID, step, wall, opt(e.fid));
+                    for (name, value) in names::TOP.iter().zip([e.top1, e.top2, e.top3]) {
+                        self.push(name, step, wall, opt(value));
+                    }
+                    self.push(names::IOU, step, wall, opt(e.iou));
                 }
-                self.push(names::IOU, step, wall, opt(e.iou));
+                for (name, value) in &e.other {
+                    self.push(name, step, wall, opt(*value));
+                }
                 // Runs recorded before the validation loss existed have none: no point, rather than a NaN mark.
                 if let Some(v) = e.val_loss {
                     self.push(names::VAL_LOSS, step, wall, v);
@@ -352,6 +363,30 @@ impl RunStore {
         }
         let i = loss.steps.partition_point(|&s| s < step as f64);
         loss.wall_secs[i.min(loss.len() - 1)]
+    }
+
+    /// What the run's task declares: task.json, else the built-in task run.toml names (shapes for runs
+    /// recorded before tasks existed).
+    pub fn descriptor(&self) -> crate::task::TaskDescriptor {
+        if let Some(task) = &self.task {
+            return task.clone();
+        }
+        let kind = self.config.as_ref().map_or("shapes", |c| c.task.kind.as_str());
+        let registry = crate::task::registry::TaskRegistry::builtin();
+        registry
+            .descriptor(kind)
+            .or_else(|| registry.descriptor("shapes"))
+            .cloned()
+            .unwrap_or_else(|| <crate::tasks::shapes::ShapesTask as crate::task::Task>::descriptor())
+    }
+
+    /// Whether the run is of the shapes task (FID, top-k and IoU are its metrics).
+    pub fn is_shapes(&self) -> bool {
+        match (&self.task, &self.config) {
+            (Some(task), _) => task.kind == "shapes",
+            (None, Some(config)) => config.task.kind == "shapes",
+            (None, None) => true,
+        }
     }
 
     /// The number of gate series (adapter blocks).

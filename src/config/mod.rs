@@ -26,6 +26,8 @@ pub use validate::{metric_mode, ConfigIssue, LAYOUT_SLOTS, METRICS};
 pub const PRESETS: &[(&str, &str)] = &[
     ("smoke", include_str!("../../assets/presets/smoke.toml")),
     ("demo", include_str!("../../assets/presets/demo.toml")),
+    ("chars-smoke", include_str!("../../assets/presets/chars-smoke.toml")),
+    ("chars-demo", include_str!("../../assets/presets/chars-demo.toml")),
 ];
 
 /// A whole run: what to train on, which model, and the ordered stages.
@@ -40,6 +42,9 @@ pub struct RunConfig {
     pub device: String,
     /// Threads for candle's CPU kernels; 0 = every core.
     pub threads: usize,
+    /// Which task trains (`kind`, default `shapes`) and its own settings (see [`crate::task::settings`]).
+    /// The shapes task's settings are the `dataset`, `model` and `eval` tables below.
+    pub task: TaskConfig,
     /// The dataset.
     pub dataset: DatasetConfig,
     /// The model.
@@ -50,6 +55,28 @@ pub struct RunConfig {
     pub eval: EvalConfig,
     /// Stages, trained in order on one global step axis.
     pub stages: Vec<StageConfig>,
+}
+
+/// The `[task]` table: the task's kind and its own settings, checked against its schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskConfig {
+    /// The task: `shapes` (the built-in denoiser), `chars` (a character-level language model), or the kind
+    /// of a task a program registers.
+    #[serde(default = "default_task_kind")]
+    pub kind: String,
+    /// The task's settings (every other key of the table).
+    #[serde(flatten)]
+    pub settings: toml::Table,
+}
+
+fn default_task_kind() -> String {
+    "shapes".to_string()
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        Self { kind: default_task_kind(), settings: toml::Table::new() }
+    }
 }
 
 /// The training data.
@@ -266,6 +293,9 @@ pub struct StageConfig {
     pub early_stopping: Option<EarlyStoppingConfig>,
     /// Start this stage from another run's checkpoint directory (weights only).
     pub warm_start: Option<PathBuf>,
+    /// The stage's overrides of per-stage task settings (`[stages.task]`), e.g. the chars task's `digits`.
+    #[serde(skip_serializing_if = "toml::Table::is_empty")]
+    pub task: toml::Table,
 }
 
 /// Which parameters a stage trains.
@@ -352,6 +382,7 @@ impl Default for RunConfig {
             seed: 0,
             device: "auto".to_string(),
             threads: 0,
+            task: TaskConfig::default(),
             dataset: DatasetConfig::default(),
             model: ModelConfig::default(),
             checkpoints: CheckpointConfig::default(),
@@ -416,6 +447,7 @@ impl Default for StageConfig {
             sample_every: 0,
             early_stopping: None,
             warm_start: None,
+            task: toml::Table::new(),
         }
     }
 }

@@ -64,7 +64,36 @@ impl RunConfig {
     /// validate a config on the machine that will train it; to merely *view* a frozen `run.toml`, use
     /// [`RunConfig::from_toml_str`] alone.
     pub fn validate(&self) -> Result<(), Vec<ConfigIssue>> {
+        crate::task::registry::TaskRegistry::builtin().validate(self)
+    }
+
+    /// [`Self::validate`] for a config whose task is described by `task` (`None`: a kind this program does
+    /// not know; `known_kinds` lists those it does). The task's `[task]` and `[stages.task]` tables are
+    /// checked against its schema, and metric names against its metrics.
+    pub fn validate_for(
+        &self,
+        task: Option<&crate::task::TaskDescriptor>,
+        known_kinds: &[String],
+    ) -> Result<(), Vec<ConfigIssue>> {
         let mut issues = Issues::default();
+        let shapes = self.task.kind == "shapes";
+        match task {
+            None => issues.add(
+                "task.kind",
+                format!(
+                    "unknown task {:?} — use one of {} (a program that registers its own task knows its kind)",
+                    self.task.kind,
+                    known_kinds.join(", ")
+                ),
+            ),
+            Some(task) => {
+                issues.0.extend(task.settings.check(&self.task.settings, "task", false));
+                for (index, stage) in self.stages.iter().enumerate() {
+                    issues.0.extend(task.settings.check(&stage.task, &format!("stages[{index}].task"), true));
+                }
+            }
+        }
+        let metrics = Metrics(task);
         check_run_name(&self.name, &mut issues);
         check_device(&self.device, &mut issues);
         if self.threads > MAX_THREADS {
@@ -76,7 +105,9 @@ impl RunConfig {
                 ),
             );
         }
-        check_dataset(&self.dataset, &mut issues);
+        if shapes {
+            check_dataset(&self.dataset, &mut issues);
+        }
         if self.checkpoints.keep_last == 0 {
             issues.add("checkpoints.keep_last", "must be ≥ 1 — with 0 no checkpoint would stay on disk to resume from");
         }
@@ -87,7 +118,7 @@ impl RunConfig {
                  fail the run; 5 is a good start",
             );
         }
-        if !matches!(self.model.resolution, 32 | 64) {
+        if shapes && !matches!(self.model.resolution, 32 | 64) {
             issues.add(
                 "model.resolution",
                 format!(
@@ -96,7 +127,7 @@ impl RunConfig {
                 ),
             );
         }
-        check_eval(&self.eval, &mut issues);
+        check_eval(&self.eval, shapes, &metrics, &mut issues);
         if self.stages.is_empty() {
             issues.add(
                 "stages",
@@ -121,7 +152,7 @@ impl RunConfig {
             } else {
                 first_with_name.insert(name, index);
             }
-            check_stage(stage, &prefix, self.model.adapter, &mut issues);
+            check_stage(stage, &prefix, !shapes || self.model.adapter, &metrics, &mut issues);
         }
         if issues.0.is_empty() {
             Ok(())
@@ -286,7 +317,26 @@ fn check_folder_dataset(d: &DatasetConfig, issues: &mut Issues) {
     }
 }
 
-fn check_stage(stage: &StageConfig, prefix: &str, model_has_adapter: bool, issues: &mut Issues) {
+/// The metrics a config may name: its task's, or the shapes task's when the task is unknown.
+struct Metrics<'a>(Option<&'a crate::task::TaskDescriptor>);
+
+impl Metrics<'_> {
+    fn mode(&self, name: &str) -> Option<MetricMode> {
+        match self.0 {
+            Some(task) => task.metric(name).map(|m| m.mode),
+            None => metric_mode(name),
+        }
+    }
+
+    fn names(&self) -> String {
+        match self.0 {
+            Some(task) => task.metric_names().join(", "),
+            None => METRICS.join(", "),
+        }
+    }
+}
+
+fn check_stage(stage: &StageConfig, prefix: &str, model_has_adapter: bool, metrics: &Metrics, issues: &mut Issues) {
     let path = |field: &str| format!("{prefix}.{field}");
 
     if stage.steps == 0 {
@@ -404,7 +454,7 @@ fn check_stage(stage: &StageConfig, prefix: &str, model_has_adapter: bool, issue
     }
 
     if let Some(es) = &stage.early_stopping {
-        check_early_stopping(es, stage, prefix, issues);
+        check_early_stopping(es, stage, prefix, metrics, issues);
     }
 
     if let Some(dir) = &stage.warm_start {
@@ -469,12 +519,16 @@ fn check_trainable(trainable: &Trainable, prefix: &str, model_has_adapter: bool,
     }
 }
 
-fn check_early_stopping(es: &EarlyStoppingConfig, stage: &StageConfig, prefix: &str, issues: &mut Issues) {
+fn check_early_stopping(
+    es: &EarlyStoppingConfig,
+    stage: &StageConfig,
+    prefix: &str,
+    metrics: &Metrics,
+    issues: &mut Issues,
+) {
     let path = |field: &str| format!("{prefix}.early_stopping.{field}");
-    match metric_mode(&es.metric) {
-        None => {
-            issues.add(path("metric"), format!("unknown metric {:?} — use one of {}", es.metric, METRICS.join(", ")))
-        }
+    match metrics.mode(&es.metric) {
+        None => issues.add(path("metric"), format!("unknown metric {:?} — use one of {}", es.metric, metrics.names())),
         Some(better) => {
             if better != es.mode {
                 let (word, mode) = match better {
@@ -513,7 +567,14 @@ fn check_early_stopping(es: &EarlyStoppingConfig, stage: &StageConfig, prefix: &
     }
 }
 
-fn check_eval(eval: &super::EvalConfig, issues: &mut Issues) {
+fn check_eval(eval: &super::EvalConfig, shapes: bool, metrics: &Metrics, issues: &mut Issues) {
+    if metrics.mode(&eval.best_metric).is_none() {
+        issues
+            .add("eval.best_metric", format!("unknown metric {:?} — use one of {}", eval.best_metric, metrics.names()));
+    }
+    if !shapes {
+        return; // the rest are the shapes task's sampler and judge settings
+    }
     if eval.samples < 2 {
         issues
             .add("eval.samples", format!("is {} — FID needs at least 2 images; 500 is the usual budget", eval.samples));
@@ -551,12 +612,6 @@ fn check_eval(eval: &super::EvalConfig, issues: &mut Issues) {
     }
     if !eval.sampler.gate_scale.is_finite() {
         issues.add("eval.sampler.gate_scale", "must be a finite number (1 = gates as trained)");
-    }
-    if !METRICS.contains(&eval.best_metric.as_str()) {
-        issues.add(
-            "eval.best_metric",
-            format!("unknown metric {:?} — use one of {}", eval.best_metric, METRICS.join(", ")),
-        );
     }
     if let Some(judge) = &eval.judge {
         if !judge.is_file() {

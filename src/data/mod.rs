@@ -32,7 +32,7 @@ pub use boxes::normalize_box;
 pub use check::{check_folder, CheckRequest, DataCheck, DataProblem, DataReport, ProblemKind};
 pub use dataset::{dataset_class_names, Dataset};
 pub use folder::{DataSplit, FolderDataset, FolderOptions};
-pub use prefetch::Prefetcher;
+pub use prefetch::{DatasetBatches, Prefetcher};
 pub use scan::{folder_class_names, ScanProgress};
 pub use shapes::{to_rgb8, Object, Sample, ShapesDataset};
 

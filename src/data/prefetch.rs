@@ -9,14 +9,39 @@ use crossbeam_channel::{bounded, Receiver};
 
 use super::batch::{make_batch_from_indices, Batch, EpochOrder};
 use super::dataset::Dataset;
+use crate::task::BatchSource;
+
+/// The batches of a [`Dataset`] in the seeded epoch order: the shapes task's [`BatchSource`].
+pub struct DatasetBatches {
+    dataset: Dataset,
+    order: EpochOrder,
+}
+
+impl DatasetBatches {
+    /// The batches of `dataset` in the order drawn from `order_seed`.
+    pub fn new(dataset: Dataset, order_seed: u64) -> Self {
+        let order = EpochOrder::new(order_seed, dataset.len());
+        Self { dataset, order }
+    }
+}
+
+impl BatchSource for DatasetBatches {
+    type Batch = Batch;
+
+    fn batch(&mut self, cursor: u64, size: usize) -> anyhow::Result<Batch> {
+        let indices = self.order.indices(cursor, size);
+        Ok(make_batch_from_indices(&self.dataset, &indices, cursor))
+    }
+}
 
 /// A background thread (named "prefetch") that produces consecutive batches of `batch_size` starting at
 /// `start_cursor`, keeping up to `depth` ready in a bounded channel, so the trainer never waits for data.
 ///
-/// The batches are exactly those of [`super::make_batch`] at the same cursors. Dropping the `Prefetcher`
-/// stops the thread promptly (at most the batch being built finishes) and joins it.
-pub struct Prefetcher {
-    receiver: Option<Receiver<Batch>>,
+/// The batches are exactly those the source gives at the same cursors (for [`Prefetcher::spawn`], those of
+/// [`super::make_batch`]). Dropping the `Prefetcher` stops the thread promptly (at most the batch being
+/// built finishes) and joins it.
+pub struct Prefetcher<B = Batch> {
+    receiver: Option<Receiver<(u64, Result<B, String>)>>,
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
     /// Why the thread could not be started, if it could not.
@@ -26,21 +51,35 @@ pub struct Prefetcher {
     batch_size: usize,
 }
 
-impl Prefetcher {
-    /// Starts the thread. `depth` is clamped to at least 1. A failure to start the thread is reported by
-    /// the first [`Self::next_batch`].
+impl Prefetcher<Batch> {
+    /// Starts the thread over `dataset` in the epoch order of `order_seed`. `depth` is clamped to at least
+    /// 1. A failure to start the thread is reported by the first [`Self::next_batch`].
     pub fn spawn(dataset: Dataset, order_seed: u64, start_cursor: u64, batch_size: usize, depth: usize) -> Self {
-        let (sender, receiver) = bounded::<Batch>(depth.max(1));
+        Self::spawn_source(DatasetBatches::new(dataset, order_seed), start_cursor, batch_size, depth)
+    }
+}
+
+impl<B: Send + 'static> Prefetcher<B> {
+    /// Starts the thread over any batch source. `depth` is clamped to at least 1. A failure to start the
+    /// thread is reported by the first [`Self::next_batch`]; a source's error by the batch that hit it.
+    pub fn spawn_source<S: BatchSource<Batch = B>>(
+        mut source: S,
+        start_cursor: u64,
+        batch_size: usize,
+        depth: usize,
+    ) -> Self {
+        let (sender, receiver) = bounded::<(u64, Result<B, String>)>(depth.max(1));
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = Arc::clone(&stop);
+        let run_log = crate::logging::current_run_log();
         let spawned = std::thread::Builder::new().name("prefetch".to_string()).spawn(move || {
-            let mut order = EpochOrder::new(order_seed, dataset.len());
+            crate::logging::bind_thread_to(run_log.as_deref());
             let mut cursor = start_cursor;
             while !thread_stop.load(Ordering::Relaxed) {
-                let indices = order.indices(cursor, batch_size);
-                let batch = make_batch_from_indices(&dataset, &indices, cursor);
-                if sender.send(batch).is_err() {
-                    break; // the Prefetcher was dropped
+                let batch = source.batch(cursor, batch_size).map_err(|e| format!("{e:#}"));
+                let failed = batch.is_err();
+                if sender.send((cursor, batch)).is_err() || failed {
+                    break; // the Prefetcher was dropped, or the source cannot go on
                 }
                 cursor += batch_size as u64;
             }
@@ -54,16 +93,17 @@ impl Prefetcher {
 
     /// The next batch (cursors strictly consecutive: start, start+b, start+2b, ...). Blocks until it is
     /// ready; errors if the thread could not start or died (with its panic message).
-    pub fn next_batch(&mut self) -> anyhow::Result<Batch> {
+    pub fn next_batch(&mut self) -> anyhow::Result<B> {
         if let Some(error) = &self.spawn_error {
             bail!("cannot start the data prefetch thread: {error}");
         }
         let receiver = self.receiver.as_ref().context("data prefetch channel already closed")?;
         match receiver.recv() {
-            Ok(batch) => {
-                if batch.cursor != self.next_cursor {
-                    bail!("data prefetch out of order: expected cursor {}, got {}", self.next_cursor, batch.cursor);
+            Ok((cursor, batch)) => {
+                if cursor != self.next_cursor {
+                    bail!("data prefetch out of order: expected cursor {}, got {cursor}", self.next_cursor);
                 }
+                let batch = batch.map_err(|e| anyhow!("the batch at data cursor {cursor}: {e}"))?;
                 self.next_cursor += self.batch_size as u64;
                 Ok(batch)
             }
@@ -87,7 +127,7 @@ impl Prefetcher {
     }
 }
 
-impl Drop for Prefetcher {
+impl<B> Drop for Prefetcher<B> {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         // Closing the channel makes a blocked `send` fail, so the thread ends after at most one batch.

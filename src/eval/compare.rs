@@ -174,3 +174,143 @@ pub fn evaluate_checkpoint(
         .with_context(|| format!("sampling {}", checkpoint.display()))?;
     score_images(&judge, &real, &set, &images, device)
 }
+
+/// Text samples of several checkpoints side by side: one row per fixed prompt, one column per checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextComparison {
+    /// Column titles: the checkpoints' names.
+    pub columns: Vec<String>,
+    /// The rows, in prompt order.
+    pub rows: Vec<TextRow>,
+}
+
+/// One prompt across checkpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextRow {
+    /// The prompt.
+    pub prompt: String,
+    /// The right continuation, when the task knows it.
+    pub expected: Option<String>,
+    /// Each checkpoint's completion, in column order.
+    pub completions: Vec<String>,
+}
+
+/// The text samples (samples.json) of `checkpoints` side by side; `None` when the first checkpoint's samples
+/// are not text (an image task). Every checkpoint must hold text samples of the same prompts.
+pub fn text_comparison(checkpoints: &[PathBuf]) -> Result<Option<TextComparison>> {
+    let Some(first) = checkpoints.first() else { return Ok(None) };
+    if crate::task::TextSamplesFile::read(&first.join("samples.json")).ok().flatten().is_none() {
+        return Ok(None);
+    }
+    let mut columns = Vec::new();
+    let mut rows: Vec<TextRow> = Vec::new();
+    for (column, dir) in checkpoints.iter().enumerate() {
+        let path = dir.join("samples.json");
+        let file = crate::task::TextSamplesFile::read(&path)?
+            .with_context(|| format!("{} holds no text samples", path.display()))?;
+        columns.push(dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        for (i, sample) in file.samples.iter().enumerate() {
+            if column == 0 {
+                rows.push(TextRow {
+                    prompt: sample.prompt.clone(),
+                    expected: sample.expected.clone(),
+                    completions: Vec::new(),
+                });
+            }
+            match rows.get_mut(i) {
+                Some(row) if row.prompt == sample.prompt => row.completions.push(sample.completion.clone()),
+                _ => anyhow::bail!(
+                    "{}: prompt {} is {:?}, not the one of {} — these checkpoints are not of one run's task",
+                    path.display(),
+                    i + 1,
+                    sample.prompt,
+                    checkpoints[0].display()
+                ),
+            }
+        }
+    }
+    rows.retain(|r| r.completions.len() == columns.len());
+    Ok(Some(TextComparison { columns, rows }))
+}
+
+/// The comparison as aligned text: a column per checkpoint, `✓` after a completion equal to the expected
+/// answer, `*` after one that differs from the column to its left.
+pub fn format_text_comparison(table: &TextComparison) -> String {
+    let show = |s: &str| s.replace('\n', "⏎");
+    let width = |items: &mut dyn Iterator<Item = usize>| items.max().unwrap_or(0);
+    let prompt_w = width(&mut table.rows.iter().map(|r| r.prompt.chars().count())).max(6);
+    let expected_w = width(&mut table.rows.iter().map(|r| r.expected.as_deref().map_or(0, |e| e.chars().count())));
+    let column_w: Vec<usize> = (0..table.columns.len())
+        .map(|c| {
+            let title = crate::eval::grid::short_title(&table.columns[c]).chars().count();
+            width(&mut table.rows.iter().map(|r| show(&r.completions[c]).chars().count() + 2)).max(title)
+        })
+        .collect();
+    let mut out = format!("{:<prompt_w$}", "prompt");
+    if expected_w > 0 {
+        out.push_str(&format!("  {:<w$}", "expected", w = expected_w.max(8)));
+    }
+    for (c, title) in table.columns.iter().enumerate() {
+        out.push_str(&format!("  {:<w$}", crate::eval::grid::short_title(title), w = column_w[c]));
+    }
+    out.push('\n');
+    for row in &table.rows {
+        out.push_str(&format!("{:<prompt_w$}", row.prompt));
+        if expected_w > 0 {
+            out.push_str(&format!("  {:<w$}", row.expected.as_deref().unwrap_or(""), w = expected_w.max(8)));
+        }
+        for (c, completion) in row.completions.iter().enumerate() {
+            let right = row.expected.as_deref() == Some(completion.as_str());
+            let changed = c > 0 && row.completions[c - 1] != *completion;
+            let mark = format!("{}{}", if right { "✓" } else { "" }, if changed { "*" } else { "" });
+            out.push_str(&format!("  {:<w$}", format!("{}{mark}", show(completion)), w = column_w[c]));
+        }
+        out.push_str("\n");
+    }
+    out.push_str("\n✓ = the expected answer; * = differs from the column to its left\n");
+    out
+}
+
+/// Which characters of `text` differ from `other` at the same position (extra characters differ).
+pub fn differing_chars(text: &str, other: &str) -> Vec<bool> {
+    let other: Vec<char> = other.chars().collect();
+    text.chars().enumerate().map(|(i, c)| other.get(i) != Some(&c)).collect()
+}
+
+#[cfg(test)]
+mod text_tests {
+    use super::*;
+
+    #[test]
+    fn differing_characters_are_marked_position_by_position() {
+        assert_eq!(differing_chars("142", "42"), vec![true, true, true]);
+        assert_eq!(differing_chars("43", "42"), vec![false, true]);
+        assert_eq!(differing_chars("42", "42"), vec![false, false]);
+    }
+
+    #[test]
+    fn checkpoints_of_text_samples_line_up_by_prompt() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, completions: [&str; 2]| {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(&path).unwrap();
+            let samples: Vec<crate::task::TextSample> = ["1+2=", "3+4="]
+                .iter()
+                .zip(completions)
+                .map(|(p, c)| crate::task::TextSample {
+                    prompt: p.to_string(),
+                    completion: c.to_string(),
+                    expected: None,
+                })
+                .collect();
+            let file = crate::task::TextSamplesFile::new(&samples);
+            std::fs::write(path.join("samples.json"), serde_json::to_vec(&file).unwrap()).unwrap();
+            path
+        };
+        let a = write("step-00000010", ["4", "8"]);
+        let b = write("step-00000020", ["3", "7"]);
+        let table = text_comparison(&[a, b]).unwrap().unwrap();
+        assert_eq!(table.columns, vec!["step-00000010", "step-00000020"]);
+        assert_eq!(table.rows[1].completions, vec!["8", "7"]);
+    }
+}

@@ -351,3 +351,92 @@ pub fn recommend(rows: &[CheckpointRow]) -> Recommendation {
     }
     Recommendation { index: Some(index), message }
 }
+
+/// Suggests a checkpoint by one declared metric, for tasks other than shapes. `values[i]` is row `i`'s value
+/// of `metric` (shown as `display`), better in direction `mode`. Rule: the best finite value (ties: the later
+/// step); without any, the newest checkpoint.
+pub fn recommend_by_metric(
+    steps_and_stages: &[(u64, String)],
+    values: &[Option<f64>],
+    display: &str,
+    mode: MetricMode,
+) -> Recommendation {
+    let name = |i: usize| format!("{} (stage {})", checkpoint_name(steps_and_stages[i].0), steps_and_stages[i].1);
+    let total = steps_and_stages.len();
+    let Some(newest) = (0..total).max_by_key(|&i| steps_and_stages[i].0) else {
+        return Recommendation { index: None, message: "No checkpoints yet.".to_string() };
+    };
+    let finite: Vec<usize> =
+        (0..total).filter(|&i| values.get(i).copied().flatten().is_some_and(f64::is_finite)).collect();
+    let value = |i: usize| values[i].unwrap_or(f64::NAN);
+    let best = finite.iter().copied().reduce(|a, b| {
+        let (va, vb) = (value(a), value(b));
+        let b_better = match mode {
+            MetricMode::Min => vb < va,
+            MetricMode::Max => vb > va,
+        };
+        if b_better || (vb == va && steps_and_stages[b].0 > steps_and_stages[a].0) {
+            b
+        } else {
+            a
+        }
+    });
+    match best {
+        Some(best) => {
+            let word = match mode {
+                MetricMode::Min => "lowest",
+                MetricMode::Max => "highest",
+            };
+            let among = if finite.len() == total {
+                format!("among {total} checkpoint{}", if total == 1 { "" } else { "s" })
+            } else {
+                format!("among {} evaluated checkpoints of {total}", finite.len())
+            };
+            Recommendation {
+                index: Some(best),
+                message: format!("Use {}: {word} {display} {} {among}.", name(best), fmt_value(value(best))),
+            }
+        }
+        None => Recommendation {
+            index: Some(newest),
+            message: format!(
+                "No checkpoint has a {display} yet; the newest is {}, {total} checkpoint{} in all.",
+                name(newest),
+                if total == 1 { "" } else { "s" }
+            ),
+        },
+    }
+}
+
+/// Indices of the non-dominated rows of two metrics with their own directions (see [`pareto_front`]).
+pub fn pareto_front_of(points: &[(f64, f64)], modes: (MetricMode, MetricMode)) -> Vec<usize> {
+    let flip = |v: f64, mode: MetricMode| if mode == MetricMode::Min { v } else { -v };
+    // pareto_front wants (lower-better, higher-better).
+    let mapped: Vec<(f64, f64)> = points.iter().map(|&(a, b)| (flip(a, modes.0), -flip(b, modes.1))).collect();
+    pareto_front(&mapped)
+}
+
+#[cfg(test)]
+mod metric_tests {
+    use super::*;
+
+    #[test]
+    fn the_recommendation_follows_the_declared_direction() {
+        let rows: Vec<(u64, String)> = [10, 20, 30].iter().map(|&s| (s, "long".to_string())).collect();
+        let values = [Some(0.5), Some(0.9), None];
+        let up = recommend_by_metric(&rows, &values, "exact match", MetricMode::Max);
+        assert_eq!(up.index, Some(1));
+        assert!(up.message.contains("highest exact match 0.9") && up.message.contains("2 evaluated"), "{}", up.message);
+        let down = recommend_by_metric(&rows, &values, "bits/char", MetricMode::Min);
+        assert_eq!(down.index, Some(0));
+        let none = recommend_by_metric(&rows, &[None, None, None], "bits/char", MetricMode::Min);
+        assert_eq!(none.index, Some(2));
+    }
+
+    #[test]
+    fn pareto_with_two_higher_better_metrics() {
+        let points = [(0.5, 0.5), (0.9, 0.1), (0.4, 0.4), (0.1, 0.9)];
+        assert_eq!(pareto_front_of(&points, (MetricMode::Max, MetricMode::Max)), vec![0, 1, 3]);
+        assert_eq!(pareto_front_of(&points, (MetricMode::Min, MetricMode::Min)), vec![1, 2, 3]);
+    }
+}

@@ -253,9 +253,12 @@ impl EvalWorker {
         let (result_tx, result_rx) = unbounded();
         // The judge's kernels keep to the spawning run's thread limit.
         let kernel_threads = crate::model::kernel_thread_limit();
+        // Its log lines go to the spawning run's log.txt only.
+        let run_log = crate::logging::current_run_log();
         let thread = std::thread::Builder::new()
             .name("eval".to_string())
             .spawn(move || {
+                crate::logging::bind_thread_to(run_log.as_deref());
                 crate::model::limit_kernel_threads(kernel_threads);
                 for job in job_rx.iter() {
                     let start = Instant::now();

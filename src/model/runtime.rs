@@ -35,6 +35,13 @@ pub struct CpuTuning {
 /// candle op (the environment variable is read once, when candle first needs its pool). An explicitly set
 /// `CANDLE_NUM_THREADS` or `RAYON_NUM_THREADS` is left alone. The heap then stays at its peak size.
 pub fn tune_cpu_runtime() -> CpuTuning {
+    // Once per process: a second call would take the first one's RAYON_NUM_THREADS for the user's and
+    // change the environment again while other threads may be reading it.
+    static APPLIED: std::sync::OnceLock<CpuTuning> = std::sync::OnceLock::new();
+    *APPLIED.get_or_init(apply_cpu_tuning)
+}
+
+fn apply_cpu_tuning() -> CpuTuning {
     let candle_single_pool = std::env::var_os("CANDLE_NUM_THREADS").is_none();
     if candle_single_pool {
         std::env::set_var("CANDLE_NUM_THREADS", "1");

@@ -11,6 +11,9 @@ use super::state::{unix_now_secs, RunState};
 use crate::build_info::BuildInfo;
 use crate::config::RunConfig;
 
+/// The file of a run directory that holds its task's [`crate::task::TaskDescriptor`].
+pub const TASK_FILE: &str = "task.json";
+
 /// A run directory on disk (`runs/<run-id>/`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunDir {
@@ -21,6 +24,18 @@ impl RunDir {
     /// Creates `runs_dir/<name>-<YYYYMMDD-HHMMSS>/` with the frozen run.toml (every default filled in) and a
     /// fresh state.json. The config must already be valid.
     pub fn create(runs_dir: &Path, name: &str, config: &RunConfig) -> Result<Self> {
+        let registry = crate::task::registry::TaskRegistry::builtin();
+        Self::create_with_task(runs_dir, name, config, registry.descriptor(&config.task.kind))
+    }
+
+    /// [`Self::create`] for a run of the task described by `task` (written to task.json, so readers of the
+    /// run know its metrics and samples without knowing the task's code).
+    pub fn create_with_task(
+        runs_dir: &Path,
+        name: &str,
+        config: &RunConfig,
+        task: Option<&crate::task::TaskDescriptor>,
+    ) -> Result<Self> {
         std::fs::create_dir_all(runs_dir).with_context(|| format!("cannot create {}", runs_dir.display()))?;
         let stamp = time::OffsetDateTime::now_utc()
             .format(time::macros::format_description!("[year][month][day]-[hour][minute][second]"))
@@ -48,6 +63,17 @@ impl RunDir {
             if let Ok(absolute) = std::path::absolute(&*path) {
                 *path = absolute;
             }
+        }
+        if let Some(task) = task {
+            let paths = task.settings.settings.iter().filter(|s| s.kind == crate::task::settings::SettingKind::Path);
+            for setting in paths {
+                if let Some(toml::Value::String(path)) = frozen.task.settings.get_mut(&setting.key) {
+                    if let (false, Ok(absolute)) = (path.is_empty(), std::path::absolute(&*path)) {
+                        *path = absolute.display().to_string();
+                    }
+                }
+            }
+            dir.write_task(task)?;
         }
         let toml = frozen.to_toml_string()?;
         atomic_write(&dir.config_path(), toml.as_bytes())?;
@@ -112,9 +138,49 @@ impl RunDir {
         self.root.join("checkpoints")
     }
 
-    /// The frozen config, validated.
+    /// task.json: what the run's task declares (metrics, samples, settings).
+    pub fn task_path(&self) -> PathBuf {
+        self.root.join(TASK_FILE)
+    }
+
+    /// Writes task.json.
+    pub fn write_task(&self, task: &crate::task::TaskDescriptor) -> Result<()> {
+        atomic_write(&self.task_path(), &serde_json::to_vec_pretty(task)?)
+    }
+
+    /// What the run's task declares: task.json when the run has one, else the built-in task its run.toml
+    /// names (runs recorded before tasks existed are shapes runs); `None` for an unknown kind without
+    /// task.json, or a damaged task.json.
+    pub fn task_descriptor(&self) -> Option<crate::task::TaskDescriptor> {
+        if let Ok(bytes) = std::fs::read(self.task_path()) {
+            match serde_json::from_slice(&bytes) {
+                Ok(task) => return Some(task),
+                Err(e) => tracing::warn!(
+                    "{} is damaged ({e}); using the built-in task of run.toml",
+                    self.task_path().display()
+                ),
+            }
+        }
+        let kind = std::fs::read_to_string(self.config_path())
+            .ok()
+            .and_then(|text| RunConfig::from_toml_str(&text, "run.toml").ok())
+            .map_or_else(|| "shapes".to_string(), |c| c.task.kind);
+        crate::task::registry::TaskRegistry::builtin().descriptor(&kind).cloned()
+    }
+
+    /// The frozen config, validated (its task's settings against task.json's schema when the run has one).
     pub fn config(&self) -> Result<RunConfig> {
-        Ok(RunConfig::load(&self.config_path())?)
+        let path = self.config_path();
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| crate::config::ConfigError::Read { path: path.clone(), source })?;
+        let origin = path.display().to_string();
+        let config = RunConfig::from_toml_str(&text, &origin)?;
+        let task = self.task_descriptor().filter(|t| t.kind == config.task.kind);
+        let kinds = crate::task::registry::TaskRegistry::builtin().kinds();
+        config
+            .validate_for(task.as_ref(), &kinds)
+            .map_err(|issues| crate::config::ConfigError::Invalid { origin, issues })?;
+        Ok(config)
     }
 
     /// Reads state.json.

@@ -1,5 +1,7 @@
 //! What the trainer reports: [`TrainEvent`] and the records written to metrics.jsonl and events.jsonl.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// One logged training step: a line of metrics.jsonl.
@@ -27,26 +29,38 @@ pub struct MetricsRecord {
     pub rss_bytes: Option<u64>,
     /// GPU memory in use, when known.
     pub gpu_mem_bytes: Option<u64>,
+    /// A task's other named scalars of this step (`group/name`); absent from runs that have none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scalars: BTreeMap<String, f64>,
 }
 
 /// One evaluation: a line of evals.jsonl.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The shapes task's metrics have fields of their own (as in every run recorded before tasks); any other
+/// task's metrics sit beside them at the top level of the line, read into [`EvalRecord::other`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct EvalRecord {
     /// Global step evaluated (a checkpoint of the same step exists).
     pub step: u64,
     /// Stage name.
     pub stage: String,
     /// FID (judge features) of the generated vs real images; `None` when it could not be computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fid: Option<f64>,
     /// Fraction of generated images whose requested class is the judge's top-1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top1: Option<f64>,
     /// … within the judge's top 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top2: Option<f64>,
     /// … within the judge's top 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top3: Option<f64>,
     /// Mean IoU of requested and judged main-object boxes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iou: Option<f64>,
     /// Mean training loss of the steps logged since the previous evaluation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<f64>,
     /// Validation loss: the flow-matching loss of the weights samples are drawn with, on a fixed held-out
     /// batch with fixed timesteps and noise (classes and layouts kept) — the same inputs at every evaluation,
@@ -62,10 +76,14 @@ pub struct EvalRecord {
     /// The stage's early-stopping counters after this evaluation, when it has a rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_stopping: Option<super::state::EarlyStopState>,
+    /// Metrics of other tasks by name (`null` when not finite).
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Option<f64>>,
 }
 
 impl EvalRecord {
-    /// The value of a metric by name (`fid`, `top1`, `top2`, `top3`, `iou`, `loss`, `val_loss`).
+    /// The value of a metric by name: `fid`, `top1`, `top2`, `top3`, `iou`, `loss`, `val_loss`, or any
+    /// other task's metric.
     pub fn metric(&self, name: &str) -> Option<f64> {
         match name {
             "fid" => self.fid,
@@ -75,7 +93,23 @@ impl EvalRecord {
             "iou" => self.iou,
             "loss" => self.loss,
             "val_loss" => self.val_loss,
-            _ => None,
+            other => self.other.get(other).copied().flatten(),
+        }
+    }
+
+    /// Sets a metric by name (see [`Self::metric`]); `None` records it as missing.
+    pub fn set_metric(&mut self, name: &str, value: Option<f64>) {
+        match name {
+            "fid" => self.fid = value,
+            "top1" => self.top1 = value,
+            "top2" => self.top2 = value,
+            "top3" => self.top3 = value,
+            "iou" => self.iou = value,
+            "loss" => self.loss = value,
+            "val_loss" => self.val_loss = value,
+            other => {
+                self.other.insert(other.to_string(), value);
+            }
         }
     }
 }
@@ -277,14 +311,20 @@ impl TrainEvent {
                 m.loss.map_or("non-finite".to_string(), |l| format!("{l:.5}")),
                 m.lr
             ),
-            Self::Eval(e) => format!(
-                "eval at step {}: fid {} top1 {} iou {} ({:.1} s)",
-                e.step,
-                e.fid.map_or("-".to_string(), |v| format!("{v:.3}")),
-                e.top1.map_or("-".to_string(), |v| format!("{v:.3}")),
-                e.iou.map_or("-".to_string(), |v| format!("{v:.3}")),
-                e.eval_secs
-            ),
+            Self::Eval(e) => {
+                let show = |name: &str, value: Option<f64>| {
+                    format!("{name} {}", value.map_or("-".to_string(), |v| format!("{v:.3}")))
+                };
+                let mut parts: Vec<String> = Vec::new();
+                if e.fid.is_some() || e.top1.is_some() || e.iou.is_some() {
+                    parts.extend([show("fid", e.fid), show("top1", e.top1), show("iou", e.iou)]);
+                }
+                parts.extend(e.other.iter().map(|(name, value)| show(name, *value)));
+                if parts.is_empty() {
+                    parts.push(show("val_loss", e.val_loss));
+                }
+                format!("eval at step {}: {} ({:.1} s)", e.step, parts.join(" "), e.eval_secs)
+            }
             Self::BestCheckpoint { message, .. }
             | Self::EarlyStopped { message, .. }
             | Self::GateAlert { message, .. }

@@ -10,6 +10,7 @@ pub mod checkpointing;
 pub mod ema;
 pub mod noise;
 pub mod optimizer;
+pub mod policy;
 mod trainer;
 pub mod validation;
 
@@ -22,6 +23,8 @@ use crate::run::recorder::{spawn_recorder, Notify};
 use crate::run::{RunDir, TrainEvent};
 
 pub use trainer::select_device;
+
+use crate::task::{Task, TaskContext};
 
 /// Requests a watcher can send to a running trainer; each takes effect at the next step boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,8 +64,20 @@ pub struct TrainerHandle {
     _log: crate::logging::RunLogGuard,
 }
 
-/// Starts training the run in `run_dir` (its run.toml) on a new thread.
+/// Starts training the run in `run_dir` (its run.toml) on a new thread, with the built-in task its
+/// `[task] kind` names. A program with tasks of its own starts runs through its
+/// [`crate::task::registry::TaskRegistry`], or with [`start_task`].
 pub fn start(run_dir: RunDir, options: TrainOptions) -> Result<TrainerHandle> {
+    crate::task::registry::TaskRegistry::builtin().start(run_dir, options)
+}
+
+/// Starts training the run in `run_dir` on a new thread with a task of type `T`, which `open` makes on the
+/// trainer thread from the run's config and directory.
+pub fn start_task<T: Task>(
+    run_dir: RunDir,
+    options: TrainOptions,
+    open: impl FnOnce(&TaskContext) -> Result<T> + Send + 'static,
+) -> Result<TrainerHandle> {
     let config = run_dir.config()?;
     crate::logging::ensure_run_logging();
     let log = crate::logging::attach_run_log(&run_dir.log_path())?;
@@ -73,7 +88,7 @@ pub fn start(run_dir: RunDir, options: TrainOptions) -> Result<TrainerHandle> {
     let dir = run_dir.clone();
     let trainer = std::thread::Builder::new()
         .name(format!("trainer-{}", run_dir.id()))
-        .spawn(move || trainer::run_guarded(config, dir, options, event_tx, command_rx))
+        .spawn(move || trainer::run_guarded(config, dir, options, Box::new(open), event_tx, command_rx))
         .context("cannot start the trainer thread")?;
     Ok(TrainerHandle {
         events: out_rx,

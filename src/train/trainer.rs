@@ -1,4 +1,7 @@
-//! The training loop of one run: stages, steps, the NaN guard, checkpoints, commands.
+//! The training loop of one run, for any [`Task`]: stages, steps, the NaN guard, checkpoints, commands.
+//!
+//! The loop knows no model: the task builds it, makes its batches and computes its loss; evaluations and
+//! samples are the task's too. What happens after a step is decided by [`super::policy`].
 
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -15,19 +18,16 @@ use super::checkpointing::{assign_weights, load_checkpoint, save_checkpoint, Nam
 use super::ema::Ema;
 use super::noise::{self, Stream};
 use super::optimizer::{clip_grads, global_grad_norm, AdamW};
-use super::validation::{ValidationSet, VALIDATION_IMAGES};
+use super::policy;
 use super::{TrainCommand, TrainOptions};
-use crate::config::{metric_mode, MetricMode, RunConfig, StageConfig};
-use crate::data::{dataset_class_names, Batch, Dataset, Prefetcher};
-use crate::eval::grid::render_grid;
-use crate::eval::sampler::{sample_images, EvalSet};
-use crate::eval::worker::{dataset_key, judge_for_run, real_stats, EvalJob, EvalWorker};
+use crate::config::{is_adapter_param, MetricMode, RunConfig, StageConfig};
+use crate::data::Prefetcher;
 use crate::eval::{BestTracker, EarlyStopDecision, EarlyStopping, GateMonitor};
-use crate::model::{self, Denoiser, ModelSpec};
-use crate::run::checkpoint::{checkpoint_name, checkpoints_to_prune, newest_intact_checkpoint};
+use crate::run::checkpoint::{checkpoint_name, newest_intact_checkpoint};
 use crate::run::events::EvalRecord;
 use crate::run::state::EarlyStopState;
 use crate::run::{MetricsRecord, RunDir, TrainEvent};
+use crate::task::{BatchSource, EvalContext, Samples, Task, TaskContext, TaskDescriptor};
 
 /// Batches kept ready by the prefetch thread.
 const PREFETCH_DEPTH: usize = 4;
@@ -59,15 +59,21 @@ pub fn select_device(choice: &str) -> Result<Device> {
     }
 }
 
+/// Opens a run's task on the trainer thread (so opening data, which may take a while, reports its progress
+/// and errors like the rest of the run).
+pub type TaskOpener<T> = Box<dyn FnOnce(&TaskContext) -> Result<T> + Send>;
+
 /// Runs the trainer, turning any error or panic into a `failed` event with its reason.
-pub(super) fn run_guarded(
+pub(super) fn run_guarded<T: Task>(
     config: RunConfig,
     dir: RunDir,
     options: TrainOptions,
+    open: TaskOpener<T>,
     events: Sender<TrainEvent>,
     commands: Receiver<TrainCommand>,
 ) {
-    crate::logging::bind_thread_to_run_log(&dir.log_path());
+    let log_path = dir.log_path();
+    crate::logging::bind_thread_to_run_log(&log_path);
     let step = Arc::new(AtomicU64::new(0));
     let threads = config.threads;
     let outcome = {
@@ -75,7 +81,7 @@ pub(super) fn run_guarded(
         let step = step.clone();
         std::panic::catch_unwind(AssertUnwindSafe(move || -> Result<()> {
             let body = move || -> Result<()> {
-                let mut trainer = Trainer::new(config, dir, options, events, commands, step)?;
+                let mut trainer = Trainer::new(config, dir, options, open, events, commands, step)?;
                 trainer.run()
             };
             if threads > 0 {
@@ -85,6 +91,8 @@ pub(super) fn run_guarded(
                     .build()
                     .context("cannot build the compute thread pool")?;
                 pool.install(move || {
+                    // The body runs on a pool thread: its log lines belong to this run's log.txt too.
+                    crate::logging::bind_thread_to_run_log(&log_path);
                     // candle's matmuls now use this pool; wick's kernels are held to the same count.
                     crate::model::limit_kernel_threads(threads);
                     body()
@@ -124,13 +132,7 @@ enum Interrupt {
     Stop(String),
 }
 
-/// Sample grid files of a checkpoint: samples.png and samples.json.
-struct GridFiles {
-    png: Vec<u8>,
-    json: Vec<u8>,
-}
-
-struct Trainer {
+struct Trainer<T: Task> {
     config: RunConfig,
     dir: RunDir,
     options: TrainOptions,
@@ -138,56 +140,41 @@ struct Trainer {
     commands: Receiver<TrainCommand>,
     progress: Arc<AtomicU64>,
     device: Device,
-    spec: ModelSpec,
+    task: T,
+    descriptor: TaskDescriptor,
     params: NamedVars,
     optimizer: AdamW,
     ema: Ema,
-    dataset: Dataset,
     state: TrainerState,
     session_start: Instant,
     wall_at_session_start: f64,
     last_saved_step: Option<u64>,
     last_log: (Instant, u64),
-    /// The fixed evaluation inputs (made when first needed).
-    eval_set: Option<Arc<EvalSet>>,
-    /// The judge's worker (started at the first evaluation).
-    worker: Option<EvalWorker>,
-    /// The fixed held-out batch of the validation loss (made when first needed).
-    validation: Option<ValidationSet>,
+    /// Samples an evaluation drew at this step, for the checkpoint saved at the same step.
+    pending_samples: Option<(u64, Option<Samples>)>,
 }
 
-impl Trainer {
+impl<T: Task> Trainer<T> {
     fn new(
         config: RunConfig,
         dir: RunDir,
         options: TrainOptions,
+        open: TaskOpener<T>,
         events: Sender<TrainEvent>,
         commands: Receiver<TrainCommand>,
         progress: Arc<AtomicU64>,
     ) -> Result<Self> {
         let device = select_device(&config.device)?;
-        let classes = dataset_class_names(&config.dataset)?;
-        let spec = ModelSpec::for_config(&config.model, classes.len());
-        let (varmap, _) = model::build_model(spec, &device, noise::stream_seed(config.seed, Stream::Init))?;
-        let params: NamedVars = model::sorted_vars(&varmap)?;
-        let mut last_report = Instant::now();
-        let dataset = crate::run::data::open_run_dataset(dir.root(), &config, &spec, true, |p| {
-            if last_report.elapsed().as_secs_f64() >= 5.0 || p.done == p.total {
-                last_report = Instant::now();
-                tracing::info!("checking the data: {}/{} files ({} from an earlier scan)", p.done, p.total, p.reused);
-            }
-        })?;
-        if let Some(folder) = dataset.as_folder() {
-            let report = folder.report();
-            tracing::info!(
-                "data: {} training and {} held-out images of {} classes ({}); {} problems skipped (data_report.json)",
-                folder.len(),
-                folder.heldout_len(),
-                report.classes.len(),
-                folder.class_names().join(", "),
-                report.problems.len()
-            );
-        }
+        let task = open(&TaskContext { config: &config, run_root: dir.root(), device: &device })?;
+        let descriptor = T::descriptor();
+        let varmap = task.init(noise::stream_seed(config.seed, Stream::Init), &device)?;
+        let params: NamedVars = crate::model::sorted_vars(&varmap)?;
+        let best_mode = config
+            .eval
+            .best_mode
+            .or_else(|| descriptor.metric(&config.eval.best_metric).map(|m| m.mode))
+            .unwrap_or(MetricMode::Min);
+        let has_adapter = params.iter().any(|(n, _)| is_adapter_param(n));
         let state = TrainerState {
             global_step: 0,
             stage_index: 0,
@@ -204,12 +191,9 @@ impl Trainer {
             ema_updates: 0,
             adapter_steps: 0,
             losses_since_eval: (0.0, 0),
-            best: Some(BestTracker::new(
-                config.eval.best_metric.clone(),
-                config.eval.best_mode.or_else(|| metric_mode(&config.eval.best_metric)).unwrap_or(MetricMode::Min),
-            )),
+            best: Some(BestTracker::new(config.eval.best_metric.clone(), best_mode)),
             early_stopping: None,
-            gate_monitor: config.model.adapter.then(|| GateMonitor::new(config.eval.gates.clone())),
+            gate_monitor: has_adapter.then(|| GateMonitor::new(config.eval.gates.clone())),
         };
         Ok(Self {
             config,
@@ -219,19 +203,17 @@ impl Trainer {
             commands,
             progress,
             device,
-            spec,
+            task,
+            descriptor,
             params,
             optimizer: AdamW::default(),
             ema: Ema::default(),
-            dataset,
             state,
             session_start: Instant::now(),
             wall_at_session_start: 0.0,
             last_saved_step: None,
             last_log: (Instant::now(), 0),
-            eval_set: None,
-            worker: None,
-            validation: None,
+            pending_samples: None,
         })
     }
 
@@ -244,7 +226,13 @@ impl Trainer {
         self.wall_at_session_start + self.session_start.elapsed().as_secs_f64()
     }
 
+    fn param_count(&self) -> usize {
+        self.params.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
     fn run(&mut self) -> Result<()> {
+        // Readers of the run (report, the window) learn its metrics and samples from task.json.
+        self.dir.write_task(&self.descriptor)?;
         let resumed_from = if self.options.resume { self.restore()? } else { None };
         self.progress.store(self.state.global_step, Ordering::Relaxed);
         self.emit(TrainEvent::Started {
@@ -254,9 +242,10 @@ impl Trainer {
             message: match &resumed_from {
                 Some(name) => format!("resumed from {name} at step {}", self.state.global_step),
                 None => format!(
-                    "training {} ({} parameters, {} stages, {} steps) on {:?}",
+                    "training {} ({} task, {} parameters, {} stages, {} steps) on {:?}",
                     self.config.name,
-                    model::param_count(self.spec),
+                    self.descriptor.kind,
+                    self.param_count(),
                     self.config.stages.len(),
                     self.config.total_steps(),
                     self.device
@@ -315,10 +304,11 @@ impl Trainer {
         let stage = self.config.stages[index].clone();
         let trainable = self.trainable_names(&stage);
         if trainable.is_empty() {
+            let has_adapter = self.params.iter().any(|(n, _)| is_adapter_param(n));
             bail!(
                 "stages[{index}].trainable matches no parameter of the {} model{}",
-                self.spec_name(),
-                if self.spec.adapter { "" } else { " (its adapter is off)" }
+                self.model_name(),
+                if has_adapter { "" } else { " (it has no adapter)" }
             );
         }
         if self.state.step_in_stage == 0 {
@@ -326,14 +316,9 @@ impl Trainer {
         }
         let trainable_vars: NamedVars = self.params.iter().filter(|(n, _)| trainable.contains(n)).cloned().collect();
         let model = self.stage_model(&trainable)?;
-        let trains_adapter = trainable.iter().any(|n| model::is_adapter_param(n));
-        let mut prefetcher = Prefetcher::spawn(
-            self.dataset.clone(),
-            noise::stream_seed(self.config.seed, Stream::DataOrder),
-            self.state.data_cursor,
-            stage.batch_size,
-            PREFETCH_DEPTH,
-        );
+        let trains_adapter = trainable.iter().any(|n| is_adapter_param(n));
+        let source = self.task.data(&stage, noise::stream_seed(self.config.seed, Stream::DataOrder))?;
+        let mut prefetcher = Prefetcher::spawn_source(source, self.state.data_cursor, stage.batch_size, PREFETCH_DEPTH);
         self.last_log = (Instant::now(), self.state.global_step);
         while self.state.step_in_stage < stage.steps {
             if let Some(interrupt) = self.poll_commands()? {
@@ -377,21 +362,19 @@ impl Trainer {
                     (loss, grad_norm)
                 }
             };
-            let done = self.state.step_in_stage == stage.steps;
-            if self.state.step_in_stage % stage.log_every == 0 || done {
+            let actions = policy::after_step(&stage, self.state.step_in_stage);
+            if actions.log {
                 self.log_metrics(&model, &stage, lr, loss, grad_norm)?;
             }
-            let step_in_stage = self.state.step_in_stage;
-            let cadence = |every: u64| every > 0 && (step_in_stage % every == 0 || done);
-            if cadence(stage.eval_every) && self.evaluate(&stage, done)? {
+            if actions.evaluate && self.evaluate(&stage, actions.stage_done)? {
                 break; // early stop: the stage ends here
             }
-            if done {
+            if actions.stage_done {
                 break;
             }
-            if cadence(stage.save_every) {
+            if actions.save {
                 self.save()?;
-            } else if cadence(stage.sample_every) {
+            } else if actions.samples {
                 self.save_samples()?;
             }
             if self.options.stop_at_step == Some(self.state.global_step) {
@@ -418,8 +401,13 @@ impl Trainer {
         Ok(None)
     }
 
-    fn spec_name(&self) -> &'static str {
-        self.config.model.preset.name()
+    /// The model's name in messages: the task kind, with the shapes task's size preset.
+    fn model_name(&self) -> String {
+        if self.descriptor.kind == "shapes" {
+            self.config.model.preset.name().to_string()
+        } else {
+            self.descriptor.kind.clone()
+        }
     }
 
     /// Start-of-stage work: warm start, optimizer moments carried or dropped, the `stage_started` event.
@@ -471,10 +459,10 @@ impl Trainer {
             .with_context(|| format!("stages[{index}].warm_start: cannot load {}", weights_path.display()))?;
         let origin = format!("stages[{index}].warm_start {}", weights_path.display());
         let missing = assign_weights(&self.params, &weights, false, &origin)?;
-        if missing.iter().any(|n| !model::is_adapter_param(n)) {
+        if missing.iter().any(|n| !is_adapter_param(n)) {
             bail!(
                 "{origin}: lacks base parameters ({}); only adapter weights may be missing",
-                missing.iter().filter(|n| !model::is_adapter_param(n)).cloned().collect::<Vec<_>>().join(", ")
+                missing.iter().filter(|n| !is_adapter_param(n)).cloned().collect::<Vec<_>>().join(", ")
             );
         }
         let message = if missing.is_empty() {
@@ -492,7 +480,7 @@ impl Trainer {
 
     /// The model for a stage: trainable parameters are the tracked variables, frozen ones are detached, so
     /// backward computes no gradient it would throw away.
-    fn stage_model(&self, trainable: &HashSet<String>) -> Result<Denoiser> {
+    fn stage_model(&self, trainable: &HashSet<String>) -> Result<T::Model> {
         let tensors: HashMap<String, Tensor> = self
             .params
             .iter()
@@ -502,7 +490,7 @@ impl Trainer {
             })
             .collect();
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &self.device);
-        Ok(Denoiser::new(self.spec, vb)?)
+        self.task.build(vb).map_err(|e| anyhow::anyhow!("building the {} model: {e}", self.descriptor.kind))
     }
 
     /// Handles pending commands; blocks while paused. Returns an interrupt when the run must stop.
@@ -553,10 +541,10 @@ impl Trainer {
     /// One optimizer step: every micro-batch forward and backward, accumulate, guard, clip, update, EMA.
     fn train_step(
         &mut self,
-        model: &Denoiser,
+        model: &T::Model,
         stage: &StageConfig,
         trainable: &NamedVars,
-        prefetcher: &mut Prefetcher,
+        prefetcher: &mut Prefetcher<<T::Data as BatchSource>::Batch>,
     ) -> Result<StepOutcome> {
         let step_number = self.state.global_step + 1;
         let mut rng = noise::step_rng(self.config.seed, self.state.global_step);
@@ -565,18 +553,16 @@ impl Trainer {
         let mut bad: Option<(String, Option<f64>)> = None;
         for micro in 0..stage.grad_accum {
             let mut batch = prefetcher.next_batch()?;
-            if micro == 0 && self.options.inject_nan_at_steps.contains(&step_number) {
-                if let Some(first) = batch.images.first_mut() {
-                    *first = f32::NAN;
-                }
-            }
-            for warning in batch.warnings.drain(..) {
+            for warning in self.task.take_warnings(&mut batch) {
                 self.emit(TrainEvent::Warning { step: step_number, message: warning });
             }
             if bad.is_some() {
                 continue; // keep the data order: the step's batches are consumed either way
             }
-            let loss = self.micro_batch_loss(model, stage, &batch, &mut rng)?;
+            let mut loss = self.task.loss(model, &batch, stage, &mut rng)?;
+            if micro == 0 && self.options.inject_nan_at_steps.contains(&step_number) {
+                loss = (loss * f64::NAN)?; // fault injection for tests
+            }
             let loss_value = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
             if !loss_value.is_finite() {
                 bad = Some((format!("the loss of micro-batch {micro} is {loss_value}"), None));
@@ -627,66 +613,16 @@ impl Trainer {
         Ok(StepOutcome::Applied { loss, grad_norm })
     }
 
-    /// The flow-matching loss of one micro-batch, with this step's noise, timesteps and dropouts.
-    fn micro_batch_loss(
-        &self,
-        model: &Denoiser,
-        stage: &StageConfig,
-        batch: &Batch,
-        rng: &mut rand_chacha::ChaCha8Rng,
-    ) -> Result<Tensor> {
-        let b = batch.size;
-        let side = self.spec.image_size;
-        let slots = self.spec.slots;
-        let null = self.spec.null_class();
-        let mut eps = Vec::new();
-        let draws = noise::draw_samples(rng, b, 3 * side * side, noise::DrawSettings::of_stage(stage), &mut eps);
-        let mut labels = batch.labels.clone();
-        let mut boxes = batch.boxes.clone();
-        let mut box_classes = batch.box_classes.clone();
-        for (i, draw) in draws.iter().enumerate() {
-            if draw.drop_class {
-                labels[i] = null;
-            }
-            if draw.drop_layout {
-                box_classes[i * slots..(i + 1) * slots].fill(null);
-                boxes[i * slots * 4..(i + 1) * slots * 4].fill(0.0);
-            }
-        }
-        let t: Vec<f32> = draws.iter().map(|d| d.t).collect();
-        let device = &self.device;
-        let x0 = Tensor::from_vec(batch.images.clone(), (b, 3, side, side), device)?;
-        let eps = Tensor::from_vec(eps, (b, 3, side, side), device)?;
-        let t = Tensor::from_vec(t, b, device)?;
-        let y = Tensor::from_vec(labels, b, device)?;
-        let boxes = Tensor::from_vec(boxes, (b, slots, 4), device)?;
-        let box_classes = Tensor::from_vec(box_classes, (b, slots), device)?;
-        if stage.object_loss_weight > 0.0 {
-            // The image's objects, whether or not its layout was dropped: they are in the picture either way.
-            let weights = model::object_pixel_weights(
-                &batch.boxes,
-                &batch.box_classes,
-                slots,
-                null,
-                side,
-                stage.object_loss_weight as f32,
-                stage.object_loss_mode == crate::config::ObjectLossMode::Objects,
-            );
-            let weights = Tensor::from_vec(weights, (b, 1, side, side), device)?;
-            return Ok(model::weighted_flow_matching_loss(model, &x0, &t, &eps, &y, &boxes, &box_classes, &weights)?);
-        }
-        Ok(model::flow_matching_loss(model, &x0, &t, &eps, &y, &boxes, &box_classes)?)
-    }
-
     fn log_metrics(
         &mut self,
-        model: &Denoiser,
+        model: &T::Model,
         stage: &StageConfig,
         lr: f64,
         loss: Option<f64>,
         grad_norm: Option<f64>,
     ) -> Result<()> {
-        let gates: Vec<f64> = model.gate_values()?.into_iter().map(f64::from).collect();
+        let gates = self.task.gates(model)?;
+        let scalars = self.task.scalars(model)?.into_iter().filter(|(_, v)| v.is_finite()).collect();
         let gate_mean =
             if gates.is_empty() { 0.0 } else { gates.iter().map(|g| g.abs()).sum::<f64>() / gates.len() as f64 };
         let (since, step_then) = self.last_log;
@@ -717,27 +653,41 @@ impl Trainer {
             gate_mean,
             samples_per_s,
             rss_bytes: crate::monitor::rss_bytes(),
-            gpu_mem_bytes: None,
+            gpu_mem_bytes: crate::monitor::device_memory_bytes(&self.device),
+            scalars,
         }));
         Ok(())
     }
 
-    /// Saves a checkpoint of the current state with its sample grid (unless this step's is already on disk),
+    /// The stage being trained (the last one once the plan is done).
+    fn current_stage(&self) -> StageConfig {
+        let last = self.config.stages.len().saturating_sub(1);
+        self.config.stages.get(self.state.stage_index.min(last)).cloned().unwrap_or_default()
+    }
+
+    /// Saves a checkpoint of the current state with its samples (unless this step's is already on disk),
     /// then prunes old ones.
     fn save(&mut self) -> Result<()> {
         if self.last_saved_step == Some(self.state.global_step) {
             return Ok(());
         }
-        let grid = self.sample_grid()?;
-        self.save_with_grid(grid)
+        let samples = match self.pending_samples.take() {
+            Some((step, samples)) if step == self.state.global_step => samples,
+            _ => self.draw_samples()?,
+        };
+        self.save_with_samples(samples)
     }
 
-    fn save_with_grid(&mut self, grid: GridFiles) -> Result<()> {
+    fn save_with_samples(&mut self, samples: Option<Samples>) -> Result<()> {
         if self.last_saved_step == Some(self.state.global_step) {
             return Ok(());
         }
         self.state.wall_secs = self.wall_secs();
-        let extra: [(&str, &[u8]); 2] = [("samples.png", &grid.png), ("samples.json", &grid.json)];
+        let files = match &samples {
+            Some(samples) => samples.files()?,
+            None => Vec::new(),
+        };
+        let extra: Vec<(&str, &[u8])> = files.iter().map(|(name, bytes)| (*name, bytes.as_slice())).collect();
         let (dir, bytes) = save_checkpoint(
             &self.dir.checkpoints_dir(),
             &self.params,
@@ -748,155 +698,110 @@ impl Trainer {
         )?;
         self.last_saved_step = Some(self.state.global_step);
         let name = checkpoint_name(self.state.global_step);
-        let stage = self
-            .config
-            .stages
-            .get(self.state.stage_index.min(self.config.stages.len().saturating_sub(1)))
-            .map(|s| s.name.clone())
-            .unwrap_or_default();
+        let stage_names: Vec<String> = self.config.stages.iter().map(|s| s.name.clone()).collect();
+        let stage = policy::checkpoint_stage(&stage_names, self.state.stage_index, self.state.step_in_stage);
         self.emit(TrainEvent::CheckpointSaved {
             step: self.state.global_step,
             stage,
-            checkpoint: name.clone(),
+            checkpoint: name,
             bytes,
             message: format!("checkpoint {} saved ({:.1} MB)", dir.display(), bytes as f64 / 1e6),
         });
         let entries = self.dir.checkpoints()?;
-        let mut protected = vec![name];
-        if let Some(best) = self.state.best.as_ref().and_then(|b| b.best()).and_then(|b| b.checkpoint.clone()) {
-            protected.push(best);
-        }
-        for entry in checkpoints_to_prune(&entries, self.config.checkpoints.keep_last, &protected) {
+        let best = self.state.best.as_ref().and_then(|b| b.best()).and_then(|b| b.checkpoint.clone());
+        let keep_last = self.config.checkpoints.keep_last;
+        for entry in policy::prune(&entries, keep_last, self.state.global_step, best.as_deref()) {
             std::fs::remove_dir_all(&entry.dir).with_context(|| format!("cannot prune {}", entry.dir.display()))?;
             self.emit(TrainEvent::CheckpointPruned {
                 step: self.state.global_step,
                 checkpoint: entry.name.clone(),
-                message: format!("pruned {} (keep_last = {})", entry.name, self.config.checkpoints.keep_last),
+                message: format!("pruned {} (keep_last = {keep_last})", entry.name),
             });
         }
         Ok(())
     }
 
-    /// The fixed evaluation inputs, made on first use.
-    fn eval_set(&mut self) -> Arc<EvalSet> {
-        if self.eval_set.is_none() {
-            let count = self.config.eval.samples.max(self.config.eval.grid_rows);
-            self.eval_set = Some(Arc::new(EvalSet::fixed(&self.dataset, self.config.eval.seed, count)));
-        }
-        self.eval_set.clone().unwrap_or_else(|| Arc::new(EvalSet::fixed(&self.dataset, self.config.eval.seed, 1)))
-    }
-
-    /// The denoiser samples are drawn with: EMA weights when there are some and the config asks for them.
-    fn sampling_model(&self) -> Result<Denoiser> {
+    /// The model samples are drawn with: EMA weights when there are some and the config asks for them.
+    fn sampling_model(&self) -> Result<T::Model> {
         let use_ema = self.config.eval.sampler.use_ema && !self.ema.is_empty();
         let tensors: HashMap<String, Tensor> = if use_ema {
             self.ema.tensors().iter().map(|(n, t)| (n.clone(), t.detach())).collect()
         } else {
             self.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect()
         };
-        Ok(Denoiser::new(self.spec, VarBuilder::from_tensors(tensors, DType::F32, &self.device))?)
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &self.device);
+        self.task
+            .build(vb)
+            .map_err(|e| anyhow::anyhow!("building the {} model for sampling: {e}", self.descriptor.kind))
     }
 
-    /// The fixed-seed sample grid of the current weights (the first `grid_rows` evaluation inputs).
-    fn sample_grid(&mut self) -> Result<GridFiles> {
-        let rows = self.config.eval.grid_rows;
-        let set = self.eval_set().take(rows);
+    /// The task's samples of the current sampling weights.
+    fn draw_samples(&mut self) -> Result<Option<Samples>> {
         let model = self.sampling_model()?;
-        let images = sample_images(&model, &set, &self.config.eval.sampler, self.spec.null_class(), &self.device)?;
-        let title = checkpoint_name(self.state.global_step);
-        let grid = render_grid(&[title], &[images], &set, 4, self.spec.null_class())?;
-        Ok(GridFiles { png: grid.png, json: serde_json::to_vec_pretty(&grid.description)? })
+        let stage = self.current_stage();
+        let ctx = EvalContext {
+            step: self.state.global_step,
+            stage: &stage,
+            title: checkpoint_name(self.state.global_step),
+            run_root: self.dir.root(),
+        };
+        self.task.samples(&model, &ctx)
     }
 
-    /// Writes a sample grid outside any checkpoint: `samples/step-N.png` (+ .json).
+    /// Writes the samples outside any checkpoint: `samples/step-N.png` (+ .json), or `samples/step-N.json`.
     fn save_samples(&mut self) -> Result<()> {
-        let grid = self.sample_grid()?;
+        let Some(samples) = self.draw_samples()? else {
+            return Ok(());
+        };
         let dir = self.dir.root().join("samples");
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let name = checkpoint_name(self.state.global_step);
-        crate::run::atomic::atomic_write(&dir.join(format!("{name}.png")), &grid.png)?;
-        crate::run::atomic::atomic_write(&dir.join(format!("{name}.json")), &grid.json)?;
+        let mut shown = String::new();
+        for (file, bytes) in samples.files()? {
+            let extension = file.rsplit('.').next().unwrap_or("bin");
+            crate::run::atomic::atomic_write(&dir.join(format!("{name}.{extension}")), &bytes)?;
+            if shown.is_empty() || extension == "png" {
+                shown = format!("samples/{name}.{extension}");
+            }
+        }
         self.emit(TrainEvent::SamplesSaved {
             step: self.state.global_step,
-            path: format!("samples/{name}.png"),
-            message: format!("sample grid saved at step {}", self.state.global_step),
+            path: shown,
+            message: format!("samples saved at step {}", self.state.global_step),
         });
         Ok(())
     }
 
-    /// Starts the judge's worker on first use (loading the judge and the real statistics).
-    fn ensure_worker(&mut self) -> Result<()> {
-        if self.worker.is_some() {
-            return Ok(());
-        }
-        let set = self.eval_set();
-        let cache = crate::run::data::runs_cache_dir(self.dir.root());
-        let mut last_report = Instant::now();
-        let (judge, judge_key, judge_report) =
-            judge_for_run(&self.config, &self.dataset, cache.as_deref(), &self.device, |step, steps| {
-                if last_report.elapsed().as_secs_f64() >= 5.0 || step == steps {
-                    last_report = Instant::now();
-                    tracing::info!("training the judge of this dataset: step {step}/{steps}");
-                }
-            })?;
-        if let Some(report) = judge_report {
-            tracing::info!(
-                "judge: held-out accuracy {:.3}{} on {} real images — how far FID and top-k can be trusted",
-                report.accuracy,
-                report.mean_iou.map(|iou| format!(", box IoU {iou:.3}")).unwrap_or_default(),
-                report.heldout
-            );
-            crate::run::atomic::atomic_write(
-                &self.dir.root().join(crate::run::data::JUDGE_REPORT_FILE),
-                &serde_json::to_vec_pretty(&report)?,
-            )?;
-        }
-        let dataset_key = dataset_key(&self.dataset, &self.config.dataset)?;
-        let real =
-            real_stats(&judge, &judge_key, &self.dataset, &dataset_key, set.count, cache.as_deref(), &self.device)?;
-        self.worker = Some(EvalWorker::spawn(judge, real, set, self.device.clone())?);
-        Ok(())
-    }
-
-    /// Evaluates the current weights: samples the fixed set, has the worker judge it while the grid is
-    /// sampled, records the results, updates the best checkpoint and the stage's early stopping, and saves
-    /// the checkpoint of this step (at a stage's end, the stage-end save does). Returns true when the stage
-    /// must stop early.
+    /// Evaluates the current weights through the task, records the results, updates the best checkpoint and
+    /// the stage's early stopping, and saves the checkpoint of this step (at a stage's end, the stage-end
+    /// save does, with the samples drawn here). Returns true when the stage must stop early.
     fn evaluate(&mut self, stage: &StageConfig, at_stage_end: bool) -> Result<bool> {
         let start = Instant::now();
-        self.ensure_worker()?;
-        let set = self.eval_set();
         let model = self.sampling_model()?;
-        let images = sample_images(&model, &set, &self.config.eval.sampler, self.spec.null_class(), &self.device)?;
-        let sample_secs = start.elapsed().as_secs_f64();
-        let worker = self.worker.as_ref().context("the evaluation worker is not running")?;
-        worker.submit(EvalJob { images })?;
-        let grid = self.sample_grid()?;
-        if self.validation.is_none() {
-            self.validation =
-                Some(ValidationSet::new(&self.dataset, self.config.seed, VALIDATION_IMAGES, &self.device)?);
-        }
-        let val_loss = match &self.validation {
-            Some(set) => Some(set.loss(&model)?).filter(|l| l.is_finite()),
-            None => None,
+        let ctx = EvalContext {
+            step: self.state.global_step,
+            stage,
+            title: checkpoint_name(self.state.global_step),
+            run_root: self.dir.root(),
         };
-        let scores = self.worker.as_ref().context("the evaluation worker is not running")?.result()?;
+        let evaluation = self.task.evaluate(&model, &ctx)?;
+        drop(model);
         let (loss_sum, loss_count) = std::mem::take(&mut self.state.losses_since_eval);
         let mut record = EvalRecord {
             step: self.state.global_step,
             stage: stage.name.clone(),
-            fid: scores.fid.is_finite().then_some(scores.fid),
-            top1: Some(scores.top_k[0]),
-            top2: Some(scores.top_k[1]),
-            top3: Some(scores.top_k[2]),
-            iou: scores.iou.is_finite().then_some(scores.iou),
             loss: (loss_count > 0).then(|| loss_sum / loss_count as f64),
-            val_loss,
-            samples: set.count,
-            sample_secs,
-            eval_secs: 0.0,
-            early_stopping: None,
+            ..EvalRecord::default()
         };
+        let mut samples = None;
+        if let Some(evaluation) = evaluation {
+            for (name, value) in &evaluation.metrics {
+                record.set_metric(name, value.is_finite().then_some(*value));
+            }
+            record.samples = evaluation.examples;
+            record.sample_secs = evaluation.sample_secs;
+            samples = evaluation.samples;
+        }
         let checkpoint = checkpoint_name(self.state.global_step);
         let mut new_best = None;
         if let Some(tracker) = &mut self.state.best {
@@ -939,10 +844,13 @@ impl Trainer {
                 stage: stage.name.clone(),
                 message: format!("stage `{}` stopped early at step {}: {reason}", stage.name, self.state.global_step),
             });
-        } else if !at_stage_end {
+        }
+        if stopping || at_stage_end {
             // At a stage's end (early or planned) the checkpoint is saved once the state points at the next
-            // stage, so a resume starts it cleanly.
-            self.save_with_grid(grid)?;
+            // stage, so a resume starts it cleanly; it takes the samples drawn here.
+            self.pending_samples = Some((self.state.global_step, samples));
+        } else {
+            self.save_with_samples(samples)?;
         }
         Ok(stopping)
     }

@@ -113,24 +113,18 @@ fn table_ui(ui: &mut Ui, state: &mut CheckpointsState, commands: &mut Vec<AppCom
     };
     let mut toggles = Vec::new();
     egui::ScrollArea::both().auto_shrink([false, false]).show(ui, |ui| {
-        egui::Grid::new("checkpoints_table").striped(true).num_columns(15).spacing([14.0, 4.0]).show(ui, |ui| {
-            for title in [
-                "Checkpoint",
-                "",
-                "Stage",
-                "Step",
-                "Loss",
-                "Val loss",
-                "FID",
-                "Top-1",
-                "Top-2",
-                "Top-3",
-                "IoU",
-                "Gate mean",
-                "Size",
-                "",
-                "Integrity",
-            ] {
+        let columns = report.columns.as_deref();
+        let count = 6 + columns.map_or(9, |c| c.len());
+        egui::Grid::new("checkpoints_table").striped(true).num_columns(count).spacing([14.0, 4.0]).show(ui, |ui| {
+            let mut titles: Vec<String> = ["Checkpoint", "", "Stage", "Step", "Loss"].map(String::from).to_vec();
+            match columns {
+                Some(columns) => titles.extend(columns.iter().map(|m| m.display.clone())),
+                None => {
+                    titles.extend(["Val loss", "FID", "Top-1", "Top-2", "Top-3", "IoU", "Gate mean"].map(String::from))
+                }
+            }
+            titles.extend(["Size", "", "Integrity"].map(String::from));
+            for title in titles {
                 ui.label(RichText::new(title).strong());
             }
             ui.end_row();
@@ -147,22 +141,40 @@ fn table_ui(ui: &mut Ui, state: &mut CheckpointsState, commands: &mut Vec<AppCom
                             .on_hover_text("The best checkpoint by the run's metric");
                     }
                     if row.pareto {
-                        ui.label(RichText::new("Pareto").color(PARETO_COLOR))
-                            .on_hover_text("On the FID / top-1 Pareto front");
+                        let front = match columns {
+                            Some([a, b, ..]) => format!("On the {} / {} Pareto front", a.display, b.display),
+                            _ => "On the FID / top-1 Pareto front".to_string(),
+                        };
+                        ui.label(RichText::new("Pareto").color(PARETO_COLOR)).on_hover_text(front);
                     }
                 });
                 ui.label(&row.stage);
                 ui.label(row.step.to_string());
                 ui.label(cell(row.loss, 4));
-                ui.label(cell(eval.and_then(|e| e.val_loss), 4)).on_hover_text(
-                    "Validation loss: a fixed held-out batch, the same timesteps and noise at every evaluation",
-                );
-                ui.label(cell(eval.and_then(|e| e.fid), 3));
-                ui.label(cell(eval.and_then(|e| e.top1), 3));
-                ui.label(cell(eval.and_then(|e| e.top2), 3));
-                ui.label(cell(eval.and_then(|e| e.top3), 3));
-                ui.label(cell(eval.and_then(|e| e.iou), 3));
-                ui.label(cell(row.gate_mean, 4));
+                match columns {
+                    Some(columns) => {
+                        for metric in columns {
+                            let digits = if metric.name.contains("loss") { 4 } else { 3 };
+                            let direction = match metric.mode {
+                                crate::config::MetricMode::Min => "lower is better",
+                                crate::config::MetricMode::Max => "higher is better",
+                            };
+                            ui.label(cell(eval.and_then(|e| e.metric(&metric.name)), digits))
+                                .on_hover_text(format!("{} ({}): {direction}", metric.display, metric.name));
+                        }
+                    }
+                    None => {
+                        ui.label(cell(eval.and_then(|e| e.val_loss), 4)).on_hover_text(
+                            "Validation loss: a fixed held-out batch, the same timesteps and noise at every evaluation",
+                        );
+                        ui.label(cell(eval.and_then(|e| e.fid), 3));
+                        ui.label(cell(eval.and_then(|e| e.top1), 3));
+                        ui.label(cell(eval.and_then(|e| e.top2), 3));
+                        ui.label(cell(eval.and_then(|e| e.top3), 3));
+                        ui.label(cell(eval.and_then(|e| e.iou), 3));
+                        ui.label(cell(row.gate_mean, 4));
+                    }
+                }
                 ui.label(format_bytes(info.size_bytes));
                 if ui
                     .small_button("Fork from here")

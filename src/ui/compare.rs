@@ -54,6 +54,73 @@ pub fn compare_ui(ui: &mut Ui, app: &mut WickApp, commands: &mut Vec<AppCommand>
             ui.separator();
             result_ui(ui, state);
         }
+        if let Some(table) = &state.text {
+            ui.separator();
+            text_result_ui(ui, table);
+        }
+    });
+}
+
+/// Colour of a completion that equals the expected answer.
+const RIGHT_COLOR: egui::Color32 = egui::Color32::from_rgb(90, 190, 90);
+/// Background of characters that differ from the column to the left.
+const CHANGED_BACKGROUND: egui::Color32 = egui::Color32::from_rgb(120, 80, 20);
+
+/// Text samples side by side: a row per prompt, a column per checkpoint; characters that differ from the
+/// column to the left are highlighted, completions equal to the expected answer are green, others red.
+fn text_result_ui(ui: &mut Ui, table: &crate::eval::compare::TextComparison) {
+    ui.label(
+        RichText::new("Highlighted: what differs from the column to the left. Green: the expected answer.").weak(),
+    );
+    let mono = egui::TextStyle::Monospace.resolve(ui.style());
+    let text_color = ui.visuals().text_color();
+    egui::Grid::new("compare_text").striped(true).spacing([18.0, 4.0]).show(ui, |ui| {
+        ui.label(RichText::new("prompt").strong());
+        if table.rows.iter().any(|r| r.expected.is_some()) {
+            ui.label(RichText::new("expected").strong());
+        }
+        for title in &table.columns {
+            ui.label(RichText::new(crate::eval::grid::short_title(title)).strong()).on_hover_text(title);
+        }
+        ui.end_row();
+        let with_expected = table.rows.iter().any(|r| r.expected.is_some());
+        for row in &table.rows {
+            ui.label(RichText::new(&row.prompt).monospace());
+            if with_expected {
+                ui.label(RichText::new(row.expected.as_deref().unwrap_or("")).monospace());
+            }
+            for (i, completion) in row.completions.iter().enumerate() {
+                let color = match &row.expected {
+                    Some(expected) if expected == completion => RIGHT_COLOR,
+                    Some(_) => ERROR_COLOR,
+                    None => text_color,
+                };
+                let changed = match i.checked_sub(1).and_then(|p| row.completions.get(p)) {
+                    Some(previous) => crate::eval::compare::differing_chars(completion, previous),
+                    None => vec![false; completion.chars().count()],
+                };
+                let mut job = egui::text::LayoutJob::default();
+                for (c, changed) in completion.chars().zip(changed) {
+                    let shown = if c == '\n' { '⏎' } else { c };
+                    let format = egui::TextFormat {
+                        font_id: mono.clone(),
+                        color,
+                        background: if changed { CHANGED_BACKGROUND } else { egui::Color32::TRANSPARENT },
+                        ..Default::default()
+                    };
+                    job.append(&shown.to_string(), 0.0, format);
+                }
+                if completion.is_empty() {
+                    job.append(
+                        "(nothing)",
+                        0.0,
+                        egui::TextFormat { font_id: mono.clone(), color, ..Default::default() },
+                    );
+                }
+                ui.label(job);
+            }
+            ui.end_row();
+        }
     });
 }
 

@@ -30,7 +30,7 @@ const PALETTE: [Color32; 8] = [
 
 /// One plot: its title and the series it draws.
 struct PlotSpec {
-    title: &'static str,
+    title: String,
     /// (series name, legend label, emphasised).
     series: Vec<(String, String, bool)>,
     /// Draw the gradient clip threshold.
@@ -44,39 +44,103 @@ const GATES_TITLE: &str = "Adapter gates";
 /// would otherwise get an arbitrary range.
 const GATES_MIN_HALF_SPAN: f64 = 0.02;
 
+/// Series the fixed plots draw (gates are `gate[i]`).
+const KNOWN_SERIES: [&str; 14] = [
+    names::LOSS,
+    SMOOTHED_LOSS,
+    names::LR,
+    names::GRAD_NORM,
+    names::GATE_MEAN,
+    names::SAMPLES_PER_S,
+    names::RSS_MIB,
+    names::GPU_MIB,
+    names::FID,
+    names::TOP[0],
+    names::TOP[1],
+    names::TOP[2],
+    names::IOU,
+    names::VAL_LOSS,
+];
+
+/// The plots of `stores`: the known series in their plots (the shapes task's only when a shown run has
+/// them), then every other series a task or run reports, grouped by the part of its name before `/` (a name
+/// without `/` is a plot of its own, titled by the metric's display name when a task declares it).
 fn plot_specs(stores: &[&RunStore], settings: &LiveSettings) -> Vec<PlotSpec> {
     let s = |name: &str, label: &str, strong: bool| (name.to_string(), label.to_string(), strong);
+    let spec = |title: &str, series: Vec<(String, String, bool)>| PlotSpec {
+        title: title.to_string(),
+        series,
+        clip_line: false,
+    };
     let mut loss = vec![s(names::LOSS, "loss", settings.smoothing <= 0.0)];
     if settings.smoothing > 0.0 {
         loss.push(s(SMOOTHED_LOSS, "loss (smoothed)", true));
     }
+    let shapes = stores.iter().any(|st| st.is_shapes());
+    let has = |name: &str| stores.iter().any(|st| st.series.get(name).is_some_and(|series| !series.is_empty()));
     let gate_count = stores.iter().map(|st| st.gate_count()).max().unwrap_or(0);
     let mut gates: Vec<_> = (0..gate_count).map(|i| (names::gate(i), format!("gate {i}"), false)).collect();
     gates.push(s(names::GATE_MEAN, "gate mean |g|", true));
-    vec![
-        PlotSpec { title: "Loss", series: loss, clip_line: false },
-        PlotSpec { title: "Learning rate", series: vec![s(names::LR, "lr", true)], clip_line: false },
-        PlotSpec { title: "Gradient norm", series: vec![s(names::GRAD_NORM, "grad norm", true)], clip_line: true },
-        PlotSpec { title: GATES_TITLE, series: gates, clip_line: false },
-        PlotSpec { title: "Validation loss", series: vec![s(names::VAL_LOSS, "val_loss", true)], clip_line: false },
-        PlotSpec { title: "FID (judge)", series: vec![s(names::FID, "FID (judge)", true)], clip_line: false },
+    let mut specs = vec![
+        spec("Loss", loss),
+        spec("Learning rate", vec![s(names::LR, "lr", true)]),
         PlotSpec {
-            title: "Judge scores",
-            series: vec![
+            title: "Gradient norm".to_string(),
+            series: vec![s(names::GRAD_NORM, "grad norm", true)],
+            clip_line: true,
+        },
+    ];
+    if shapes || gate_count > 0 {
+        specs.push(spec(GATES_TITLE, gates));
+    }
+    if shapes || has(names::VAL_LOSS) {
+        specs.push(spec("Validation loss", vec![s(names::VAL_LOSS, "val_loss", true)]));
+    }
+    if shapes {
+        specs.push(spec("FID (judge)", vec![s(names::FID, "FID (judge)", true)]));
+        specs.push(spec(
+            "Judge scores",
+            vec![
                 s(names::TOP[0], "top-1", true),
                 s(names::TOP[1], "top-2", false),
                 s(names::TOP[2], "top-3", false),
                 s(names::IOU, "IoU", true),
             ],
-            clip_line: false,
-        },
-        PlotSpec { title: "Throughput", series: vec![s(names::SAMPLES_PER_S, "samples/s", true)], clip_line: false },
-        PlotSpec {
-            title: "Memory",
-            series: vec![s(names::RSS_MIB, "RSS MiB", true), s(names::GPU_MIB, "GPU MiB", false)],
-            clip_line: false,
-        },
-    ]
+        ));
+    }
+    // Every other series, grouped by prefix.
+    let descriptors: Vec<crate::task::TaskDescriptor> = stores.iter().map(|st| st.descriptor()).collect();
+    let display = |name: &str| {
+        descriptors.iter().find_map(|d| d.metrics.iter().find(|m| m.name == name).map(|m| m.display.clone()))
+    };
+    let mut groups: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for store in stores {
+        for name in store.series.keys() {
+            if KNOWN_SERIES.contains(&name.as_str()) || name.starts_with("gate[") {
+                continue;
+            }
+            let group = name.split_once('/').map_or(name.as_str(), |(prefix, _)| prefix).to_string();
+            let members = groups.entry(group).or_default();
+            if !members.contains(name) {
+                members.push(name.clone());
+            }
+        }
+    }
+    for (group, members) in groups {
+        let title = if members.len() == 1 && members[0] == group { display(&group).unwrap_or(group) } else { group };
+        let series = members
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let label = display(name).unwrap_or_else(|| name.clone());
+                (name.clone(), label, i == 0)
+            })
+            .collect();
+        specs.push(PlotSpec { title, series, clip_line: false });
+    }
+    specs.push(spec("Throughput", vec![s(names::SAMPLES_PER_S, "samples/s", true)]));
+    specs.push(spec("Memory", vec![s(names::RSS_MIB, "RSS MiB", true), s(names::GPU_MIB, "GPU MiB", false)]));
+    specs
 }
 
 /// Draws the Live panel.
@@ -129,7 +193,7 @@ pub fn live_ui(ui: &mut Ui, app: &mut WickApp, commands: &mut Vec<AppCommand>) {
     let mut frame_info: Option<(bool, (f64, f64), usize)> = None;
     egui::ScrollArea::vertical().auto_shrink([false, false]).show(ui, |ui| {
         for spec in &specs {
-            ui.label(egui::RichText::new(spec.title).strong());
+            ui.label(egui::RichText::new(&spec.title).strong());
             let info = plot_ui(ui, spec, &stores, cache, &settings, link, reset_bounds);
             if frame_info.is_none() {
                 frame_info = Some(info);
@@ -199,7 +263,7 @@ fn plot_ui(
 ) -> (bool, (f64, f64), usize) {
     let log = settings.log_scale;
     let overlay = stores.len() > 1;
-    let mut plot = Plot::new(spec.title)
+    let mut plot = Plot::new(spec.title.as_str())
         .height(PLOT_HEIGHT)
         .link_axis(link, [true, false])
         .link_cursor(link, [true, false])

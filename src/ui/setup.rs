@@ -26,13 +26,35 @@ pub fn setup_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &
     setup.revalidate();
     toolbar_ui(ui, setup, training, commands);
     ui.separator();
+    let task = setup.task().cloned();
+    let kinds = setup.tasks.kinds();
+    let mut new_kind = None;
     let SetupState { config, issues, selected_stage, data_check, .. } = setup;
+    let shapes = config.task.kind == "shapes";
+    let metric_names: Vec<String> =
+        task.as_ref().map_or_else(|| METRICS.map(String::from).to_vec(), |t| t.metric_names());
     let mut fields = Fields { issues: issues.as_slice(), shown: HashSet::new() };
     egui::ScrollArea::vertical().auto_shrink([false, false]).show(ui, |ui| {
         ui.columns(2, |columns| {
             let ui = &mut columns[0];
             ui.heading("Run");
             egui::Grid::new("run_grid").num_columns(2).spacing([12.0, 6.0]).show(ui, |ui| {
+                fields.row(ui, "Task", "task.kind", |ui| {
+                    let response = ComboBox::from_id_salt("task_kind")
+                        .selected_text(config.task.kind.clone())
+                        .show_ui(ui, |ui| {
+                            for kind in &kinds {
+                                if ui.selectable_label(*kind == config.task.kind, kind.as_str()).clicked() {
+                                    new_kind = Some(kind.clone());
+                                }
+                            }
+                        })
+                        .response;
+                    match &task {
+                        Some(task) => response.on_hover_text(&task.summary),
+                        None => response,
+                    }
+                });
                 fields
                     .row(ui, "Name", "name", |ui| ui.add(TextEdit::singleline(&mut config.name).desired_width(180.0)));
                 fields.row(ui, "Seed", "seed", |ui| ui.add(DragValue::new(&mut config.seed)));
@@ -43,6 +65,9 @@ pub fn setup_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &
                          the cores the window started with (RAYON_NUM_THREADS when set, else every core)",
                     )
                 });
+                if !shapes {
+                    return;
+                }
                 fields.row(ui, "Model preset", "model.preset", |ui| {
                     combo_ui(
                         ui,
@@ -64,84 +89,105 @@ pub fn setup_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &
                     .on_hover_text("64 px suits photos; both give 8×8 tokens")
                 });
             });
-            ui.add_space(8.0);
-            ui.heading("Dataset");
-            egui::Grid::new("dataset_grid").num_columns(2).spacing([12.0, 6.0]).show(ui, |ui| {
-                let d = &mut config.dataset;
-                fields.row(ui, "Kind", "dataset.kind", |ui| {
-                    combo_ui(
-                        ui,
-                        "dataset_kind",
-                        &mut d.kind,
-                        &[(DatasetKind::Shapes, "shapes (built in)"), (DatasetKind::Folder, "image folder")],
-                    )
+            if let Some(task) = task.as_ref().filter(|t| !t.settings.settings.is_empty()) {
+                ui.add_space(8.0);
+                ui.heading(format!("Task settings ({})", task.kind));
+                egui::Grid::new("task_grid").num_columns(2).spacing([12.0, 6.0]).show(ui, |ui| {
+                    for setting in &task.settings.settings {
+                        let path = format!("task.{}", setting.key);
+                        let table = &mut config.task.settings;
+                        fields.row(ui, &setting.label, path, |ui| setting_ui(ui, setting, table, None));
+                    }
                 });
-                match d.kind {
-                    DatasetKind::Shapes => {
-                        fields.row(ui, "Variant", "dataset.variant", |ui| {
-                            combo_ui(
-                                ui,
-                                "variant",
-                                &mut d.variant,
-                                &[(ShapesVariant::Plain, "plain"), (ShapesVariant::Noisy, "noisy")],
-                            )
-                        });
-                        fields.row(ui, "Min objects", "dataset.min_objects", |ui| {
-                            ui.add(DragValue::new(&mut d.min_objects))
-                        });
-                        fields.row(ui, "Max objects", "dataset.max_objects", |ui| {
-                            ui.add(DragValue::new(&mut d.max_objects))
-                        });
-                        fields.row(ui, "Train size", "dataset.train_size", |ui| {
-                            ui.add(DragValue::new(&mut d.train_size).speed(10))
-                        });
+            }
+            if shapes {
+                ui.add_space(8.0);
+                ui.heading("Dataset");
+                egui::Grid::new("dataset_grid").num_columns(2).spacing([12.0, 6.0]).show(ui, |ui| {
+                    let d = &mut config.dataset;
+                    fields.row(ui, "Kind", "dataset.kind", |ui| {
+                        combo_ui(
+                            ui,
+                            "dataset_kind",
+                            &mut d.kind,
+                            &[(DatasetKind::Shapes, "shapes (built in)"), (DatasetKind::Folder, "image folder")],
+                        )
+                    });
+                    match d.kind {
+                        DatasetKind::Shapes => {
+                            fields.row(ui, "Variant", "dataset.variant", |ui| {
+                                combo_ui(
+                                    ui,
+                                    "variant",
+                                    &mut d.variant,
+                                    &[(ShapesVariant::Plain, "plain"), (ShapesVariant::Noisy, "noisy")],
+                                )
+                            });
+                            fields.row(ui, "Min objects", "dataset.min_objects", |ui| {
+                                ui.add(DragValue::new(&mut d.min_objects))
+                            });
+                            fields.row(ui, "Max objects", "dataset.max_objects", |ui| {
+                                ui.add(DragValue::new(&mut d.max_objects))
+                            });
+                            fields.row(ui, "Train size", "dataset.train_size", |ui| {
+                                ui.add(DragValue::new(&mut d.train_size).speed(10))
+                            });
+                        }
+                        DatasetKind::Folder => {
+                            fields.row(ui, "Image folder", "dataset.path", |ui| {
+                                path_ui(
+                                    ui,
+                                    &mut d.path,
+                                    "root/<class>/*.png|jpg|webp|bmp",
+                                    AppCommand::ChooseDataFolder,
+                                    commands,
+                                )
+                            });
+                            fields.row(ui, "Layouts", "dataset.layouts", |ui| {
+                                path_ui(
+                                    ui,
+                                    &mut d.layouts,
+                                    "optional layout JSONL",
+                                    AppCommand::ChooseLayoutFile,
+                                    commands,
+                                )
+                            });
+                            fields.row(ui, "Box units", "dataset.box_units", |ui| {
+                                combo_ui(
+                                    ui,
+                                    "box_units",
+                                    &mut d.box_units,
+                                    &[
+                                        (BoxUnits::Auto, "auto"),
+                                        (BoxUnits::Pixels, "pixels"),
+                                        (BoxUnits::Normalized, "normalized"),
+                                    ],
+                                )
+                            });
+                            fields.row(ui, "Resize", "dataset.resize", |ui| {
+                                combo_ui(
+                                    ui,
+                                    "resize",
+                                    &mut d.resize,
+                                    &[(ResizeMode::CenterCrop, "center crop"), (ResizeMode::Letterbox, "letterbox")],
+                                )
+                            });
+                            fields.row(ui, "Held-out fraction", "dataset.heldout_fraction", |ui| {
+                                ui.add(DragValue::new(&mut d.heldout_fraction).speed(0.01).max_decimals(3))
+                                    .on_hover_text(
+                                        "Of each class, kept out of training for evaluation (stored in the run)",
+                                    )
+                            });
+                        }
                     }
-                    DatasetKind::Folder => {
-                        fields.row(ui, "Image folder", "dataset.path", |ui| {
-                            path_ui(
-                                ui,
-                                &mut d.path,
-                                "root/<class>/*.png|jpg|webp|bmp",
-                                AppCommand::ChooseDataFolder,
-                                commands,
-                            )
-                        });
-                        fields.row(ui, "Layouts", "dataset.layouts", |ui| {
-                            path_ui(ui, &mut d.layouts, "optional layout JSONL", AppCommand::ChooseLayoutFile, commands)
-                        });
-                        fields.row(ui, "Box units", "dataset.box_units", |ui| {
-                            combo_ui(
-                                ui,
-                                "box_units",
-                                &mut d.box_units,
-                                &[
-                                    (BoxUnits::Auto, "auto"),
-                                    (BoxUnits::Pixels, "pixels"),
-                                    (BoxUnits::Normalized, "normalized"),
-                                ],
-                            )
-                        });
-                        fields.row(ui, "Resize", "dataset.resize", |ui| {
-                            combo_ui(
-                                ui,
-                                "resize",
-                                &mut d.resize,
-                                &[(ResizeMode::CenterCrop, "center crop"), (ResizeMode::Letterbox, "letterbox")],
-                            )
-                        });
-                        fields.row(ui, "Held-out fraction", "dataset.heldout_fraction", |ui| {
-                            ui.add(DragValue::new(&mut d.heldout_fraction).speed(0.01).max_decimals(3))
-                                .on_hover_text("Of each class, kept out of training for evaluation (stored in the run)")
-                        });
-                    }
+                    fields.row(ui, "Subset fraction", "dataset.subset_fraction", |ui| {
+                        ui.add(DragValue::new(&mut d.subset_fraction).speed(0.01).max_decimals(3))
+                    });
+                    fields.row(ui, "Dataset seed", "dataset.seed", |ui| ui.add(DragValue::new(&mut d.seed)));
+                });
+                if config.dataset.kind == DatasetKind::Folder {
+                    data_check_ui(ui, data_check, commands);
                 }
-                fields.row(ui, "Subset fraction", "dataset.subset_fraction", |ui| {
-                    ui.add(DragValue::new(&mut d.subset_fraction).speed(0.01).max_decimals(3))
-                });
-                fields.row(ui, "Dataset seed", "dataset.seed", |ui| ui.add(DragValue::new(&mut d.seed)));
-            });
-            if config.dataset.kind == DatasetKind::Folder {
-                data_check_ui(ui, data_check, commands);
             }
             ui.add_space(8.0);
             ui.heading("Checkpoints and evaluation");
@@ -152,10 +198,16 @@ pub fn setup_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &
                 fields.row(ui, "Max bad steps", "checkpoints.max_bad_steps", |ui| {
                     ui.add(DragValue::new(&mut config.checkpoints.max_bad_steps))
                 });
-                fields.row(ui, "Eval samples", "eval.samples", |ui| ui.add(DragValue::new(&mut config.eval.samples)));
                 fields.row(ui, "Best metric", "eval.best_metric", |ui| {
-                    metric_ui(ui, "best_metric", &mut config.eval.best_metric)
+                    metric_ui(ui, "best_metric", &mut config.eval.best_metric, &metric_names)
                 });
+                fields.row(ui, "EMA weights", "eval.sampler.use_ema", |ui| {
+                    ui.checkbox(&mut config.eval.sampler.use_ema, "evaluate and sample the EMA weights")
+                });
+                if !shapes {
+                    return;
+                }
+                fields.row(ui, "Eval samples", "eval.samples", |ui| ui.add(DragValue::new(&mut config.eval.samples)));
                 let sampler = &mut config.eval.sampler;
                 fields.row(ui, "Sampler steps", "eval.sampler.steps", |ui| {
                     ui.add(DragValue::new(&mut sampler.steps).range(1..=1000)).on_hover_text("Euler steps per image")
@@ -169,9 +221,6 @@ pub fn setup_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &
                 });
                 fields.row(ui, "Guidance interval", "eval.sampler.guidance_interval", |ui| {
                     super::compare::guidance_interval_ui(ui, &mut sampler.guidance_interval)
-                });
-                fields.row(ui, "EMA weights", "eval.sampler.use_ema", |ui| {
-                    ui.checkbox(&mut sampler.use_ema, "sample with the EMA weights")
                 });
                 if config.dataset.kind == DatasetKind::Folder {
                     fields.row(ui, "Judge steps", "eval.judge_steps", |ui| {
@@ -191,7 +240,7 @@ pub fn setup_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &
             if let Some(stage) = config.stages.get_mut(*selected_stage) {
                 let index = *selected_stage;
                 ui.label(RichText::new(format!("Stage {}: {}", index + 1, stage.name)).strong());
-                stage_editor_ui(ui, stage, index, &mut fields);
+                stage_editor_ui(ui, stage, index, &mut fields, task.as_ref(), &config.task.settings);
             }
         });
         let leftover: Vec<&ConfigIssue> = fields.issues.iter().filter(|i| !fields.shown.contains(&i.path)).collect();
@@ -203,6 +252,9 @@ pub fn setup_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &
             }
         }
     });
+    if let Some(kind) = new_kind {
+        setup.set_task_kind(&kind);
+    }
 }
 
 fn toolbar_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &mut Vec<AppCommand>) {
@@ -409,15 +461,74 @@ fn combo_ui<T: PartialEq + Copy>(ui: &mut Ui, id: &str, value: &mut T, options: 
         .response
 }
 
-fn metric_ui(ui: &mut Ui, id: &str, metric: &mut String) -> Response {
+fn metric_ui(ui: &mut Ui, id: &str, metric: &mut String, names: &[String]) -> Response {
     ComboBox::from_id_salt(id)
         .selected_text(metric.clone())
         .show_ui(ui, |ui| {
-            for name in METRICS {
-                ui.selectable_value(metric, name.to_string(), name);
+            for name in names {
+                ui.selectable_value(metric, name.clone(), name.as_str());
             }
         })
         .response
+}
+
+/// One task setting's widget, editing `table[key]` (written only when changed). For a stage (`inherited`
+/// = the run's value), the table is the stage's overrides: a value equal to the run's is removed again.
+fn setting_ui(
+    ui: &mut Ui,
+    setting: &crate::task::settings::Setting,
+    table: &mut toml::Table,
+    inherited: Option<&toml::Value>,
+) -> Response {
+    use crate::task::settings::SettingKind;
+    let default = setting.default_value();
+    let current = table.get(&setting.key).or(inherited).cloned().unwrap_or(default);
+    let (response, value) = match &setting.kind {
+        SettingKind::Integer { min, max, .. } => {
+            let mut v = current.as_integer().unwrap_or(0);
+            let r = ui.add(DragValue::new(&mut v).range(*min..=*max));
+            (r, toml::Value::Integer(v))
+        }
+        SettingKind::Float { min, max, .. } => {
+            let mut v = current.as_float().or_else(|| current.as_integer().map(|i| i as f64)).unwrap_or(0.0);
+            let r = ui.add(DragValue::new(&mut v).range(*min..=*max).speed(0.01).max_decimals(4));
+            (r, toml::Value::Float(v))
+        }
+        SettingKind::Bool { .. } => {
+            let mut v = current.as_bool().unwrap_or(false);
+            let r = ui.checkbox(&mut v, "");
+            (r, toml::Value::Boolean(v))
+        }
+        SettingKind::Path | SettingKind::Text { .. } => {
+            let mut v = current.as_str().unwrap_or("").to_string();
+            let hint = if setting.kind == SettingKind::Path { "empty = none" } else { "" };
+            let r = ui.add(TextEdit::singleline(&mut v).desired_width(200.0).hint_text(hint));
+            (r, toml::Value::String(v))
+        }
+        SettingKind::Choice { options, .. } => {
+            let mut v = current.as_str().unwrap_or("").to_string();
+            let r = ComboBox::from_id_salt(format!("setting_{}", setting.key))
+                .selected_text(v.clone())
+                .show_ui(ui, |ui| {
+                    for option in options {
+                        ui.selectable_value(&mut v, option.clone(), option.as_str());
+                    }
+                })
+                .response;
+            (r, toml::Value::String(v))
+        }
+    };
+    if value != current {
+        match inherited {
+            Some(run_value) if *run_value == value => {
+                table.remove(&setting.key);
+            }
+            _ => {
+                table.insert(setting.key.clone(), value);
+            }
+        }
+    }
+    response.on_hover_text(&setting.help)
 }
 
 fn device_ui(ui: &mut Ui, device: &mut String) -> Response {
@@ -539,9 +650,23 @@ fn stage_list_ui(
     });
 }
 
-fn stage_editor_ui(ui: &mut Ui, stage: &mut StageConfig, index: usize, fields: &mut Fields<'_>) {
+fn stage_editor_ui(
+    ui: &mut Ui,
+    stage: &mut StageConfig,
+    index: usize,
+    fields: &mut Fields<'_>,
+    task: Option<&crate::task::TaskDescriptor>,
+    run_settings: &toml::Table,
+) {
     let p = |field: &str| format!("stages[{index}].{field}");
     egui::Grid::new(format!("stage_grid_{index}")).num_columns(2).spacing([12.0, 6.0]).show(ui, |ui| {
+        for setting in task.iter().flat_map(|t| t.settings.settings.iter()).filter(|s| s.per_stage) {
+            let inherited = run_settings.get(&setting.key).cloned().unwrap_or_else(|| setting.default_value());
+            let label = format!("{} (this stage)", setting.label);
+            fields.row(ui, &label, p(&format!("task.{}", setting.key)), |ui| {
+                setting_ui(ui, setting, &mut stage.task, Some(&inherited))
+            });
+        }
         fields
             .row(ui, "Stage name", p("name"), |ui| ui.add(TextEdit::singleline(&mut stage.name).desired_width(160.0)));
         fields.row(ui, "Steps", p("steps"), |ui| ui.add(DragValue::new(&mut stage.steps).speed(10)));
@@ -628,7 +753,10 @@ fn stage_editor_ui(ui: &mut Ui, stage: &mut StageConfig, index: usize, fields: &
             response
         });
         if let Some(es) = &mut stage.early_stopping {
-            fields.row(ui, "Metric", p("early_stopping.metric"), |ui| metric_ui(ui, "es_metric", &mut es.metric));
+            fields.row(ui, "Metric", p("early_stopping.metric"), |ui| {
+                let names = task.map_or_else(|| METRICS.map(String::from).to_vec(), |t| t.metric_names());
+                metric_ui(ui, "es_metric", &mut es.metric, &names)
+            });
             fields.row(ui, "Mode", p("early_stopping.mode"), |ui| {
                 combo_ui(ui, "es_mode", &mut es.mode, &[(MetricMode::Min, "min"), (MetricMode::Max, "max")])
             });

@@ -1,0 +1,259 @@
+//! The `shapes` task: the denoiser of [`crate::model`] with its gated spatial adapter, trained with the
+//! rectified-flow loss on [`crate::data`]'s procedural shapes or an image folder; evaluated by the judge
+//! (FID, top-k, IoU on its worker thread) and the validation loss; samples are image grids.
+//!
+//! Its settings are the run config's `dataset`, `model` and `eval` tables and the stages' dropout and loss
+//! options (they predate tasks, and every run recorded before keeps them there).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::{MetricMode, ObjectLossMode, RunConfig, StageConfig};
+use crate::data::{dataset_class_names, Batch, Dataset, DatasetBatches};
+use crate::eval::grid::render_grid;
+use crate::eval::sampler::{sample_images, EvalSet};
+use crate::eval::worker::{dataset_key, judge_for_run, real_stats, EvalJob, EvalWorker};
+use crate::model::{self, Denoiser, ModelSpec};
+use crate::task::settings::Schema;
+use crate::task::{EvalContext, Evaluation, MetricSpec, SampleKind, Samples, Task, TaskContext, TaskDescriptor};
+use crate::train::noise;
+use crate::train::validation::{ValidationSet, VALIDATION_IMAGES};
+
+/// The shapes task of one run.
+pub struct ShapesTask {
+    config: RunConfig,
+    run_root: PathBuf,
+    device: Device,
+    spec: ModelSpec,
+    dataset: Dataset,
+    /// The fixed evaluation inputs (made when first needed).
+    eval_set: Option<Arc<EvalSet>>,
+    /// The judge's worker (started at the first evaluation).
+    worker: Option<EvalWorker>,
+    /// The fixed held-out batch of the validation loss (made when first needed).
+    validation: Option<ValidationSet>,
+}
+
+impl ShapesTask {
+    /// Opens the run's dataset (checking a folder's files, with progress in the log) and sizes the model.
+    pub fn open(ctx: &TaskContext) -> Result<Self> {
+        let config = ctx.config.clone();
+        let classes = dataset_class_names(&config.dataset)?;
+        let spec = ModelSpec::for_config(&config.model, classes.len());
+        let mut last_report = Instant::now();
+        let dataset = crate::run::data::open_run_dataset(ctx.run_root, &config, &spec, true, |p| {
+            if last_report.elapsed().as_secs_f64() >= 5.0 || p.done == p.total {
+                last_report = Instant::now();
+                tracing::info!("checking the data: {}/{} files ({} from an earlier scan)", p.done, p.total, p.reused);
+            }
+        })?;
+        if let Some(folder) = dataset.as_folder() {
+            let report = folder.report();
+            tracing::info!(
+                "data: {} training and {} held-out images of {} classes ({}); {} problems skipped (data_report.json)",
+                folder.len(),
+                folder.heldout_len(),
+                report.classes.len(),
+                folder.class_names().join(", "),
+                report.problems.len()
+            );
+        }
+        Ok(Self {
+            config,
+            run_root: ctx.run_root.to_path_buf(),
+            device: ctx.device.clone(),
+            spec,
+            dataset,
+            eval_set: None,
+            worker: None,
+            validation: None,
+        })
+    }
+
+    /// The fixed evaluation inputs, made on first use.
+    fn eval_set(&mut self) -> Arc<EvalSet> {
+        let count = self.config.eval.samples.max(self.config.eval.grid_rows);
+        let (dataset, seed) = (&self.dataset, self.config.eval.seed);
+        self.eval_set.get_or_insert_with(|| Arc::new(EvalSet::fixed(dataset, seed, count))).clone()
+    }
+
+    /// The fixed-seed sample grid of `model` (the first `grid_rows` evaluation inputs).
+    fn sample_grid(&mut self, model: &Denoiser, title: &str) -> Result<Samples> {
+        let rows = self.config.eval.grid_rows;
+        let set = self.eval_set().take(rows);
+        let images = sample_images(model, &set, &self.config.eval.sampler, self.spec.null_class(), &self.device)?;
+        let grid = render_grid(&[title.to_string()], &[images], &set, 4, self.spec.null_class())?;
+        Ok(Samples::Image { png: grid.png, json: serde_json::to_vec_pretty(&grid.description)? })
+    }
+
+    /// Starts the judge's worker on first use (loading the judge and the real statistics).
+    fn ensure_worker(&mut self) -> Result<()> {
+        if self.worker.is_some() {
+            return Ok(());
+        }
+        let set = self.eval_set();
+        let cache = crate::run::data::runs_cache_dir(&self.run_root);
+        let mut last_report = Instant::now();
+        let (judge, judge_key, judge_report) =
+            judge_for_run(&self.config, &self.dataset, cache.as_deref(), &self.device, |step, steps| {
+                if last_report.elapsed().as_secs_f64() >= 5.0 || step == steps {
+                    last_report = Instant::now();
+                    tracing::info!("training the judge of this dataset: step {step}/{steps}");
+                }
+            })?;
+        if let Some(report) = judge_report {
+            tracing::info!(
+                "judge: held-out accuracy {:.3}{} on {} real images — how far FID and top-k can be trusted",
+                report.accuracy,
+                report.mean_iou.map(|iou| format!(", box IoU {iou:.3}")).unwrap_or_default(),
+                report.heldout
+            );
+            crate::run::atomic::atomic_write(
+                &self.run_root.join(crate::run::data::JUDGE_REPORT_FILE),
+                &serde_json::to_vec_pretty(&report)?,
+            )?;
+        }
+        let dataset_key = dataset_key(&self.dataset, &self.config.dataset)?;
+        let real =
+            real_stats(&judge, &judge_key, &self.dataset, &dataset_key, set.count, cache.as_deref(), &self.device)?;
+        self.worker = Some(EvalWorker::spawn(judge, real, set, self.device.clone())?);
+        Ok(())
+    }
+}
+
+/// The shapes task's metrics, in the order its tables show them.
+pub fn shapes_metrics() -> Vec<MetricSpec> {
+    vec![
+        MetricSpec::new("fid", "FID (judge)", MetricMode::Min),
+        MetricSpec::new("top1", "top-1", MetricMode::Max),
+        MetricSpec::new("top2", "top-2", MetricMode::Max),
+        MetricSpec::new("top3", "top-3", MetricMode::Max),
+        MetricSpec::new("iou", "IoU", MetricMode::Max),
+        MetricSpec::new("val_loss", "val loss", MetricMode::Min),
+    ]
+}
+
+impl Task for ShapesTask {
+    type Model = Denoiser;
+    type Data = DatasetBatches;
+
+    fn descriptor() -> TaskDescriptor {
+        TaskDescriptor {
+            kind: "shapes".to_string(),
+            summary: "a DiT denoiser with a gated layout adapter, on procedural shapes or your image folder"
+                .to_string(),
+            metrics: shapes_metrics(),
+            samples: SampleKind::Image,
+            // Its settings are the run config's dataset, model and eval tables (Setup's own fields).
+            settings: Schema::default(),
+        }
+    }
+
+    fn build(&self, vb: VarBuilder) -> candle_core::Result<Denoiser> {
+        Denoiser::new(self.spec, vb)
+    }
+
+    fn init(&self, seed: u64, device: &Device) -> Result<VarMap> {
+        Ok(model::build_model(self.spec, device, seed)?.0)
+    }
+
+    fn data(&self, _stage: &StageConfig, order_seed: u64) -> Result<DatasetBatches> {
+        Ok(DatasetBatches::new(self.dataset.clone(), order_seed))
+    }
+
+    /// The flow-matching loss of one micro-batch, with this step's noise, timesteps and dropouts.
+    fn loss(&self, model: &Denoiser, batch: &Batch, stage: &StageConfig, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+        let b = batch.size;
+        let side = self.spec.image_size;
+        let slots = self.spec.slots;
+        let null = self.spec.null_class();
+        let mut eps = Vec::new();
+        let draws = noise::draw_samples(rng, b, 3 * side * side, noise::DrawSettings::of_stage(stage), &mut eps);
+        let mut labels = batch.labels.clone();
+        let mut boxes = batch.boxes.clone();
+        let mut box_classes = batch.box_classes.clone();
+        for (i, draw) in draws.iter().enumerate() {
+            if draw.drop_class {
+                labels[i] = null;
+            }
+            if draw.drop_layout {
+                box_classes[i * slots..(i + 1) * slots].fill(null);
+                boxes[i * slots * 4..(i + 1) * slots * 4].fill(0.0);
+            }
+        }
+        let t: Vec<f32> = draws.iter().map(|d| d.t).collect();
+        let device = &self.device;
+        let x0 = Tensor::from_vec(batch.images.clone(), (b, 3, side, side), device)?;
+        let eps = Tensor::from_vec(eps, (b, 3, side, side), device)?;
+        let t = Tensor::from_vec(t, b, device)?;
+        let y = Tensor::from_vec(labels, b, device)?;
+        let boxes = Tensor::from_vec(boxes, (b, slots, 4), device)?;
+        let box_classes = Tensor::from_vec(box_classes, (b, slots), device)?;
+        if stage.object_loss_weight > 0.0 {
+            // The image's objects, whether or not its layout was dropped: they are in the picture either way.
+            let weights = model::object_pixel_weights(
+                &batch.boxes,
+                &batch.box_classes,
+                slots,
+                null,
+                side,
+                stage.object_loss_weight as f32,
+                stage.object_loss_mode == ObjectLossMode::Objects,
+            );
+            let weights = Tensor::from_vec(weights, (b, 1, side, side), device)?;
+            return Ok(model::weighted_flow_matching_loss(model, &x0, &t, &eps, &y, &boxes, &box_classes, &weights)?);
+        }
+        Ok(model::flow_matching_loss(model, &x0, &t, &eps, &y, &boxes, &box_classes)?)
+    }
+
+    fn take_warnings(&self, batch: &mut Batch) -> Vec<String> {
+        std::mem::take(&mut batch.warnings)
+    }
+
+    fn gates(&self, model: &Denoiser) -> Result<Vec<f64>> {
+        Ok(model.gate_values()?.into_iter().map(f64::from).collect())
+    }
+
+    /// Samples the fixed set, has the worker judge it while the grid is sampled and the validation loss
+    /// computed, and returns FID, top-k, IoU, the validation loss and the grid.
+    fn evaluate(&mut self, model: &Denoiser, ctx: &EvalContext) -> Result<Option<Evaluation>> {
+        let start = Instant::now();
+        self.ensure_worker()?;
+        let set = self.eval_set();
+        let images = sample_images(model, &set, &self.config.eval.sampler, self.spec.null_class(), &self.device)?;
+        let sample_secs = start.elapsed().as_secs_f64();
+        let worker = self.worker.as_ref().context("the evaluation worker is not running")?;
+        worker.submit(EvalJob { images })?;
+        let grid = self.sample_grid(model, &ctx.title)?;
+        if self.validation.is_none() {
+            self.validation =
+                Some(ValidationSet::new(&self.dataset, self.config.seed, VALIDATION_IMAGES, &self.device)?);
+        }
+        let val_loss = match &self.validation {
+            Some(set) => Some(set.loss(model)?),
+            None => None,
+        };
+        let scores = self.worker.as_ref().context("the evaluation worker is not running")?.result()?;
+        let mut metrics = vec![
+            ("fid".to_string(), scores.fid),
+            ("top1".to_string(), scores.top_k[0]),
+            ("top2".to_string(), scores.top_k[1]),
+            ("top3".to_string(), scores.top_k[2]),
+            ("iou".to_string(), scores.iou),
+        ];
+        if let Some(loss) = val_loss {
+            metrics.push(("val_loss".to_string(), loss));
+        }
+        Ok(Some(Evaluation { metrics, examples: set.count, sample_secs, samples: Some(grid) }))
+    }
+
+    fn samples(&mut self, model: &Denoiser, ctx: &EvalContext) -> Result<Option<Samples>> {
+        Ok(Some(self.sample_grid(model, &ctx.title)?))
+    }
+}

@@ -269,13 +269,18 @@ fn a_run_trained_in_the_window_raises_toasts_and_fills_the_checkpoint_table_as_i
     settle(&mut harness);
     assert!(harness.state().is_training(), "status: {:?}", harness.state().status);
     harness.state_mut().persisted.panel = Panel::Checkpoints;
+    // A notice fades after a few seconds: look for it when it appears, not after the run (which takes as
+    // long as the machine's load makes it).
+    let toast_shown =
+        |h: &Harness<'_, WickApp>| h.state().panels.toasts.items.iter().any(|t| t.text.contains("stage base finished"));
+    step_until(&mut harness, Duration::from_secs(60), |h| toast_shown(h) || !h.state().is_training());
+    let toasts: Vec<String> = harness.state().panels.toasts.items.iter().map(|t| t.text.clone()).collect();
+    assert!(toasts.iter().any(|t| t.contains("stage base finished")), "toasts: {toasts:?}");
+    harness.get_by_label_contains("stage base finished");
     step_until(&mut harness, Duration::from_secs(120), |h| {
         let app = h.state();
         !app.is_training() && app.panels.checkpoints.report.as_ref().is_some_and(|r| r.rows.len() == 5)
     });
-    let toasts: Vec<String> = harness.state().panels.toasts.items.iter().map(|t| t.text.clone()).collect();
-    assert!(toasts.iter().any(|t| t.contains("stage base finished")), "toasts: {toasts:?}");
-    harness.get_by_label_contains("stage base finished");
     harness.get_by_label("step-00000050");
 }
 

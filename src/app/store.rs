@@ -375,9 +375,8 @@ impl RunStore {
         let registry = crate::task::registry::TaskRegistry::builtin();
         registry
             .descriptor(kind)
-            .or_else(|| registry.descriptor("shapes"))
             .cloned()
-            .unwrap_or_else(|| <crate::tasks::shapes::ShapesTask as crate::task::Task>::descriptor())
+            .unwrap_or_else(<crate::tasks::shapes::ShapesTask as crate::task::Task>::descriptor)
     }
 
     /// Whether the run is of the shapes task (FID, top-k and IoU are its metrics).

@@ -198,16 +198,17 @@ pub struct TextRow {
 /// The text samples (samples.json) of `checkpoints` side by side; `None` when the first checkpoint's samples
 /// are not text (an image task). Every checkpoint must hold text samples of the same prompts.
 pub fn text_comparison(checkpoints: &[PathBuf]) -> Result<Option<TextComparison>> {
-    let Some(first) = checkpoints.first() else { return Ok(None) };
-    if crate::task::TextSamplesFile::read(&first.join("samples.json")).ok().flatten().is_none() {
-        return Ok(None);
-    }
     let mut columns = Vec::new();
     let mut rows: Vec<TextRow> = Vec::new();
     for (column, dir) in checkpoints.iter().enumerate() {
         let path = dir.join("samples.json");
-        let file = crate::task::TextSamplesFile::read(&path)?
-            .with_context(|| format!("{} holds no text samples", path.display()))?;
+        let file = match crate::task::TextSamplesFile::read(&path) {
+            Ok(Some(file)) => file,
+            // The first checkpoint's samples are not text (or unreadable): an image task's comparison.
+            Ok(None) | Err(_) if column == 0 => return Ok(None),
+            Ok(None) => anyhow::bail!("{} holds no text samples", path.display()),
+            Err(e) => return Err(e),
+        };
         columns.push(dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
         for (i, sample) in file.samples.iter().enumerate() {
             if column == 0 {

@@ -121,11 +121,10 @@ fn recommend_for_task(
         .and_then(|c| task.metric(&c.eval.best_metric).map(|m| (m, c.eval.best_mode)))
         .map(|(m, mode)| MetricSpec { mode: mode.unwrap_or(m.mode), ..m })
         .or_else(|| task.metrics.first().cloned());
+    let steps: Vec<(u64, String)> = rows.iter().map(|r| (r.step, r.stage.clone())).collect();
     let Some(metric) = chosen else {
-        let steps: Vec<(u64, String)> = rows.iter().map(|r| (r.step, r.stage.clone())).collect();
         return recommend_by_metric(&steps, &vec![None; rows.len()], "metric", crate::config::MetricMode::Min);
     };
-    let steps: Vec<(u64, String)> = rows.iter().map(|r| (r.step, r.stage.clone())).collect();
     let values: Vec<Option<f64>> = rows.iter().map(|r| value(r, &metric.name)).collect();
     recommend_by_metric(&steps, &values, &metric.display, metric.mode)
 }

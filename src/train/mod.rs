@@ -12,7 +12,6 @@ pub mod noise;
 pub mod optimizer;
 pub mod policy;
 mod trainer;
-pub mod validation;
 
 use std::thread::JoinHandle;
 

@@ -109,9 +109,12 @@ fn plot_specs(stores: &[&RunStore], settings: &LiveSettings) -> Vec<PlotSpec> {
         ));
     }
     // Every other series, grouped by prefix.
-    let descriptors: Vec<crate::task::TaskDescriptor> = stores.iter().map(|st| st.descriptor()).collect();
+    // Display names come from the stores' task.json (read when they were loaded): nothing is built per frame.
     let display = |name: &str| {
-        descriptors.iter().find_map(|d| d.metrics.iter().find(|m| m.name == name).map(|m| m.display.clone()))
+        stores
+            .iter()
+            .filter_map(|st| st.task.as_ref())
+            .find_map(|task| task.metrics.iter().find(|m| m.name == name).map(|m| m.display.clone()))
     };
     let mut groups: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for store in stores {

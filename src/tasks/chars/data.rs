@@ -150,10 +150,10 @@ pub struct TextCorpus {
     pub sha256: String,
     /// Its vocabulary.
     pub vocab: Vocab,
-    /// Tokens of the training blocks, in file order.
-    pub train: Vec<u32>,
+    /// Tokens of the training blocks, in file order (shared with every stage's batch source).
+    pub train: std::sync::Arc<Vec<u32>>,
     /// Tokens of the held-out blocks, in file order.
-    pub heldout: Vec<u32>,
+    pub heldout: std::sync::Arc<Vec<u32>>,
 }
 
 /// Reads a user's text file, refusing a missing, empty, oversized, binary or non-UTF-8 one with a message
@@ -224,8 +224,8 @@ pub fn read_text(path: &Path, heldout_fraction: f64, split_seed: u64, min_chars:
     Ok(TextCorpus {
         path: path.to_path_buf(),
         sha256: crate::run::checkpoint::sha256_hex(&bytes),
-        train: vocab.encode(&train)?,
-        heldout: vocab.encode(&heldout)?,
+        train: std::sync::Arc::new(vocab.encode(&train)?),
+        heldout: std::sync::Arc::new(vocab.encode(&heldout)?),
         vocab,
     })
 }

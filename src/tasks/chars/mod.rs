@@ -237,7 +237,7 @@ impl CharsTask {
     fn heldout_windows(&self) -> Windows {
         match &self.source {
             Source::Sums(sums) => Windows::Sums { sums: *sums, digits: self.eval_digits(), vocab: self.vocab.clone() },
-            Source::Text(corpus) => Windows::Text { tokens: Arc::new(corpus.heldout.clone()) },
+            Source::Text(corpus) => Windows::Text { tokens: Arc::clone(&corpus.heldout) },
         }
     }
 
@@ -388,7 +388,7 @@ impl Task for CharsTask {
             Source::Sums(sums) => {
                 Windows::Sums { sums: *sums, digits: settings.digits as u32, vocab: self.vocab.clone() }
             }
-            Source::Text(corpus) => Windows::Text { tokens: Arc::new(corpus.train.clone()) },
+            Source::Text(corpus) => Windows::Text { tokens: Arc::clone(&corpus.train) },
         };
         Ok(TrainWindows { windows, seed: order_seed, context: self.spec.context })
     }

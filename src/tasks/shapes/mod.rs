@@ -5,6 +5,8 @@
 //! Its settings are the run config's `dataset`, `model` and `eval` tables and the stages' dropout and loss
 //! options (they predate tasks, and every run recorded before keeps them there).
 
+pub mod validation;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,6 +16,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use rand_chacha::ChaCha8Rng;
 
+use self::validation::{ValidationSet, VALIDATION_IMAGES};
 use crate::config::{MetricMode, ObjectLossMode, RunConfig, StageConfig};
 use crate::data::{dataset_class_names, Batch, Dataset, DatasetBatches};
 use crate::eval::grid::render_grid;
@@ -23,7 +26,6 @@ use crate::model::{self, Denoiser, ModelSpec};
 use crate::task::settings::Schema;
 use crate::task::{EvalContext, Evaluation, MetricSpec, SampleKind, Samples, Task, TaskContext, TaskDescriptor};
 use crate::train::noise;
-use crate::train::validation::{ValidationSet, VALIDATION_IMAGES};
 
 /// The shapes task of one run.
 pub struct ShapesTask {

@@ -9,9 +9,9 @@ use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::noise::{self, Stream};
 use crate::data::{make_heldout_batch, Dataset};
 use crate::model::{self, Denoiser};
+use crate::train::noise::{self, Stream};
 
 /// Held-out images in the validation batch.
 pub const VALIDATION_IMAGES: usize = 256;

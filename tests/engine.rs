@@ -42,6 +42,20 @@ fn a_run_leaves_a_complete_verified_run_directory() {
     for kind in ["started", "stage_started", "stage_finished", "checkpoint_saved", "finished"] {
         assert!(kinds.iter().any(|k| k == kind), "no {kind} event in {kinds:?}");
     }
+    // Each checkpoint is named after the stage that trained its weights, the stage's last one included
+    // (it is saved once the counters already point at the next stage).
+    let saved: Vec<(u64, String)> = dir
+        .read_events()
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.event {
+            TrainEvent::CheckpointSaved { step, stage, .. } => Some((step, stage)),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<(u64, String)> =
+        [(3, "base"), (6, "base"), (9, "adapter"), (12, "adapter")].map(|(s, n)| (s, n.to_string())).into();
+    assert_eq!(saved, expected);
     let log = std::fs::read_to_string(dir.log_path()).unwrap();
     assert!(log.contains("stage `adapter`"), "log.txt lacks the stage events:\n{log}");
 

@@ -301,6 +301,9 @@ fn a_chars_run_is_set_up_trained_tabled_and_its_text_samples_compared() {
     harness.get_by_label("Context");
     harness.get_by_label("Digits (this stage)");
     assert!(harness.query_by_label("Model preset").is_none(), "the shapes model's fields are hidden");
+    for shapes_only in ["Class dropout", "Layout dropout", "Object loss weight", "Timestep logit mean"] {
+        assert!(harness.query_by_label(shapes_only).is_none(), "the stage editor offers {shapes_only}");
+    }
     harness.state_mut().setup.config.device = "cpu".to_string();
     harness.get_by_label("Start").click();
     settle(&mut harness);

@@ -247,8 +247,14 @@ pub struct EvalWorker {
 }
 
 impl EvalWorker {
-    /// Starts the worker for the fixed evaluation set `set`.
-    pub fn spawn(judge: Judge, real: GaussianStats, set: Arc<EvalSet>, device: Device) -> Result<Self> {
+    /// Starts the worker for the fixed evaluation set `set`. `prepare` runs first, on the worker's thread:
+    /// it loads (or trains) the judge and the real images' statistics, so the trainer keeps stepping
+    /// meanwhile. A failure of `prepare` is the result of every job submitted.
+    pub fn spawn(
+        prepare: impl FnOnce() -> Result<(Judge, GaussianStats)> + Send + 'static,
+        set: Arc<EvalSet>,
+        device: Device,
+    ) -> Result<Self> {
         let (job_tx, job_rx) = unbounded::<EvalJob>();
         let (result_tx, result_rx) = unbounded();
         // The judge's kernels keep to the spawning run's thread limit.
@@ -260,9 +266,13 @@ impl EvalWorker {
             .spawn(move || {
                 crate::logging::bind_thread_to(run_log.as_deref());
                 crate::model::limit_kernel_threads(kernel_threads);
+                let prepared = prepare().map_err(|e| format!("{e:#}"));
                 for job in job_rx.iter() {
                     let start = Instant::now();
-                    let scores = score_images(&judge, &real, &set, &job.images, &device);
+                    let scores = match &prepared {
+                        Ok((judge, real)) => score_images(judge, real, &set, &job.images, &device),
+                        Err(message) => Err(anyhow::anyhow!("the judge could not be prepared: {message}")),
+                    };
                     tracing::debug!("judged {} images in {:.2} s", set.count, start.elapsed().as_secs_f64());
                     if result_tx.send(scores).is_err() {
                         break;

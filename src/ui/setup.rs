@@ -710,30 +710,33 @@ fn stage_editor_ui(
         fields.row(ui, "EMA decay", p("ema_decay"), |ui| {
             ui.add(DragValue::new(&mut stage.ema_decay).speed(0.0005).max_decimals(4)).on_hover_text("0 = no EMA")
         });
-        fields.row(ui, "Class dropout", p("class_dropout"), |ui| {
-            ui.add(DragValue::new(&mut stage.class_dropout).speed(0.01).max_decimals(3))
-        });
-        fields.row(ui, "Layout dropout", p("layout_dropout"), |ui| {
-            ui.add(DragValue::new(&mut stage.layout_dropout).speed(0.01).max_decimals(3))
-        });
-        fields.row(ui, "Object loss weight", p("object_loss_weight"), |ui| {
-            ui.add(DragValue::new(&mut stage.object_loss_weight).speed(0.05).max_decimals(2)).on_hover_text(
-                "Extra loss weight on pixels inside object boxes: 3 = they count 4 times; 0 = plain mean",
-            )
-        });
-        fields.row(ui, "Object loss spread", p("object_loss_mode"), |ui| {
-            let options = [(ObjectLossMode::Pixels, "per pixel"), (ObjectLossMode::Objects, "per object")];
-            combo_ui(ui, "object_loss_mode", &mut stage.object_loss_mode, &options).on_hover_text(
-                "Per pixel: every object pixel gains the weight. Per object: every object gains the same total, \
-                 so a small object's pixels weigh more",
-            )
-        });
-        fields.row(ui, "Timestep logit mean", p("timestep_logit_mean"), |ui| {
-            ui.add(DragValue::new(&mut stage.timestep_logit_mean).speed(0.05).range(-3.0..=3.0).max_decimals(2))
-                .on_hover_text(
-                    "Where training timesteps centre: 0 = t 0.5; negative = more low-noise (detail) training",
+        // The denoiser's own stage options: other tasks ignore them, so they are not offered there.
+        if task.is_none_or(|t| t.kind == "shapes") {
+            fields.row(ui, "Class dropout", p("class_dropout"), |ui| {
+                ui.add(DragValue::new(&mut stage.class_dropout).speed(0.01).max_decimals(3))
+            });
+            fields.row(ui, "Layout dropout", p("layout_dropout"), |ui| {
+                ui.add(DragValue::new(&mut stage.layout_dropout).speed(0.01).max_decimals(3))
+            });
+            fields.row(ui, "Object loss weight", p("object_loss_weight"), |ui| {
+                ui.add(DragValue::new(&mut stage.object_loss_weight).speed(0.05).max_decimals(2)).on_hover_text(
+                    "Extra loss weight on pixels inside object boxes: 3 = they count 4 times; 0 = plain mean",
                 )
-        });
+            });
+            fields.row(ui, "Object loss spread", p("object_loss_mode"), |ui| {
+                let options = [(ObjectLossMode::Pixels, "per pixel"), (ObjectLossMode::Objects, "per object")];
+                combo_ui(ui, "object_loss_mode", &mut stage.object_loss_mode, &options).on_hover_text(
+                    "Per pixel: every object pixel gains the weight. Per object: every object gains the same total, \
+                     so a small object's pixels weigh more",
+                )
+            });
+            fields.row(ui, "Timestep logit mean", p("timestep_logit_mean"), |ui| {
+                ui.add(DragValue::new(&mut stage.timestep_logit_mean).speed(0.05).range(-3.0..=3.0).max_decimals(2))
+                    .on_hover_text(
+                        "Where training timesteps centre: 0 = t 0.5; negative = more low-noise (detail) training",
+                    )
+            });
+        }
         fields.row(ui, "Log every", p("log_every"), |ui| ui.add(DragValue::new(&mut stage.log_every)));
         fields.row(ui, "Eval every", p("eval_every"), |ui| {
             ui.add(DragValue::new(&mut stage.eval_every)).on_hover_text("0 = never")

@@ -66,7 +66,8 @@ impl ShapesTask {
                 report.problems.len()
             );
         }
-        Ok(Self {
+        let evaluates = config.stages.iter().any(|stage| stage.eval_every > 0);
+        let mut task = Self {
             config,
             run_root: ctx.run_root.to_path_buf(),
             device: ctx.device.clone(),
@@ -75,7 +76,12 @@ impl ShapesTask {
             eval_set: None,
             worker: None,
             validation: None,
-        })
+        };
+        if evaluates {
+            // The judge gets ready (for an image folder: trains) beside the first steps, not before them.
+            task.ensure_worker()?;
+        }
+        Ok(task)
     }
 
     /// The fixed evaluation inputs, made on first use.
@@ -94,39 +100,56 @@ impl ShapesTask {
         Ok(Samples::Image { png: grid.png, json: serde_json::to_vec_pretty(&grid.description)? })
     }
 
-    /// Starts the judge's worker on first use (loading the judge and the real statistics).
+    /// Starts the judge's worker if it is not running. The judge is loaded, or for an image folder trained
+    /// (or taken from the runs folder's cache), on the worker's own thread, and so are the real images'
+    /// statistics: the trainer keeps stepping meanwhile and waits only when it needs the first scores.
     fn ensure_worker(&mut self) -> Result<()> {
         if self.worker.is_some() {
             return Ok(());
         }
         let set = self.eval_set();
         let cache = crate::run::data::runs_cache_dir(&self.run_root);
-        let mut last_report = Instant::now();
-        let (judge, judge_key, judge_report) =
-            judge_for_run(&self.config, &self.dataset, cache.as_deref(), &self.device, |step, steps| {
-                if last_report.elapsed().as_secs_f64() >= 5.0 || step == steps {
-                    last_report = Instant::now();
-                    tracing::info!("training the judge of this dataset: step {step}/{steps}");
-                }
-            })?;
-        if let Some(report) = judge_report {
-            tracing::info!(
-                "judge: held-out accuracy {:.3}{} on {} real images — how far FID and top-k can be trusted",
-                report.accuracy,
-                report.mean_iou.map(|iou| format!(", box IoU {iou:.3}")).unwrap_or_default(),
-                report.heldout
-            );
-            crate::run::atomic::atomic_write(
-                &self.run_root.join(crate::run::data::JUDGE_REPORT_FILE),
-                &serde_json::to_vec_pretty(&report)?,
-            )?;
-        }
-        let dataset_key = dataset_key(&self.dataset, &self.config.dataset)?;
-        let real =
-            real_stats(&judge, &judge_key, &self.dataset, &dataset_key, set.count, cache.as_deref(), &self.device)?;
-        self.worker = Some(EvalWorker::spawn(judge, real, set, self.device.clone())?);
+        let (config, dataset, device, run_root) =
+            (self.config.clone(), self.dataset.clone(), self.device.clone(), self.run_root.clone());
+        let count = set.count;
+        let prepare = move || prepare_judge(&config, &dataset, cache.as_deref(), &device, &run_root, count);
+        self.worker = Some(EvalWorker::spawn(prepare, set, self.device.clone())?);
         Ok(())
     }
+}
+
+/// The judge of a run and the statistics of `count` real images under it, writing the report of a judge
+/// trained for this run's image folder into the run directory.
+fn prepare_judge(
+    config: &RunConfig,
+    dataset: &Dataset,
+    cache: Option<&std::path::Path>,
+    device: &Device,
+    run_root: &std::path::Path,
+    count: usize,
+) -> Result<(crate::model::judge::Judge, crate::eval::fid::GaussianStats)> {
+    let mut last_report = Instant::now();
+    let (judge, judge_key, judge_report) = judge_for_run(config, dataset, cache, device, |step, steps| {
+        if last_report.elapsed().as_secs_f64() >= 5.0 || step == steps {
+            last_report = Instant::now();
+            tracing::info!("training the judge of this dataset: step {step}/{steps}");
+        }
+    })?;
+    if let Some(report) = judge_report {
+        tracing::info!(
+            "judge: held-out accuracy {:.3}{} on {} real images — how far FID and top-k can be trusted",
+            report.accuracy,
+            report.mean_iou.map(|iou| format!(", box IoU {iou:.3}")).unwrap_or_default(),
+            report.heldout
+        );
+        crate::run::atomic::atomic_write(
+            &run_root.join(crate::run::data::JUDGE_REPORT_FILE),
+            &serde_json::to_vec_pretty(&report)?,
+        )?;
+    }
+    let dataset_key = dataset_key(dataset, &config.dataset)?;
+    let real = real_stats(&judge, &judge_key, dataset, &dataset_key, count, cache, device)?;
+    Ok((judge, real))
 }
 
 /// The shapes task's metrics, in the order its tables show them.

@@ -35,6 +35,10 @@
 //! columns from the declared metrics, Compare shows image grids or text samples side by side — handing the
 //! plots per-pixel min/max envelopes (app::envelope). Verify, compare (eval::compare), log tailing, system
 //! probes, preflight and Setup's *Check data* (app::data_check) run on worker threads that wake the UI.
+//!
+//!  other tools' runs ── interop::find_runs ──▶ TensorBoard dirs (tfrecord ─▶ prost Event, read from
+//!  offsets as files grow) · HF Trainer output (trainer_state.json) ──▶ series of (step, wall_time, value)
+//!  for `wick runs` / `wick scalars` / `wick report`
 //! ```
 
 pub mod app;
@@ -43,6 +47,7 @@ pub mod build_info;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod interop;
 pub mod logging;
 pub mod model;
 pub mod monitor;

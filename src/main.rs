@@ -65,10 +65,36 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
-    /// The checkpoint table of a run (metrics, best and Pareto marks) and which checkpoint to use.
+    /// The checkpoint table of a run (metrics, best and Pareto marks) and which checkpoint to use: a Wick
+    /// run, or a Hugging Face Trainer output directory (one row per checkpoint-N).
     Report {
         /// The run directory.
         run_dir: PathBuf,
+        /// The metric the recommendation follows (a Trainer run: an eval_* key; default: the one its
+        /// best_metric is, else eval_loss).
+        #[arg(long)]
+        metric: Option<String>,
+        /// Whether lower or higher is better for --metric (default: guessed from its name).
+        #[arg(long, value_parser = ["min", "max"])]
+        mode: Option<String>,
+    },
+    /// Every run under PATH (searched recursively): Wick runs, TensorBoard log directories and Hugging Face
+    /// Trainer output directories, with their last step, number of series and last update.
+    Runs {
+        /// Folder to search.
+        #[arg(default_value = "runs")]
+        path: PathBuf,
+    },
+    /// Every scalar point of one run of any kind (Wick, TensorBoard, Hugging Face Trainer), no sampling.
+    Scalars {
+        /// The run directory.
+        run: PathBuf,
+        /// Only tags matching this glob (e.g. 'eval/*').
+        #[arg(long)]
+        tag: Option<String>,
+        /// csv (tag,step,wall_time,value) or jsonl.
+        #[arg(long, default_value = "csv", value_parser = ["csv", "jsonl"])]
+        format: String,
     },
     /// Sample checkpoints side by side on identical inputs (one column per checkpoint or gate scale).
     Sample {
@@ -276,11 +302,36 @@ fn run(cli: Cli) -> Result<ExitCode> {
             watch(train::start(dir, TrainOptions { resume: true, stop_at_step: stop_at, ..Default::default() })?)
         }
         Some(Command::Verify { run_dir }) => verify(&run_dir),
+        Some(Command::Runs { path }) => list_runs(&path),
+        Some(Command::Scalars { run, tag, format }) => {
+            let run = wick::interop::open_run(&run)?;
+            let scalars = wick::interop::read_scalars(&run)?;
+            let pattern = tag
+                .as_deref()
+                .map(glob::Pattern::new)
+                .transpose()
+                .with_context(|| format!("--tag {:?} is not a glob", tag.as_deref().unwrap_or_default()))?;
+            let format =
+                if format == "jsonl" { wick::interop::ScalarFormat::Jsonl } else { wick::interop::ScalarFormat::Csv };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            wick::interop::write_scalars(&mut out, &scalars, pattern.as_ref(), format)?;
+            std::io::Write::flush(&mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Command::Predict { checkpoint, input, output }) => {
             wick::model::predict_file(&checkpoint, &input, &output)?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Report { run_dir }) => {
+        Some(Command::Report { run_dir, metric, mode }) => {
+            let mode =
+                mode.map(|m| if m == "min" { wick::config::MetricMode::Min } else { wick::config::MetricMode::Max });
+            if wick::interop::run_kind_of(&run_dir) == Some(wick::interop::RunKind::HfTrainer) {
+                let run = wick::interop::hf::HfRun::open(&run_dir)?;
+                let report = wick::interop::hf::report(&run, metric.as_deref(), mode);
+                print!("{}", wick::interop::hf::format_report(&report, &run.state));
+                return Ok(ExitCode::SUCCESS);
+            }
             let dir = RunDir::open(&run_dir)?;
             let (rows, recommendation) = wick::eval::report::checkpoint_report(&dir)?;
             match dir.task_descriptor().filter(|t| t.kind != "shapes") {
@@ -631,5 +682,42 @@ fn judge_train(
         out.display(),
         report_path.display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `wick runs`: one line per run found under `path`.
+fn list_runs(path: &Path) -> Result<ExitCode> {
+    let runs = wick::interop::find_runs(path)?;
+    println!("{:<12} {:>10} {:>7}  {:<20}  path", "kind", "last step", "series", "last update (UTC)");
+    for run in &runs {
+        let line = match wick::interop::summarize(run) {
+            Ok(summary) => {
+                let updated = summary
+                    .updated_unix_secs
+                    .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs as i64).ok())
+                    .and_then(|t| {
+                        t.format(&time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]"))
+                            .ok()
+                    })
+                    .unwrap_or_else(|| "-".to_string());
+                let step = summary.last_step.map_or("-".to_string(), |s| s.to_string());
+                format!(
+                    "{:<12} {:>10} {:>7}  {:<20}  {}",
+                    run.kind.name(),
+                    step,
+                    summary.series,
+                    updated,
+                    run.path.display()
+                )
+            }
+            Err(e) => {
+                format!("{:<12} {:>10} {:>7}  {:<20}  {} ({e:#})", run.kind.name(), "?", "?", "?", run.path.display())
+            }
+        };
+        println!("{line}");
+    }
+    if runs.is_empty() {
+        eprintln!("no runs under {}", path.display());
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -266,7 +266,7 @@ pub fn format_text_comparison(table: &TextComparison) -> String {
             let mark = format!("{}{}", if right { "✓" } else { "" }, if changed { "*" } else { "" });
             out.push_str(&format!("  {:<w$}", format!("{}{mark}", show(completion)), w = column_w[c]));
         }
-        out.push_str("\n");
+        out.push('\n');
     }
     out.push_str("\n✓ = the expected answer; * = differs from the column to its left\n");
     out

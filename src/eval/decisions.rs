@@ -361,7 +361,22 @@ pub fn recommend_by_metric(
     display: &str,
     mode: MetricMode,
 ) -> Recommendation {
-    let name = |i: usize| format!("{} (stage {})", checkpoint_name(steps_and_stages[i].0), steps_and_stages[i].1);
+    let named: Vec<(u64, String)> = steps_and_stages
+        .iter()
+        .map(|(step, stage)| (*step, format!("{} (stage {stage})", checkpoint_name(*step))))
+        .collect();
+    recommend_named_by_metric(&named, values, display, mode)
+}
+
+/// [`recommend_by_metric`] over checkpoints named as their run names them (`checkpoint-40` of a
+/// Hugging Face run): `steps_and_names[i]` is row `i`'s step and name.
+pub fn recommend_named_by_metric(
+    steps_and_stages: &[(u64, String)],
+    values: &[Option<f64>],
+    display: &str,
+    mode: MetricMode,
+) -> Recommendation {
+    let name = |i: usize| steps_and_stages[i].1.clone();
     let total = steps_and_stages.len();
     let Some(newest) = (0..total).max_by_key(|&i| steps_and_stages[i].0) else {
         return Recommendation { index: None, message: "No checkpoints yet.".to_string() };

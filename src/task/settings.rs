@@ -230,7 +230,7 @@ impl Schema {
             if stage_level && !setting.per_stage {
                 issues.push(ConfigIssue {
                     path: field,
-                    message: format!("is a setting of the whole run — move it to the [task] table"),
+                    message: "is a setting of the whole run — move it to the [task] table".to_string(),
                 });
                 continue;
             }

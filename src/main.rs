@@ -48,10 +48,24 @@ enum Command {
         #[arg(long)]
         stop_at: Option<u64>,
     },
-    /// Check every checkpoint of a run against its manifest (sizes and sha256).
+    /// Check every checkpoint of a run against its manifest (sizes and sha256); on a Hugging Face Trainer
+    /// output directory or checkpoint-N, check its safetensors files, shard index, NaN / Inf and whether it
+    /// can be resumed.
     Verify {
         /// The run directory (or a single checkpoint directory).
         run_dir: PathBuf,
+    },
+    /// Check a curriculum trained as several Hugging Face Trainer runs, one output directory per stage in
+    /// order: each stage continues the previous one's global step and learning-rate schedule and trains.
+    Stages {
+        /// The stages' output directories, in order.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+    },
+    /// Write a run's files in another tool's format.
+    Export {
+        #[command(subcommand)]
+        what: ExportCommand,
     },
     /// Run the denoiser of a checkpoint on saved inputs (x, t, y, boxes, box_classes) and write `v`.
     Predict {
@@ -163,6 +177,20 @@ enum Command {
         /// CPU threads (0 = every core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+    },
+}
+
+/// `wick export` formats.
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// TensorBoard event files in the run directory, from its metrics, evaluations and samples (for a run
+    /// made before Wick wrote them as it trained).
+    Tensorboard {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// Replace the event files Wick wrote before.
+        #[arg(long)]
+        replace: bool,
     },
 }
 
@@ -302,6 +330,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
             watch(train::start(dir, TrainOptions { resume: true, stop_at_step: stop_at, ..Default::default() })?)
         }
         Some(Command::Verify { run_dir }) => verify(&run_dir),
+        Some(Command::Stages { dirs }) => {
+            let check = wick::interop::hf_stages::check_stages(&dirs);
+            print!("{}", wick::interop::hf_stages::format_stages(&check));
+            Ok(if check.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Some(Command::Export { what: ExportCommand::Tensorboard { run_dir, replace } }) => {
+            let summary = wick::interop::wick::export_tensorboard(&run_dir, replace)?;
+            println!(
+                "wrote {} ({} scalar points, {} sample grids{})",
+                summary.path.display(),
+                summary.scalar_points,
+                summary.samples,
+                if summary.replaced.is_empty() {
+                    String::new()
+                } else {
+                    format!("; replaced {} earlier file(s)", summary.replaced.len())
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Command::Runs { path }) => list_runs(&path),
         Some(Command::Scalars { run, tag, format }) => {
             let run = wick::interop::open_run(&run)?;
@@ -539,8 +587,42 @@ fn watch(handle: train::TrainerHandle) -> Result<ExitCode> {
     Ok(outcome)
 }
 
+/// `wick verify` on a Trainer output directory (every checkpoint-N) or one Trainer checkpoint.
+fn verify_hf(path: &Path) -> Result<ExitCode> {
+    let dirs: Vec<PathBuf> =
+        if path.join("trainer_state.json").is_file() && wick::interop::hf::checkpoints(path).is_empty() {
+            vec![path.to_path_buf()]
+        } else {
+            wick::interop::hf::checkpoints(path).into_iter().map(|c| c.dir).collect()
+        };
+    if dirs.is_empty() {
+        println!("{}: no checkpoint-N folders", path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut bad = 0;
+    for dir in &dirs {
+        let check = wick::interop::hf_verify::verify_hf_checkpoint(dir);
+        println!("{} {}", if check.ok() { "ok  " } else { "BAD " }, dir.display());
+        bad += usize::from(!check.ok());
+        for problem in &check.problems {
+            println!("     {problem}");
+        }
+        for note in &check.notes {
+            println!("     {note}");
+        }
+        println!("     {}", check.resume_line());
+    }
+    println!("{} checkpoint(s) checked, {} bad", dirs.len(), bad);
+    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
 /// `wick verify`: every checkpoint of a run (or one checkpoint directory) against its manifest.
 fn verify(path: &Path) -> Result<ExitCode> {
+    let is_hf_checkpoint = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("checkpoint-"))
+        && !path.join(wick::run::checkpoint::MANIFEST).is_file();
+    if is_hf_checkpoint || wick::interop::run_kind_of(path) == Some(wick::interop::RunKind::HfTrainer) {
+        return verify_hf(path);
+    }
     let dirs: Vec<PathBuf> = if path.join(wick::run::checkpoint::MANIFEST).is_file() {
         vec![path.to_path_buf()]
     } else {

@@ -3,9 +3,16 @@
 //! Hugging Face `trainer_state.json` files (as `json.dumps(indent=2, sort_keys=True)` writes them, NaN
 //! literals included), through the library and through `wick runs`, `wick scalars` and `wick report`.
 
+mod common;
+
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
+
+use common::{create_run, tiny_two_stage, train_events};
+use wick::interop::Series;
+use wick::train::TrainOptions;
 
 use wick::interop::hf::{StateTail, BROKEN_AFTER_POLLS};
 use wick::interop::tensorboard::{EventWriter, LogDirReader};
@@ -222,4 +229,188 @@ fn wick_report_tables_a_trainer_runs_checkpoints_and_recommends_one() {
         wick(&["report", root.path().to_str().unwrap(), "--metric", "eval_accuracy", "--mode", "max"]);
     assert!(ok);
     assert!(stdout.contains("Use checkpoint-20: highest eval_accuracy 0.75"), "{stdout}");
+}
+
+/// A safetensors file as `safetensors.torch.save_file` writes it (the format's own serializer).
+fn write_safetensors(path: &Path, tensors: &[(&str, Vec<f32>)]) {
+    let bytes: Vec<(String, Vec<u8>, usize)> = tensors
+        .iter()
+        .map(|(name, values)| (name.to_string(), values.iter().flat_map(|v| v.to_le_bytes()).collect(), values.len()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(name, data, n)| {
+            (name.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![*n], data).unwrap())
+        })
+        .collect();
+    std::fs::write(path, safetensors::tensor::serialize(views, None).unwrap()).unwrap();
+}
+
+/// A Trainer checkpoint as `Trainer._save_checkpoint` leaves it: weights, state, optimizer / scheduler / RNG
+/// pickles (here only bytes: Wick never opens them).
+fn write_hf_checkpoint(dir: &Path, step: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    write_safetensors(&dir.join("model.safetensors"), &[("wte.weight", vec![0.5; 12]), ("ln.bias", vec![0.0; 4])]);
+    std::fs::write(
+        dir.join("trainer_state.json"),
+        format!("{{\n  \"global_step\": {step},\n  \"log_history\": []\n}}"),
+    )
+    .unwrap();
+    for pickle in ["optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"] {
+        std::fs::write(dir.join(pickle), b"\x80\x04not really a pickle").unwrap();
+    }
+}
+
+#[test]
+fn wick_verify_checks_trainer_checkpoints_and_names_what_is_wrong() {
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("out");
+    write_hf_checkpoint(&out.join("checkpoint-10"), 10);
+    let (ok, stdout, _) = wick(&["verify", out.to_str().unwrap()]);
+    assert!(ok, "{stdout}");
+    assert!(stdout.contains("model.safetensors (2 tensors"), "{stdout}");
+    assert!(stdout.contains("optimizer.pt (") && stdout.contains("pickle: not opened"), "{stdout}");
+    assert!(stdout.contains("can be resumed"), "{stdout}");
+
+    // A NaN in a tensor; a truncated file; a shard index naming a missing shard and missing a tensor.
+    write_hf_checkpoint(&out.join("checkpoint-20"), 20);
+    write_safetensors(
+        &out.join("checkpoint-20/model.safetensors"),
+        &[("wte.weight", vec![0.5, f32::NAN, f32::INFINITY])],
+    );
+    write_hf_checkpoint(&out.join("checkpoint-30"), 30);
+    let weights = out.join("checkpoint-30/model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() - 5]).unwrap();
+    let sharded = out.join("checkpoint-40");
+    write_hf_checkpoint(&sharded, 40);
+    std::fs::remove_file(sharded.join("model.safetensors")).unwrap();
+    std::fs::remove_file(sharded.join("scheduler.pt")).unwrap();
+    write_safetensors(&sharded.join("model-00001-of-00002.safetensors"), &[("a", vec![1.0]), ("b", vec![2.0])]);
+    std::fs::write(
+        sharded.join("model.safetensors.index.json"),
+        r#"{"metadata": {"total_size": 8}, "weight_map": {"a": "model-00001-of-00002.safetensors", "c": "model-00002-of-00002.safetensors"}}"#,
+    )
+    .unwrap();
+
+    let (ok, stdout, _) = wick(&["verify", out.to_str().unwrap()]);
+    assert!(!ok, "exit 1 when a checkpoint is bad:\n{stdout}");
+    assert!(stdout.contains("ok   ") && stdout.contains("checkpoint-10"), "{stdout}");
+    assert!(stdout.contains("tensor wte.weight holds 1 NaN and 1 infinite value(s)"), "{stdout}");
+    assert!(stdout.contains("checkpoint-30/model.safetensors: the file is truncated"), "{stdout}");
+    assert!(stdout.contains("names shard model-00002-of-00002.safetensors, which does not exist"), "{stdout}");
+    assert!(stdout.contains("does not name tensor b"), "{stdout}");
+    assert!(stdout.contains("cannot be resumed exactly: no scheduler.pt"), "{stdout}");
+    assert!(stdout.contains("4 checkpoint(s) checked, 3 bad"), "{stdout}");
+
+    // One checkpoint alone, by its path.
+    let (ok, stdout, _) = wick(&["verify", out.join("checkpoint-10").to_str().unwrap()]);
+    assert!(ok && stdout.contains("1 checkpoint(s) checked, 0 bad"), "{stdout}");
+}
+
+/// A stage's output directory: `checkpoint-<end>/trainer_state.json` with the given train log entries
+/// (step, loss, learning rate), as `json.dumps(indent=2, sort_keys=True)` writes it.
+fn write_stage(dir: &Path, end: u64, max_steps: u64, entries: &[(u64, f64, f64)]) {
+    let checkpoint = dir.join(format!("checkpoint-{end}"));
+    std::fs::create_dir_all(&checkpoint).unwrap();
+    let history: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|(step, loss, lr)| serde_json::json!({"epoch": *step as f64 / 100.0, "learning_rate": lr, "loss": loss, "step": step}))
+        .collect();
+    let state = serde_json::json!({"global_step": end, "log_history": history, "max_steps": max_steps});
+    std::fs::write(checkpoint.join("trainer_state.json"), serde_json::to_string_pretty(&state).unwrap()).unwrap();
+}
+
+#[test]
+fn wick_stages_checks_a_curriculum_of_trainer_runs() {
+    let root = tempfile::tempdir().unwrap();
+    let stage1: Vec<(u64, f64, f64)> =
+        (1..=4).map(|i| (i * 10, 2.0 - i as f64 * 0.1, 1e-3 * (1.0 - i as f64 / 8.0))).collect();
+    let mut stage2 = stage1.clone();
+    stage2.extend((5..=8).map(|i| (i * 10, 2.0 - i as f64 * 0.1, 1e-3 * (1.0 - i as f64 / 8.0))));
+    write_stage(&root.path().join("Stage1"), 40, 40, &stage1);
+    write_stage(&root.path().join("Stage2"), 80, 80, &stage2);
+    let dirs =
+        |names: &[&str]| names.iter().map(|n| root.path().join(n).to_string_lossy().into_owned()).collect::<Vec<_>>();
+    let mut args = vec!["stages".to_string()];
+    args.extend(dirs(&["Stage1", "Stage2"]));
+    let (ok, stdout, _) = wick(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{stdout}");
+    assert!(stdout.contains("every stage continues the one before it"), "{stdout}");
+    assert!(
+        stdout.lines().any(
+            |l| l.starts_with("Stage2") && l.split_whitespace().collect::<Vec<_>>() == ["Stage2", "40", "80", "40"]
+        ),
+        "{stdout}"
+    );
+
+    // Stage3 forgot resume_from_checkpoint: a fresh counter and a fresh schedule.
+    write_stage(
+        &root.path().join("Stage3"),
+        40,
+        40,
+        &stage1.iter().map(|(s, l, _)| (*s, *l, 1e-3)).collect::<Vec<_>>(),
+    );
+    // Stage4 resumed Stage2's end with a "relative" max_steps of 40: nothing trained.
+    write_stage(&root.path().join("Stage4"), 80, 40, &stage2);
+    let mut args = vec!["stages".to_string()];
+    args.extend(dirs(&["Stage1", "Stage2", "Stage3"]));
+    let (ok, stdout, _) = wick(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!ok, "{stdout}");
+    assert!(
+        stdout.contains(
+            "Stage3 starts at global step 0 after Stage2 ended at 80: the optimizer, scheduler and step counter were \
+             not restored — resume from Stage2/checkpoint-80"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Stage3's learning rate rises to"), "{stdout}");
+    let mut args = vec!["stages".to_string()];
+    args.extend(dirs(&["Stage1", "Stage2", "Stage4"]));
+    let (ok, stdout, _) = wick(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!ok, "{stdout}");
+    assert!(stdout.contains("Stage4 trained no step: it resumed at global step 80 with max_steps 40"), "{stdout}");
+}
+
+/// Each tag's (step, value as the f32 TensorBoard stores) points.
+fn as_f32_points(scalars: &BTreeMap<String, Series>) -> BTreeMap<String, Vec<(i64, u32)>> {
+    scalars
+        .iter()
+        .map(|(tag, s)| (tag.clone(), s.points.iter().map(|p| (p.step, (p.value as f32).to_bits())).collect()))
+        .collect()
+}
+
+#[test]
+fn a_wick_run_writes_tensorboard_files_with_every_point_and_a_resume_supersedes_what_it_runs_again() {
+    let runs = tempfile::tempdir().unwrap();
+    let dir = create_run(runs.path(), &tiny_two_stage(6, 6));
+    train_events(&dir, TrainOptions { stop_at_step: Some(5), ..Default::default() });
+    // Lose the stop's checkpoint: the resume starts from step 3 and logs steps 4 and 5 again.
+    std::fs::remove_dir_all(dir.checkpoints_dir().join(wick::run::checkpoint::checkpoint_name(5))).unwrap();
+    train_events(&dir, TrainOptions { resume: true, ..Default::default() });
+
+    let files = wick::interop::tensorboard::event_files(dir.root());
+    assert_eq!(files.len(), 2, "one event file a session: {files:?}");
+    let ours = wick::interop::wick::scalars(dir.root()).unwrap();
+    assert!(ours.contains_key("train/loss") && ours.contains_key("train/lr") && ours.contains_key("train/gates/0"));
+    assert_eq!(ours["train/loss"].points.len(), 12);
+    let written = wick::interop::tensorboard::read_log_dir(dir.root());
+    assert!(written.problems.is_empty(), "{:?}", written.problems);
+    assert_eq!(as_f32_points(&written.scalars), as_f32_points(&ours), "every point, once, equal");
+    let image_steps: Vec<i64> = written.images["samples"].iter().map(|i| i.step).collect();
+    assert_eq!(image_steps, [3, 6, 9, 12], "one sample grid per checkpoint kept");
+    let first = &written.images["samples"][0].png;
+    assert_eq!(first, &std::fs::read(dir.checkpoints_dir().join("step-00000003/samples.png")).unwrap());
+
+    // A run made before Wick wrote these files gets them from `wick export tensorboard`.
+    let root = dir.root().to_str().unwrap();
+    let (ok, _, stderr) = wick(&["export", "tensorboard", root]);
+    assert!(!ok && stderr.contains("already has TensorBoard files") && stderr.contains("--replace"), "{stderr}");
+    let (ok, stdout, stderr) = wick(&["export", "tensorboard", root, "--replace"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("4 sample grids") && stdout.contains("replaced 2 earlier file(s)"), "{stdout}");
+    assert_eq!(wick::interop::tensorboard::event_files(dir.root()).len(), 1);
+    let exported = wick::interop::tensorboard::read_log_dir(dir.root());
+    assert_eq!(as_f32_points(&exported.scalars), as_f32_points(&ours));
+    assert_eq!(exported.images["samples"].iter().map(|i| i.step).collect::<Vec<_>>(), [3, 6, 9, 12]);
 }

@@ -13,8 +13,11 @@
 //! ```
 
 pub mod hf;
+pub mod hf_stages;
+pub mod hf_verify;
 pub mod tensorboard;
 pub mod tfrecord;
+pub mod wick;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -117,7 +120,7 @@ pub fn find_runs(root: &Path) -> Result<Vec<FoundRun>> {
 /// Every scalar series of a run of any kind, by tag.
 pub fn read_scalars(run: &FoundRun) -> Result<BTreeMap<String, Series>> {
     match run.kind {
-        RunKind::Wick => wick_scalars(&run.path),
+        RunKind::Wick => wick::scalars(&run.path),
         RunKind::TensorBoard => Ok(tensorboard::read_log_dir(&run.path).scalars),
         RunKind::HfTrainer => Ok(hf::HfRun::open(&run.path)?.state.series()),
     }
@@ -133,58 +136,6 @@ pub fn open_run(path: &Path) -> Result<FoundRun> {
         )
     })?;
     Ok(FoundRun { kind, path: path.to_path_buf() })
-}
-
-/// Fields of Wick's metrics lines that are null when the value was not finite.
-const NON_FINITE_AS_NULL: [&str; 2] = ["loss", "grad_norm"];
-
-/// A Wick run's metrics.jsonl and evals.jsonl fields as series (`gates` as `gates/N`, a task's scalars
-/// under their own names). Where a step was logged twice (a resume re-ran it) the newer line wins.
-fn wick_scalars(root: &Path) -> Result<BTreeMap<String, Series>> {
-    let mut out: BTreeMap<String, BTreeMap<i64, f64>> = BTreeMap::new();
-    for file in ["metrics.jsonl", "evals.jsonl"] {
-        let path = root.join(file);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-        };
-        for line in text.lines() {
-            let Ok(serde_json::Value::Object(fields)) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue; // a torn last line of a run being written
-            };
-            let Some(step) = fields.get("step").and_then(serde_json::Value::as_i64) else {
-                continue;
-            };
-            let mut put = |tag: String, value: f64| {
-                out.entry(tag).or_default().insert(step, value);
-            };
-            for (key, value) in &fields {
-                match value {
-                    serde_json::Value::Number(n) if key != "step" => put(key.clone(), n.as_f64().unwrap_or(f64::NAN)),
-                    serde_json::Value::Null if NON_FINITE_AS_NULL.contains(&key.as_str()) => put(key.clone(), f64::NAN),
-                    serde_json::Value::Array(values) if key == "gates" => {
-                        for (i, v) in values.iter().enumerate() {
-                            put(format!("gates/{i}"), v.as_f64().unwrap_or(f64::NAN));
-                        }
-                    }
-                    serde_json::Value::Object(map) if key == "scalars" => {
-                        for (name, v) in map {
-                            put(name.clone(), v.as_f64().unwrap_or(f64::NAN));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    Ok(out
-        .into_iter()
-        .map(|(tag, points)| {
-            let points = points.into_iter().map(|(step, value)| ScalarPoint { step, wall_time: None, value }).collect();
-            (tag, Series { points })
-        })
-        .collect())
 }
 
 /// A number as `wick scalars` writes it: `NaN`, `inf`, `-inf` for the non-finite.

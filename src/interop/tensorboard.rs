@@ -31,7 +31,28 @@ pub struct Event {
     /// The values logged at this step.
     #[prost(message, optional, tag = "5")]
     pub summary: Option<Summary>,
+    /// A session's start or end: a `START` at step `s` says a resumed writer supersedes the points of
+    /// earlier files at steps `s` and later (as `SummaryWriter(purge_step=s)` writes).
+    #[prost(message, optional, tag = "7")]
+    pub session_log: Option<SessionLog>,
 }
+
+/// `tensorflow.SessionLog`.
+#[derive(Clone, PartialEq, Message)]
+pub struct SessionLog {
+    /// `SessionLog.SessionStatus`: 1 is `START`.
+    #[prost(int32, tag = "1")]
+    pub status: i32,
+    /// The checkpoint a session started from, if any.
+    #[prost(string, tag = "2")]
+    pub checkpoint_path: String,
+    /// A message.
+    #[prost(string, tag = "3")]
+    pub msg: String,
+}
+
+/// `SessionLog.SessionStatus.START`.
+const SESSION_START: i32 = 1;
 
 /// `tensorflow.Summary`.
 #[derive(Clone, PartialEq, Message)]
@@ -134,6 +155,7 @@ mod dtype {
     pub const BFLOAT16: i32 = 14;
     pub const INT64: i32 = 9;
     pub const HALF: i32 = 19;
+    pub const STRING: i32 = 7;
 }
 
 impl TensorProto {
@@ -218,6 +240,11 @@ pub struct TensorBoardData {
     pub text: BTreeMap<String, Vec<LoggedText>>,
     /// Records that could not be read: named, skipped.
     pub problems: Vec<String>,
+    /// Steps at which a writer said it restarted (`SessionLog START`): in a merged run, the points of earlier
+    /// files at these steps and later are superseded and dropped, as TensorBoard drops them.
+    pub restarts: Vec<i64>,
+    /// Wall time of the first record (the file's creation): files are merged in this order.
+    pub started_wall_time: Option<f64>,
 }
 
 /// The event files of one directory (not its subdirectories), in name order (their names start with the
@@ -318,11 +345,25 @@ pub fn read_log_dir(dir: &Path) -> TensorBoardData {
     reader.merged
 }
 
-/// The files' data as one run: each tag's points in step order (a stable sort, so a step logged twice keeps
-/// its order).
+/// The files' data as one run, files in the order they were started: a file that begins with a restart at
+/// step `s` first drops the points of the files before it at `s` and later; then each tag's points are put
+/// in step order (a stable sort, so a step logged twice keeps its order).
 fn merge(files: &[TensorBoardData]) -> TensorBoardData {
+    let mut order: Vec<&TensorBoardData> = files.iter().collect();
+    order.sort_by(|a, b| a.started_wall_time.unwrap_or(f64::MAX).total_cmp(&b.started_wall_time.unwrap_or(f64::MAX)));
     let mut out = TensorBoardData::default();
-    for file in files {
+    for file in order {
+        if let Some(&from) = file.restarts.iter().min() {
+            for series in out.scalars.values_mut() {
+                series.points.retain(|p| p.step < from);
+            }
+            for images in out.images.values_mut() {
+                images.retain(|i| i.step < from);
+            }
+            for text in out.text.values_mut() {
+                text.retain(|t| t.step < from);
+            }
+        }
         for (tag, series) in &file.scalars {
             out.scalars.entry(tag.clone()).or_default().points.extend_from_slice(&series.points);
         }
@@ -334,6 +375,7 @@ fn merge(files: &[TensorBoardData]) -> TensorBoardData {
         }
         out.problems.extend_from_slice(&file.problems);
     }
+    out.scalars.retain(|_, s| !s.points.is_empty());
     for series in out.scalars.values_mut() {
         series.points.sort_by_key(|p| p.step);
     }
@@ -352,6 +394,10 @@ fn plugin(value: &SummaryValue) -> &str {
 
 /// Adds one event's values to `data`.
 fn add_event(data: &mut TensorBoardData, event: &Event) {
+    data.started_wall_time.get_or_insert(event.wall_time);
+    if event.session_log.as_ref().is_some_and(|log| log.status == SESSION_START) {
+        data.restarts.push(event.step);
+    }
     let Some(summary) = &event.summary else {
         return;
     };
@@ -398,12 +444,15 @@ pub struct EventWriter {
 }
 
 impl EventWriter {
-    /// Creates `dir/events.out.tfevents.<seconds>.<host>.<pid>.<suffix>` and writes its version record.
+    /// Creates `dir/events.out.tfevents.<seconds>.<host>.<pid>.<n>.<suffix>` (`n` counts the files this
+    /// process made, so two in one second differ) and writes its version record.
     pub fn create(dir: &Path, suffix: &str) -> Result<Self> {
+        static FILES_MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = FILES_MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "wick".to_string());
-        let name = format!("events.out.tfevents.{:010}.{host}.{}.{suffix}", now.as_secs(), std::process::id());
+        let name = format!("events.out.tfevents.{:010}.{host}.{}.{n}.{suffix}", now.as_secs(), std::process::id());
         let path = dir.join(name);
         let file = std::fs::OpenOptions::new()
             .create_new(true)
@@ -415,7 +464,7 @@ impl EventWriter {
             wall_time: now.as_secs_f64(),
             step: 0,
             file_version: Some("brain.Event:2".to_string()),
-            summary: None,
+            ..Default::default()
         };
         writer.write_events(&[version])?;
         Ok(writer)
@@ -434,6 +483,24 @@ impl EventWriter {
         }
         self.file.write_all(&bytes).with_context(|| format!("cannot write {}", self.path.display()))?;
         self.file.flush().with_context(|| format!("cannot write {}", self.path.display()))
+    }
+
+    /// Says that this file continues a run from `step`: readers drop the points earlier files hold at `step`
+    /// and later (a resumed run logs them again). Write it first, as `SummaryWriter(purge_step=step)` does.
+    pub fn write_restart(&mut self, step: i64, wall_time: f64) -> Result<()> {
+        let log = SessionLog { status: SESSION_START, ..Default::default() };
+        self.write_events(&[Event { wall_time, step, session_log: Some(log), ..Default::default() }])
+    }
+
+    /// Appends text (Markdown, as the `text` plugin shows it) of one step.
+    pub fn write_text(&mut self, step: i64, wall_time: f64, tag: &str, text: &str) -> Result<()> {
+        let metadata =
+            SummaryMetadata { plugin_data: Some(PluginData { plugin_name: "text".to_string(), content: Vec::new() }) };
+        let tensor =
+            TensorProto { dtype: dtype::STRING, string_val: vec![text.as_bytes().to_vec()], ..Default::default() };
+        let value =
+            SummaryValue { tag: tag.to_string(), tensor: Some(tensor), metadata: Some(metadata), ..Default::default() };
+        self.write_events(&[scalar_event(step, wall_time, vec![value])])
     }
 
     /// Appends scalars of one step.
@@ -464,7 +531,7 @@ impl EventWriter {
 }
 
 fn scalar_event(step: i64, wall_time: f64, value: Vec<SummaryValue>) -> Event {
-    Event { wall_time, step, file_version: None, summary: Some(Summary { value }) }
+    Event { wall_time, step, summary: Some(Summary { value }), ..Default::default() }
 }
 
 #[cfg(test)]

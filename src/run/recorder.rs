@@ -14,6 +14,7 @@ use super::dir::RunDir;
 use super::events::{EventRecord, TrainEvent};
 use super::state::{unix_now_secs, BestState, RunState, RunStatus};
 use crate::build_info::BuildInfo;
+use crate::interop::wick::TensorBoardMirror;
 
 /// Called after each forwarded event (the GUI passes `ctx.request_repaint`).
 pub type Notify = Arc<dyn Fn() + Send + Sync>;
@@ -29,6 +30,9 @@ struct Recorder {
     evals: JsonlAppender,
     events: JsonlAppender,
     last_state_write: Instant,
+    /// TensorBoard event files of the run, beside its own logs; `None` until training starts, and after a
+    /// write failed (said once in the log: the run's own files are what count).
+    tensorboard: Option<TensorBoardMirror>,
 }
 
 /// Starts the recorder thread for `dir`. It ends when the trainer's sender is dropped; if that happens
@@ -52,6 +56,7 @@ pub fn spawn_recorder(
         evals,
         events,
         last_state_write: Instant::now(),
+        tensorboard: None,
     };
     let name = format!("recorder-{}", recorder.dir.id());
     std::thread::Builder::new()
@@ -90,7 +95,36 @@ pub fn spawn_recorder(
 }
 
 impl Recorder {
+    /// Writes `event`'s values to the run's TensorBoard file: a new file when training starts, scalars for
+    /// metrics and evaluations, an image (or text) for samples. A failure stops the mirror, never the run.
+    fn mirror(&mut self, event: &TrainEvent) {
+        if let TrainEvent::Started { step, .. } = event {
+            self.tensorboard = match TensorBoardMirror::start(self.dir.root(), *step) {
+                Ok(mirror) => Some(mirror),
+                Err(e) => {
+                    tracing::warn!("TensorBoard files will not be written for this run: {e:#}");
+                    None
+                }
+            };
+        }
+        let Some(mirror) = &mut self.tensorboard else {
+            return;
+        };
+        let written = match event {
+            TrainEvent::Metrics(m) => mirror.metrics(m),
+            TrainEvent::Eval(e) => mirror.eval(e),
+            TrainEvent::CheckpointSaved { step, checkpoint, .. } => mirror.checkpoint_saved(*step, checkpoint),
+            TrainEvent::SamplesSaved { step, path, .. } => mirror.samples_saved(*step, path),
+            _ => Ok(()),
+        };
+        if let Err(e) = written {
+            tracing::warn!("TensorBoard file {} no longer written: {e:#}", mirror.path().display());
+            self.tensorboard = None;
+        }
+    }
+
     fn record(&mut self, event: &TrainEvent) -> Result<()> {
+        self.mirror(event);
         let mut write_state = true;
         match event {
             TrainEvent::Metrics(m) => {

@@ -370,6 +370,17 @@ fn wick_stages_checks_a_curriculum_of_trainer_runs() {
     let (ok, stdout, _) = wick(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!ok, "{stdout}");
     assert!(stdout.contains("Stage4 trained no step: it resumed at global step 80 with max_steps 40"), "{stdout}");
+
+    // Stage5 resumed Stage1 properly, but with a longer max_steps its linear decay began again higher up.
+    let mut stage5 = stage1.clone();
+    stage5.extend((5..=8).map(|i| (i * 10, 1.5, 1e-3 * (1.0 - i as f64 / 16.0))));
+    write_stage(&root.path().join("Stage5"), 80, 100, &stage5);
+    let mut args = vec!["stages".to_string()];
+    args.extend(dirs(&["Stage1", "Stage5"]));
+    let (ok, stdout, _) = wick(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!ok, "{stdout}");
+    assert!(stdout.contains("Stage5's learning rate rises to 6.875e-4 at global step 50"), "{stdout}");
+    assert!(stdout.contains("a decaying schedule is a function of max_steps (100)"), "{stdout}");
 }
 
 /// Each tag's (step, value as the f32 TensorBoard stores) points.

@@ -143,17 +143,25 @@ pub fn check_stages(dirs: &[PathBuf]) -> StagesCheck {
                     ));
                 }
                 let prev_refs: Vec<&Entry> = prev_entries.iter().collect();
-                if let (Some((prev_step, prev_lr)), Some((step, lr))) = (
-                    last_lr(&prev_refs),
-                    own.iter().find_map(|e| {
-                        let lr = number(e, "learning_rate")?;
-                        (lr > prev_lr_bound(&prev_refs)).then_some((number(e, "step")? as u64, lr))
-                    }),
-                ) {
+                let bound = prev_lr_bound(&prev_refs);
+                let rise = own.iter().find_map(|e| {
+                    let lr = number(e, "learning_rate")?;
+                    (lr > bound).then_some((number(e, "step")? as u64, lr))
+                });
+                if let (Some((prev_step, prev_lr)), Some((step, lr))) = (last_lr(&prev_refs), rise) {
+                    let cause = if start == 0 {
+                        format!("its schedule restarted (scheduler.pt not restored) — {hint}")
+                    } else {
+                        let max_steps = run.state.max_steps.map_or_else(String::new, |m| format!(" ({m})"));
+                        format!(
+                            "the scheduler was restored, but a decaying schedule is a function of max_steps{max_steps}, \
+                             which changed, so the decay began again from a higher rate — keep one max_steps for \
+                             the whole curriculum, or give later stages a constant schedule"
+                        )
+                    };
                     check.problems.push(format!(
-                        "{name}'s learning rate rises to {lr:e} at global step {step}, above {prev_name}'s last \
-                         ({prev_lr:e} at step {prev_step}): its schedule restarted (scheduler.pt not restored) — \
-                         {hint}"
+                        "{name}'s learning rate rises to {lr:.3e} at global step {step}, above {prev_name}'s last \
+                         ({prev_lr:.3e} at step {prev_step}): {cause}"
                     ));
                 }
             }

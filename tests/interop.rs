@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
+use common::external::{write_hf_checkpoint, write_safetensors};
 use common::{create_run, tiny_two_stage, train_events};
 use wick::interop::Series;
 use wick::train::TrainOptions;
@@ -229,36 +230,6 @@ fn wick_report_tables_a_trainer_runs_checkpoints_and_recommends_one() {
         wick(&["report", root.path().to_str().unwrap(), "--metric", "eval_accuracy", "--mode", "max"]);
     assert!(ok);
     assert!(stdout.contains("Use checkpoint-20: highest eval_accuracy 0.75"), "{stdout}");
-}
-
-/// A safetensors file as `safetensors.torch.save_file` writes it (the format's own serializer).
-fn write_safetensors(path: &Path, tensors: &[(&str, Vec<f32>)]) {
-    let bytes: Vec<(String, Vec<u8>, usize)> = tensors
-        .iter()
-        .map(|(name, values)| (name.to_string(), values.iter().flat_map(|v| v.to_le_bytes()).collect(), values.len()))
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
-        .iter()
-        .map(|(name, data, n)| {
-            (name.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![*n], data).unwrap())
-        })
-        .collect();
-    std::fs::write(path, safetensors::tensor::serialize(views, None).unwrap()).unwrap();
-}
-
-/// A Trainer checkpoint as `Trainer._save_checkpoint` leaves it: weights, state, optimizer / scheduler / RNG
-/// pickles (here only bytes: Wick never opens them).
-fn write_hf_checkpoint(dir: &Path, step: u64) {
-    std::fs::create_dir_all(dir).unwrap();
-    write_safetensors(&dir.join("model.safetensors"), &[("wte.weight", vec![0.5; 12]), ("ln.bias", vec![0.0; 4])]);
-    std::fs::write(
-        dir.join("trainer_state.json"),
-        format!("{{\n  \"global_step\": {step},\n  \"log_history\": []\n}}"),
-    )
-    .unwrap();
-    for pickle in ["optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"] {
-        std::fs::write(dir.join(pickle), b"\x80\x04not really a pickle").unwrap();
-    }
 }
 
 #[test]

@@ -39,6 +39,8 @@ pub struct CheckpointReport {
     pub fingerprint: ReportFingerprint,
     /// The metric columns: the run's task's declared metrics; `None` for the shapes task's fixed columns.
     pub columns: Option<Vec<crate::task::MetricSpec>>,
+    /// What wrote the run: a Trainer run's checkpoints can be verified, not forked or sampled.
+    pub kind: crate::interop::RunKind,
 }
 
 /// Cheap summary of what a checkpoint report depends on: the sealed checkpoints, the size of evals.jsonl and
@@ -124,6 +126,9 @@ impl Default for CheckpointsState {
 /// Loads a run's checkpoint report with sizes (disk: call it on a worker); `None` when its fingerprint equals
 /// `previous`.
 pub fn load_report(root: &Path, previous: Option<&ReportFingerprint>) -> anyhow::Result<Option<CheckpointReport>> {
+    if crate::interop::run_kind_of(root) == Some(crate::interop::RunKind::HfTrainer) {
+        return load_trainer_report(root, previous);
+    }
     let dir = RunDir::open(root)?;
     let fingerprint = report_fingerprint(&dir)?;
     if previous == Some(&fingerprint) {
@@ -149,7 +154,85 @@ pub fn load_report(root: &Path, previous: Option<&ReportFingerprint>) -> anyhow:
             .and_then(|bytes| serde_json::from_slice(&bytes).ok()),
         fingerprint,
         columns: dir.task_descriptor().filter(|t| t.kind != "shapes").map(|t| crate::eval::report::report_columns(&t)),
+        kind: crate::interop::RunKind::Wick,
     }))
+}
+
+/// The checkpoint table of a Hugging Face Trainer output directory: one row per `checkpoint-N` with the eval
+/// metrics logged at its step, the Trainer's best model and the Pareto front, as `wick report` tables it.
+fn load_trainer_report(root: &Path, previous: Option<&ReportFingerprint>) -> anyhow::Result<Option<CheckpointReport>> {
+    use crate::interop::hf;
+    let saved = hf::checkpoints(root);
+    let state_file = hf::newest_state_file(root);
+    let fingerprint = ReportFingerprint {
+        checkpoints: saved.iter().map(|c| format!("checkpoint-{}", c.step)).collect(),
+        evals_bytes: state_file.as_ref().and_then(|f| std::fs::metadata(f).ok()).map_or(0, |m| m.len()),
+        best: state_file.map(|f| f.display().to_string()),
+    };
+    if previous == Some(&fingerprint) {
+        return Ok(None);
+    }
+    let run = hf::HfRun::open(root)?;
+    let report = hf::report(&run, None, None);
+    let dirs: HashMap<u64, PathBuf> = saved.into_iter().map(|c| (c.step, c.dir)).collect();
+    let rows = report
+        .rows
+        .iter()
+        .map(|row| {
+            let dir = dirs.get(&row.step).cloned().unwrap_or_else(|| root.join(&row.checkpoint));
+            let eval = crate::run::events::EvalRecord {
+                step: row.step,
+                other: row.metrics.iter().map(|(name, value)| (name.clone(), Some(*value))).collect(),
+                ..Default::default()
+            };
+            let row = ReportRow {
+                checkpoint: row.checkpoint.clone(),
+                step: row.step,
+                stage: String::new(),
+                loss: row.loss,
+                eval: Some(eval),
+                gate_mean: None,
+                best: row.best,
+                pareto: row.pareto,
+            };
+            CheckpointInfo { size_bytes: dir_size_bytes(&dir), row, dir }
+        })
+        .collect();
+    let columns = report
+        .columns
+        .iter()
+        .map(|name| {
+            let mode = match &report.metric {
+                Some((metric, mode)) if metric == name => *mode,
+                _ => hf::guess_mode(name),
+            };
+            crate::task::MetricSpec::new(name, name, mode)
+        })
+        .collect();
+    let best = run.state.best_model_checkpoint.as_ref().map_or_else(String::new, |best| {
+        let value = run.state.best_metric.map_or_else(String::new, |v| format!(" ({v:.4})"));
+        format!(" The Trainer's best model: {best}{value}.")
+    });
+    Ok(Some(CheckpointReport {
+        root: root.to_path_buf(),
+        rows,
+        recommendation: format!("{}{best}", report.recommendation.message),
+        config: None,
+        judge: None,
+        fingerprint,
+        columns: Some(columns),
+        kind: crate::interop::RunKind::HfTrainer,
+    }))
+}
+
+/// The problems of one checkpoint directory: a Wick checkpoint against its manifest, a Trainer checkpoint by
+/// its safetensors files, index and state.
+pub fn checkpoint_problems(dir: &Path) -> Vec<String> {
+    if dir.join(crate::run::checkpoint::MANIFEST).is_file() {
+        verify_checkpoint(dir).iter().map(ToString::to_string).collect()
+    } else {
+        crate::interop::hf_verify::verify_hf_checkpoint(dir).problems
+    }
 }
 
 /// Sum of the sizes of the files directly in `dir` (0 when unreadable).
@@ -254,7 +337,7 @@ impl CheckpointsState {
             .name("checkpoint-verify".into())
             .spawn(move || {
                 for dir in dirs {
-                    let problems: Vec<String> = verify_checkpoint(&dir).iter().map(ToString::to_string).collect();
+                    let problems = checkpoint_problems(&dir);
                     if tx.send((dir, problems)).is_err() {
                         return;
                     }

@@ -14,6 +14,7 @@ pub mod compare;
 pub mod data_check;
 pub mod dialog;
 pub mod envelope;
+pub mod external;
 pub mod logs;
 pub mod panels;
 pub mod plot_data;
@@ -153,6 +154,8 @@ pub struct WickApp {
     loaded_version: HashMap<PathBuf, f64>,
     scanner: RunsScanner,
     loader: StoreLoader,
+    /// One reader thread per viewed external run (TensorBoard, Trainer).
+    watchers: HashMap<PathBuf, external::ExternalWatcher>,
     dialog: Box<dyn FileDialog>,
     ctx: egui::Context,
     csv_result: Option<crossbeam_channel::Receiver<Result<String, String>>>,
@@ -187,9 +190,13 @@ impl WickApp {
         );
         // The last-opened run comes back if it is still there and listed (in this runs folder or opened from
         // elsewhere), not when the window now looks at another runs folder.
-        let listed = |p: &PathBuf| p.parent() == Some(runs_dir.as_path()) || persisted.extra_runs.contains(p);
-        let selected =
-            persisted.last_opened_run.iter().filter(|p| p.join("run.toml").is_file() && listed(p)).cloned().collect();
+        let listed = |p: &PathBuf| p.starts_with(&runs_dir) || persisted.extra_runs.contains(p);
+        let selected = persisted
+            .last_opened_run
+            .iter()
+            .filter(|p| crate::interop::run_kind_of(p).is_some() && listed(p))
+            .cloned()
+            .collect();
         let app = Self {
             persisted,
             runs_dir,
@@ -206,6 +213,7 @@ impl WickApp {
             loaded_version: HashMap::new(),
             scanner,
             loader: StoreLoader::new(ctx.clone()),
+            watchers: HashMap::new(),
             dialog,
             ctx,
             csv_result: None,
@@ -353,9 +361,22 @@ impl WickApp {
     }
 
     /// Loads selected runs that are not in memory, or whose state.json changed on disk (a run written by
-    /// another process). The live run is fed by its events instead.
+    /// another process). The live run is fed by its events instead; an external run by its watcher.
     fn request_loads(&mut self) {
         for root in self.selected.clone() {
+            let kind = self.summary(&root).map(|s| s.kind).or_else(|| external::kind_of(&root));
+            if let Some(kind) = kind.filter(|k| *k != crate::interop::RunKind::Wick) {
+                if !self.watchers.contains_key(&root) {
+                    let watcher = external::ExternalWatcher::start(
+                        external::found(&root, kind),
+                        self.loader.sender(),
+                        self.ctx.clone(),
+                    );
+                    self.watchers.insert(root.clone(), watcher);
+                    self.loading.insert(root);
+                }
+                continue;
+            }
             if self.loading.contains(&root) {
                 continue;
             }
@@ -459,15 +480,19 @@ impl WickApp {
             }
             AppCommand::OpenRunFolder => {
                 if let Some(path) = self.dialog.open_run_folder() {
-                    let dir = RunDir::open(&path)?;
-                    let root = dir.root().to_path_buf();
+                    let kind = crate::interop::open_run(&path)?.kind;
+                    let root = match kind {
+                        crate::interop::RunKind::Wick => RunDir::open(&path)?.root().to_path_buf(),
+                        _ => std::path::absolute(&path).unwrap_or(path.clone()),
+                    };
+                    let id = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                     if !self.persisted.extra_runs.contains(&root) && root.parent() != Some(self.runs_dir.as_path()) {
                         self.persisted.extra_runs.push(root.clone());
                     }
                     self.scanner.rescan(self.scan_request());
                     self.select(root, false);
                     self.persisted.panel = Panel::Live;
-                    self.say(format!("Opened run {}", dir.id()), false);
+                    self.say(format!("Opened {} run {id}", kind.name()), false);
                 }
             }
             AppCommand::SelectRun { root, add } => self.select(root, add),
@@ -495,6 +520,7 @@ impl WickApp {
         let keep: Vec<PathBuf> =
             self.selected.iter().cloned().chain(self.session.iter().map(|s| s.root.clone())).collect();
         self.stores.retain(|root, _| keep.contains(root));
+        self.watchers.retain(|root, _| keep.contains(root));
         self.loaded_version.retain(|root, _| keep.contains(root));
         self.plot_cache.retain_runs(&keep);
     }

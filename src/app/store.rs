@@ -160,6 +160,8 @@ pub struct RunStore {
     pub events_applied: u64,
     /// What the run's task declares (task.json), when known.
     pub task: Option<crate::task::TaskDescriptor>,
+    /// What wrote the run (an external run's store comes from [`super::external`]).
+    pub kind: crate::interop::RunKind,
     last_wall_secs: f64,
 }
 
@@ -337,6 +339,11 @@ impl RunStore {
         }
     }
 
+    /// Appends one point to the series `name` (made when new); `NaN` marks a non-finite value.
+    pub fn push_point(&mut self, name: &str, step: f64, wall_secs: f64, value: f64) {
+        self.push(name, step, wall_secs, value);
+    }
+
     fn push(&mut self, name: &str, step: f64, wall_secs: f64, value: f64) {
         match self.series.get_mut(name) {
             Some(series) => series.push(step, wall_secs, value),
@@ -381,6 +388,9 @@ impl RunStore {
 
     /// Whether the run is of the shapes task (FID, top-k and IoU are its metrics).
     pub fn is_shapes(&self) -> bool {
+        if self.kind != crate::interop::RunKind::Wick {
+            return false;
+        }
         match (&self.task, &self.config) {
             (Some(task), _) => task.kind == "shapes",
             (None, Some(config)) => config.task.kind == "shapes",

@@ -37,6 +37,8 @@ pub struct RunSummary {
     pub message: Option<String>,
     /// Whether it lies outside the runs folder (opened with "Open run folder…").
     pub external: bool,
+    /// What wrote it: Wick, or another tool (TensorBoard, a Hugging Face Trainer).
+    pub kind: crate::interop::RunKind,
 }
 
 impl RunSummary {
@@ -61,6 +63,7 @@ pub fn summarize_run(root: &Path, external: bool) -> anyhow::Result<RunSummary> 
         total_steps: state.total_steps,
         message: state.message.clone(),
         external,
+        kind: crate::interop::RunKind::Wick,
     })
 }
 
@@ -147,9 +150,20 @@ pub fn scan(request: &ScanRequest) -> ScanResult {
         }
         Err(e) => result.errors.push((request.runs_dir.clone(), format!("{e:#}"))),
     }
+    for found in super::external::external_runs_under(&request.runs_dir) {
+        result.runs.push(super::external::summarize_external(&found, false));
+    }
     for root in &request.extra {
         if result.runs.iter().any(|r| &r.root == root) {
             continue;
+        }
+        match super::external::kind_of(root) {
+            Some(kind) if kind != crate::interop::RunKind::Wick => {
+                let found = super::external::found(root, kind);
+                result.runs.push(super::external::summarize_external(&found, true));
+                continue;
+            }
+            _ => {}
         }
         match summarize_run(root, true) {
             Ok(summary) => result.runs.push(summary),
@@ -176,6 +190,11 @@ impl StoreLoader {
     pub fn new(ctx: egui::Context) -> Self {
         let (sender, results) = unbounded();
         Self { sender, results, ctx }
+    }
+
+    /// Where loads are sent: external runs' watchers send their stores here too.
+    pub fn sender(&self) -> Sender<LoadResult> {
+        self.sender.clone()
     }
 
     /// Loads `root` on a new thread.

@@ -43,9 +43,10 @@ pub struct Series {
 }
 
 /// What wrote a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
 pub enum RunKind {
     /// A Wick run directory (run.toml).
+    #[default]
     Wick,
     /// A TensorBoard log directory (`events.out.tfevents.*`).
     TensorBoard,

@@ -55,7 +55,11 @@ pub fn checkpoints_ui(ui: &mut Ui, app: &mut WickApp, commands: &mut Vec<AppComm
     ui.horizontal(|ui| {
         if ui
             .add_enabled(has_rows, egui::Button::new("Verify"))
-            .on_hover_text("Check every file against its manifest (size and sha256)")
+            .on_hover_text(if report.kind == crate::interop::RunKind::Wick {
+                "Check every file against its manifest (size and sha256)"
+            } else {
+                "Check every safetensors file (header, offsets, NaN / Inf), the shard index and trainer_state.json"
+            })
             .clicked()
         {
             commands.push(AppCommand::Panels(PanelCommand::VerifyAll));
@@ -112,6 +116,7 @@ fn table_ui(ui: &mut Ui, state: &mut CheckpointsState, commands: &mut Vec<AppCom
         v.filter(|x| x.is_finite()).map_or("—".to_string(), |v| format!("{v:.digits$}"))
     };
     let mut toggles = Vec::new();
+    let wick_run = report.kind == crate::interop::RunKind::Wick;
     egui::ScrollArea::both().auto_shrink([false, false]).show(ui, |ui| {
         let columns = report.columns.as_deref();
         let count = 6 + columns.map_or(9, |c| c.len());
@@ -132,7 +137,9 @@ fn table_ui(ui: &mut Ui, state: &mut CheckpointsState, commands: &mut Vec<AppCom
                 let row = &info.row;
                 let eval = row.eval.as_ref();
                 let mut picked = state.picked.contains(&info.dir);
-                if ui.checkbox(&mut picked, &row.checkpoint).on_hover_text("Compare this checkpoint").changed() {
+                if !wick_run {
+                    ui.label(&row.checkpoint).on_hover_text(info.dir.display().to_string());
+                } else if ui.checkbox(&mut picked, &row.checkpoint).on_hover_text("Compare this checkpoint").changed() {
                     toggles.push(info.dir.clone());
                 }
                 ui.horizontal(|ui| {
@@ -176,7 +183,9 @@ fn table_ui(ui: &mut Ui, state: &mut CheckpointsState, commands: &mut Vec<AppCom
                     }
                 }
                 ui.label(format_bytes(info.size_bytes));
-                if ui
+                if !wick_run {
+                    ui.label("");
+                } else if ui
                     .small_button("Fork from here")
                     .on_hover_text("A new Setup draft whose first stage starts from these weights")
                     .clicked()

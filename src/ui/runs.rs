@@ -42,6 +42,10 @@ fn run_row_ui(ui: &mut Ui, app: &WickApp, run: &RunSummary, training: bool, comm
             commands.push(AppCommand::ShowPanel(crate::app::state::Panel::Live));
         }
     }
+    if run.kind != crate::interop::RunKind::Wick {
+        external_row_ui(ui, app, run);
+        return;
+    }
     ui.horizontal(|ui| {
         ui.label(RichText::new(status.as_str()).color(status_color(status)));
         ui.weak(format!("{}/{}", run.global_step, run.total_steps));
@@ -64,6 +68,31 @@ fn run_row_ui(ui: &mut Ui, app: &WickApp, run: &RunSummary, training: bool, comm
     if let Some(message) = run.message.as_ref().filter(|_| status == crate::run::RunStatus::Failed) {
         ui.label(RichText::new(message).color(ERROR_COLOR).small());
     }
+}
+
+/// Colour of an external run's kind badge.
+const KIND_COLOR: egui::Color32 = egui::Color32::from_rgb(0xc0, 0x8a, 0xe0);
+
+/// The second and third lines of a run another tool wrote: its kind, last step, number of series once
+/// loaded, and when its files last changed.
+fn external_row_ui(ui: &mut Ui, app: &WickApp, run: &RunSummary) {
+    let store = app.stores.get(&run.root);
+    ui.horizontal(|ui| {
+        ui.label(RichText::new(run.kind.name()).color(KIND_COLOR))
+            .on_hover_text("Written by another tool; Wick reads it as it is written, and never writes into it");
+        let last_step = store
+            .and_then(|s| s.series.values().filter_map(|series| series.steps.last().copied()).reduce(f64::max))
+            .map(|s| s as u64)
+            .unwrap_or(run.global_step);
+        ui.weak(format!("step {last_step}"));
+        if let Some(store) = store {
+            ui.weak(format!("{} series", store.series.len()));
+        }
+        if run.external {
+            ui.weak("(external)");
+        }
+    });
+    ui.weak(format!("updated {}", format_unix(run.updated_unix_secs)));
 }
 
 /// `2026-05-01 14:03 UTC` for Unix seconds.

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+pub mod external;
 mod folder;
 #[allow(unused_imports)]
 pub use folder::image_folder;

@@ -75,6 +75,32 @@ fn a_tensorboard_run_overlays_a_wick_run_in_live_and_its_new_points_appear() {
     }
     step_until(&mut harness, Duration::from_secs(2), |h| loss_points(h, &tb) == 8);
     assert_eq!(loss_points(&harness, dir.root()), 6, "the Wick run is unchanged");
+
+    // Compare: the images the external run logged, next to the Wick run's checkpoint grids, a step each.
+    let mut png = Vec::new();
+    image::RgbImage::from_pixel(4, 4, image::Rgb([255, 0, 0]))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    writer.write_image(2, 1.7e9 + 2.0, "samples", &png).unwrap();
+    writer.write_image(6, 1.7e9 + 6.0, "samples", &png).unwrap();
+    harness.get_by_label("Compare").click();
+    settle(&mut harness);
+    let ctx = harness.ctx.clone();
+    harness.state_mut().panels.logged.add_column(&tb, &ctx);
+    harness.state_mut().panels.logged.add_column(dir.root(), &ctx);
+    step_until(&mut harness, Duration::from_secs(3), |h| h.state().panels.logged.images.len() == 2);
+    settle(&mut harness);
+    let steps = |h: &Harness<'_, WickApp>, root: &Path| -> Vec<i64> {
+        h.state().panels.logged.images[root]["samples"].iter().map(|i| i.step).collect()
+    };
+    assert_eq!(steps(&harness, &tb), [2, 6]);
+    assert_eq!(steps(&harness, dir.root()), [3, 6], "the Wick run's checkpoint grids, from its own event files");
+    let shown: Vec<i64> = {
+        let logged = &harness.state().panels.logged;
+        logged.columns.iter().filter_map(|c| logged.image_of(c)).map(|i| i.step).collect()
+    };
+    assert_eq!(shown, [6, 6], "both columns start at their newest image");
+    assert_eq!(harness.query_all_by_label("Remove").count(), 2, "one column each");
 }
 
 #[test]

@@ -15,6 +15,7 @@ pub mod data_check;
 pub mod dialog;
 pub mod envelope;
 pub mod external;
+pub mod logged_images;
 pub mod logs;
 pub mod panels;
 pub mod plot_data;

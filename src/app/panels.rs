@@ -24,6 +24,8 @@ pub struct PanelsState {
     pub checkpoints: CheckpointsState,
     /// The Compare panel.
     pub compare: CompareState,
+    /// Compare's columns of images runs logged to TensorBoard.
+    pub logged: super::logged_images::LoggedImagesState,
     /// The Logs panel.
     pub logs: LogsState,
     /// The System panel's sampler (started when the panel is first shown).
@@ -92,6 +94,7 @@ impl WickApp {
             panels.checkpoints.want(primary.as_deref(), &ctx);
         }
         panels.compare.poll();
+        panels.logged.poll();
         if panel == Panel::Compare {
             let roots: Vec<(PathBuf, f64)> = self.runs.iter().map(|r| (r.root.clone(), r.updated_unix_secs)).collect();
             panels.compare.refresh_available(roots, &ctx);

@@ -19,9 +19,11 @@ const MAX_GRID_WIDTH: f32 = 900.0;
 
 /// Draws the Compare panel.
 pub fn compare_ui(ui: &mut Ui, app: &mut WickApp, commands: &mut Vec<AppCommand>) {
-    let state = &mut app.panels.compare;
     ui.heading("Compare checkpoints");
     egui::ScrollArea::vertical().auto_shrink([false, false]).show(ui, |ui| {
+        logged_images_ui(ui, app);
+        ui.separator();
+        let state = &mut app.panels.compare;
         choice_ui(ui, state);
         ui.separator();
         settings_ui(ui, state);
@@ -343,4 +345,85 @@ pub(crate) fn guidance_interval_ui(ui: &mut Ui, interval: &mut [f64; 2]) -> egui
     ui.label("–");
     response |= ui.add(DragValue::new(high).range(*low..=1.0).speed(0.01).max_decimals(2)).on_hover_text(hint);
     response
+}
+
+/// Widest a logged image is drawn, in points.
+const LOGGED_IMAGE_MAX_WIDTH: f32 = 360.0;
+
+/// Columns of images runs logged to TensorBoard (any run: a Wick run logs each checkpoint's grid), each
+/// with its run, tag and a step slider.
+fn logged_images_ui(ui: &mut Ui, app: &mut WickApp) {
+    let ctx = ui.ctx().clone();
+    let runs: Vec<(std::path::PathBuf, String)> =
+        app.runs.iter().map(|r| (r.root.clone(), format!("{} ({})", r.id, r.kind.name()))).collect();
+    let logged = &mut app.panels.logged;
+    ui.horizontal(|ui| {
+        ui.strong("Logged images");
+        ui.weak("images runs logged to TensorBoard, side by side — each column with its own step");
+    });
+    let mut add = None;
+    egui::ComboBox::from_id_salt("logged_images_add").selected_text("Add a column…").show_ui(ui, |ui| {
+        for (root, label) in &runs {
+            if ui.selectable_label(false, label).clicked() {
+                add = Some(root.clone());
+            }
+        }
+    });
+    if let Some(root) = add {
+        logged.add_column(&root, &ctx);
+    }
+    let mut remove = None;
+    ui.horizontal_top(|ui| {
+        for i in 0..logged.columns.len() {
+            let mut column = logged.columns[i].clone();
+            ui.vertical(|ui| {
+                ui.set_max_width(LOGGED_IMAGE_MAX_WIDTH);
+                let id = column.root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                ui.horizontal(|ui| {
+                    ui.strong(&id).on_hover_text(column.root.display().to_string());
+                    if ui.small_button("Remove").clicked() {
+                        remove = Some(i);
+                    }
+                    if ui.small_button("Reload").on_hover_text("Read the run's images again").clicked() {
+                        logged.load(&column.root, &ctx);
+                    }
+                });
+                if let Some(error) = logged.errors.get(&column.root) {
+                    ui.label(RichText::new(error).color(ERROR_COLOR));
+                }
+                let Some(images) = logged.images.get(&column.root).cloned() else {
+                    ui.spinner();
+                    return;
+                };
+                if images.is_empty() {
+                    ui.weak("this run logged no images");
+                    return;
+                }
+                egui::ComboBox::from_id_salt(("logged_tag", i)).selected_text(&column.tag).show_ui(ui, |ui| {
+                    for tag in images.keys() {
+                        if ui.selectable_value(&mut column.tag, tag.clone(), tag).changed() {
+                            column.index = images[tag].len().saturating_sub(1);
+                        }
+                    }
+                });
+                let Some(series) = images.get(&column.tag) else { return };
+                let steps: Vec<i64> = series.iter().map(|i| i.step).collect();
+                column.index = column.index.min(steps.len().saturating_sub(1));
+                ui.add(
+                    egui::Slider::new(&mut column.index, 0..=steps.len().saturating_sub(1))
+                        .custom_formatter(|v, _| format!("step {}", steps.get(v as usize).copied().unwrap_or(0)))
+                        .text("step"),
+                );
+                if let Some(texture) = logged.texture_of(&column, &ctx) {
+                    let size = texture.size_vec2();
+                    let scale = (LOGGED_IMAGE_MAX_WIDTH / size.x).min(4.0);
+                    ui.image((texture.id(), size * scale));
+                }
+            });
+            logged.columns[i] = column;
+        }
+    });
+    if let Some(i) = remove {
+        logged.columns.remove(i);
+    }
 }

@@ -22,7 +22,10 @@ pub fn top_bar_ui(ui: &mut Ui, app: &mut WickApp, commands: &mut Vec<AppCommand>
             Some(root) => {
                 let id = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 ui.label(RichText::new(id).strong());
-                if let Some(status) = status {
+                let kind = app.summary(root).map(|s| s.kind).unwrap_or_default();
+                if kind != crate::interop::RunKind::Wick {
+                    ui.weak(format!("{} run (read only)", kind.name()));
+                } else if let Some(status) = status {
                     ui.label(RichText::new(status.as_str()).color(status_color(status)));
                 }
             }
@@ -97,6 +100,9 @@ pub fn top_bar_ui(ui: &mut Ui, app: &mut WickApp, commands: &mut Vec<AppCommand>
 /// Progress bar with the stage, global step / total, and the ETAs of the stage and of the plan.
 fn progress_ui(ui: &mut Ui, app: &WickApp, current: Option<&std::path::Path>) {
     let Some(root) = current else { return };
+    if app.summary(root).is_some_and(|s| s.kind != crate::interop::RunKind::Wick) {
+        return;
+    }
     let store = app.stores.get(root);
     let session = app.session.as_ref().filter(|s| s.root == root);
     let (step, total) = match (session, store.and_then(|s| s.state.as_ref()), app.summary(root)) {

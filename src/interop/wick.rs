@@ -23,6 +23,14 @@ pub const SAMPLES_TAG: &str = "samples";
 /// The last part of the names of the event files Wick writes, which [`export_tensorboard`] may replace.
 pub const EVENT_FILE_SUFFIX: &str = "wick";
 
+/// The environment variable that turns the TensorBoard files of new sessions off (`0`).
+pub const TENSORBOARD_ENV: &str = "WICK_TENSORBOARD";
+
+/// Whether runs write TensorBoard files as they train (yes, unless `WICK_TENSORBOARD=0`).
+pub fn tensorboard_enabled() -> bool {
+    std::env::var(TENSORBOARD_ENV).map_or(true, |v| v != "0")
+}
+
 /// Fields of Wick's metrics lines that are null when the value was not finite.
 const NON_FINITE_AS_NULL: [&str; 2] = ["loss", "grad_norm"];
 /// Fields that are not values of the step.

@@ -99,6 +99,9 @@ impl Recorder {
     /// metrics and evaluations, an image (or text) for samples. A failure stops the mirror, never the run.
     fn mirror(&mut self, event: &TrainEvent) {
         if let TrainEvent::Started { step, .. } = event {
+            if !crate::interop::wick::tensorboard_enabled() {
+                return;
+            }
             self.tensorboard = match TensorBoardMirror::start(self.dir.root(), *step) {
                 Ok(mirror) => Some(mirror),
                 Err(e) => {

@@ -39,21 +39,7 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// `1.5 MiB`-style sizes.
-pub fn format_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+pub use crate::monitor::format_bytes;
 
 /// Runs the preflight of `config` (seconds to minutes: call it on a worker). A failure to even start ends
 /// the list with a ✘ line saying why. An image folder is checked and decoded with `cache_dir` (the runs

@@ -225,7 +225,12 @@ fn check_safetensors(path: &Path, check: &mut HfCheckpointCheck) -> Vec<String> 
         }
     }
     check.tensors += tensors.len();
-    check.notes.push(format!("{} ({} tensors, {})", file_name(path), tensors.len(), human_bytes(file_len)));
+    check.notes.push(format!(
+        "{} ({} tensors, {})",
+        file_name(path),
+        tensors.len(),
+        crate::monitor::format_bytes(file_len)
+    ));
     tensors.into_iter().map(|(t, _)| t).collect()
 }
 
@@ -236,22 +241,6 @@ struct ShardIndex {
 
 fn file_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-}
-
-/// Bytes as a person reads them.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit + 1 < UNITS.len() {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 /// Verifies a Trainer checkpoint directory (see the module's doc).
@@ -274,7 +263,7 @@ pub fn verify_hf_checkpoint(dir: &Path) -> HfCheckpointCheck {
             indexes.push(path.clone());
         } else if [".bin", ".pt", ".pth"].iter().any(|ext| name.ends_with(ext)) {
             let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-            check.notes.push(format!("{name} ({}, pickle: not opened)", human_bytes(size)));
+            check.notes.push(format!("{name} ({}, pickle: not opened)", crate::monitor::format_bytes(size)));
         }
     }
     for index in &indexes {
@@ -366,11 +355,5 @@ mod tests {
         let brains: Vec<u8> = [0x3f80u16, 0x7f80, 0x7fc0].iter().flat_map(|b| b.to_le_bytes()).collect();
         counts.scan(Dtype::BF16, &brains);
         assert_eq!((counts.nan, counts.inf), (1, 1));
-    }
-
-    #[test]
-    fn sizes_read_as_a_person_reads_them() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(1_500_000), "1.5 MB");
     }
 }

@@ -33,6 +33,8 @@ struct Recorder {
     /// TensorBoard event files of the run, beside its own logs; `None` until training starts, and after a
     /// write failed (said once in the log: the run's own files are what count).
     tensorboard: Option<TensorBoardMirror>,
+    /// Seconds this session spent writing the TensorBoard file (said in the log when the session ends).
+    tensorboard_secs: f64,
 }
 
 /// Starts the recorder thread for `dir`. It ends when the trainer's sender is dropped; if that happens
@@ -57,6 +59,7 @@ pub fn spawn_recorder(
         events,
         last_state_write: Instant::now(),
         tensorboard: None,
+        tensorboard_secs: 0.0,
     };
     let name = format!("recorder-{}", recorder.dir.id());
     std::thread::Builder::new()
@@ -113,6 +116,7 @@ impl Recorder {
         let Some(mirror) = &mut self.tensorboard else {
             return;
         };
+        let start = Instant::now();
         let written = match event {
             TrainEvent::Metrics(m) => mirror.metrics(m),
             TrainEvent::Eval(e) => mirror.eval(e),
@@ -120,6 +124,14 @@ impl Recorder {
             TrainEvent::SamplesSaved { step, path, .. } => mirror.samples_saved(*step, path),
             _ => Ok(()),
         };
+        self.tensorboard_secs += start.elapsed().as_secs_f64();
+        if event.is_terminal() {
+            tracing::info!(
+                "TensorBoard file {} written in {:.1} ms this session (on the recorder's thread)",
+                mirror.path().display(),
+                self.tensorboard_secs * 1e3
+            );
+        }
         if let Err(e) = written {
             tracing::warn!("TensorBoard file {} no longer written: {e:#}", mirror.path().display());
             self.tensorboard = None;

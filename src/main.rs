@@ -78,6 +78,8 @@ enum Command {
         /// Output safetensors.
         #[arg(long)]
         output: PathBuf,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// The checkpoint table of a run (metrics, best and Pareto marks) and which checkpoint to use: a Wick
     /// run, or a Hugging Face Trainer output directory (one row per checkpoint-N).
@@ -132,6 +134,8 @@ enum Command {
         /// Output PNG (a .json describing the cells is written beside it).
         #[arg(long)]
         out: PathBuf,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// Score checkpoints (FID, top-1/2/3, IoU) with any sampler settings, as a run's evaluation would.
     Eval {
@@ -149,6 +153,8 @@ enum Command {
         gate_scale: f64,
         #[command(flatten)]
         sampler: SamplerArgs,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// Your own data: check an image folder (and its layout JSONL) before training on it.
     Data {
@@ -177,6 +183,8 @@ enum Command {
         /// CPU threads (0 = every core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        #[command(flatten)]
+        device: DeviceArg,
     },
 }
 
@@ -192,6 +200,21 @@ enum ExportCommand {
         #[arg(long)]
         replace: bool,
     },
+}
+
+/// `--device` of the commands that compute (`auto` = CUDA 0 when this build has CUDA and a GPU answers, else the
+/// CPU), as a run config's `device` field.
+#[derive(clap::Args)]
+struct DeviceArg {
+    /// Where to compute: auto, cpu or cuda:N.
+    #[arg(long = "device", default_value = "auto", value_name = "auto|cpu|cuda:N")]
+    choice: String,
+}
+
+impl DeviceArg {
+    fn select(&self) -> Result<candle_core::Device> {
+        train::select_device(&self.choice).with_context(|| format!("--device {}", self.choice))
+    }
 }
 
 /// Sampler settings shared by `wick sample` and `wick eval` (defaults: the evaluation's).
@@ -270,6 +293,8 @@ enum JudgeCommand {
         /// Output weights file (the report goes to the same name with .json).
         #[arg(long, default_value = "assets/judge/shapes.safetensors")]
         out: PathBuf,
+        #[command(flatten)]
+        device: DeviceArg,
     },
 }
 
@@ -367,8 +392,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             std::io::Write::flush(&mut out)?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Predict { checkpoint, input, output }) => {
-            wick::model::predict_file(&checkpoint, &input, &output)?;
+        Some(Command::Predict { checkpoint, input, output, device }) => {
+            wick::model::predict_file(&checkpoint, &input, &output, &device.select()?)?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Report { run_dir, metric, mode }) => {
@@ -391,7 +416,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Sample { checkpoints, gate_scales, seed, count, sampler, real, out }) => {
+        Some(Command::Sample { checkpoints, gate_scales, seed, count, sampler, real, out, device }) => {
             // A text task's checkpoints carry their samples: print them side by side (and write them to OUT).
             if let Some(table) = wick::eval::compare::text_comparison(&checkpoints)? {
                 let text = wick::eval::compare::format_text_comparison(&table);
@@ -399,6 +424,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 wick::run::atomic::atomic_write(&out, text.as_bytes())?;
                 return Ok(ExitCode::SUCCESS);
             }
+            let device = device.select()?;
             let sampler = sampler.config(1.0);
             let request = wick::eval::compare::CompareRequest {
                 checkpoints,
@@ -409,7 +435,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 scale: 4,
                 real_images: real,
             };
-            let grid = wick::eval::compare::compare_grid(&request, &candle_core::Device::Cpu, |done, total| {
+            let grid = wick::eval::compare::compare_grid(&request, &device, |done, total| {
                 eprintln!("sampled column {done}/{total}");
             })?;
             let description = grid.description;
@@ -423,7 +449,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Eval { checkpoints, samples, seed, gate_scale, sampler }) => {
+        Some(Command::Eval { checkpoints, samples, seed, gate_scale, sampler, device }) => {
+            let device = device.select()?;
             let sampler = sampler.config(gate_scale);
             let cache = cli.runs_dir.join(".cache");
             println!("{:<40} {:>9} {:>6} {:>6} {:>6} {:>6}", "checkpoint", "fid", "top1", "top2", "top3", "iou");
@@ -434,7 +461,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     seed,
                     samples,
                     Some(&cache),
-                    &candle_core::Device::Cpu,
+                    &device,
                 )
                 .with_context(|| format!("evaluating {}", checkpoint.display()))?;
                 println!(
@@ -449,21 +476,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Judge { command: JudgeCommand::Train { seed, steps, dataset, layouts, resolution, out } }) => {
-            judge_train(&cli.runs_dir, seed, steps, dataset, layouts, resolution, &out)
+        Some(Command::Judge {
+            command: JudgeCommand::Train { seed, steps, dataset, layouts, resolution, out, device },
+        }) => {
+            let options = JudgeTrainArgs { seed, steps, folder: dataset, layouts, resolution };
+            judge_train(&cli.runs_dir, options, &out, &device.select()?)
         }
         // The check's journal lives in the runs folder's .cache, shared with the runs.
         Some(Command::Data { command: DataCommand::Check { path, layouts, box_units } }) => {
             data_check(&path, layouts, &box_units, &cli.runs_dir)
         }
-        Some(Command::Bench { preset, batch, steps, warmup, threads }) => {
+        Some(Command::Bench { preset, batch, steps, warmup, threads, device }) => {
             let preset: ModelPreset = serde_json::from_value(serde_json::Value::String(preset.clone()))
                 .map_err(|_| anyhow::anyhow!("--preset {preset}: expected tiny, small or base"))?;
             wick::model::set_compute_threads(threads);
             let threads =
                 if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
             let options = wick::bench::BenchOptions { preset, batch, steps, warmup, threads };
-            let report = wick::bench::run_bench(&options, &candle_core::Device::Cpu)?;
+            let report = wick::bench::run_bench(&options, &device.select()?)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -692,15 +722,17 @@ fn data_check(path: &Path, layouts: Option<PathBuf>, box_units: &str, runs_dir: 
 }
 
 /// `wick judge train`: trains the judge, prints and writes its held-out accuracy and box IoU.
-fn judge_train(
-    runs_dir: &Path,
+/// What `wick judge train` trains on.
+struct JudgeTrainArgs {
     seed: u64,
     steps: usize,
     folder: Option<PathBuf>,
     layouts: Option<PathBuf>,
     resolution: usize,
-    out: &Path,
-) -> Result<ExitCode> {
+}
+
+fn judge_train(runs_dir: &Path, args: JudgeTrainArgs, out: &Path, device: &candle_core::Device) -> Result<ExitCode> {
+    let JudgeTrainArgs { seed, steps, folder, layouts, resolution } = args;
     let mut config = wick::eval::judge::JudgeTrainConfig { seed, steps, ..Default::default() };
     let dataset = match folder {
         None => wick::data::Dataset::Shapes(wick::data::ShapesDataset::new(
@@ -736,15 +768,14 @@ fn judge_train(
     };
     let bar = stderr_bar(steps as u64, "judge [{bar:30}] {pos}/{len} {msg} ({eta})")?;
     let mut last = Instant::now();
-    let (varmap, _, report) =
-        wick::eval::judge::train_judge(&config, &dataset, &candle_core::Device::Cpu, |step, loss| {
-            bar.set_position(step as u64);
-            bar.set_message(format!("loss {loss:.4}"));
-            if bar.is_hidden() && (last.elapsed() >= Duration::from_secs(10) || step == steps) {
-                last = Instant::now();
-                eprintln!("judge step {step}/{steps} loss {loss:.4}");
-            }
-        })?;
+    let (varmap, _, report) = wick::eval::judge::train_judge(&config, &dataset, device, |step, loss| {
+        bar.set_position(step as u64);
+        bar.set_message(format!("loss {loss:.4}"));
+        if bar.is_hidden() && (last.elapsed() >= Duration::from_secs(10) || step == steps) {
+            last = Instant::now();
+            eprintln!("judge step {step}/{steps} loss {loss:.4}");
+        }
+    })?;
     bar.finish_and_clear();
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;

@@ -102,6 +102,45 @@ fn eval_scores_a_checkpoint_the_same_way_twice_and_names_a_missing_one() {
     assert!(stderr.contains("no-such-checkpoint") && stderr.contains("model.safetensors"), "{stderr}");
 }
 
+#[test]
+fn sample_with_device_cpu_redraws_a_cpu_runs_own_grid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_two_stage(3, 3);
+    let config_file = write_config(tmp.path(), &config.to_toml_string().unwrap());
+    let runs = tmp.path().join("runs");
+    let out = run(&["train", config_file.to_str().unwrap(), "--runs-dir", runs.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let checkpoint = the_run(&runs).checkpoints().unwrap().last().unwrap().dir.clone();
+    let grid = tmp.path().join("grid.png");
+    let sampler = &config.eval.sampler;
+    let (seed, rows, steps, guidance) = (
+        config.eval.seed.to_string(),
+        config.eval.grid_rows.to_string(),
+        sampler.steps.to_string(),
+        sampler.guidance.to_string(),
+    );
+    let sample = |device: &str| {
+        wick()
+            .args(["sample", checkpoint.to_str().unwrap(), "--seed", &seed, "--count", &rows, "--steps", &steps])
+            .args(["--guidance", &guidance, "--out", grid.to_str().unwrap(), "--device", device])
+            .output()
+            .unwrap()
+    };
+    let out = sample("cpu");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let saved = std::fs::read(checkpoint.join("samples.png")).unwrap();
+    assert!(std::fs::read(&grid).unwrap() == saved, "`wick sample --device cpu` differs from the run's samples.png");
+
+    let out = sample("gpu");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--device gpu") && stderr.contains("cuda:N"), "{stderr}");
+    if !cfg!(feature = "cuda") {
+        let out = sample("cuda:0");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("--features cuda"), "{stderr}");
+    }
+}
+
 /// Kills `wick train` with SIGKILL at several instants, resumes each time, and checks every logged loss
 /// against an uninterrupted run, bit for bit.
 #[test]

@@ -333,7 +333,7 @@ fn predict_file_round_trip() {
     let expected = forward(&model, &d, 1.0);
     for checkpoint in [ckpt.clone(), ckpt.join("model.safetensors")] {
         let output = dir.path().join("out.safetensors");
-        predict_file(&checkpoint, &input, &output).unwrap();
+        predict_file(&checkpoint, &input, &output, &Device::Cpu).unwrap();
         let v = candle_core::safetensors::load(&output, &Device::Cpu).unwrap().remove("v").unwrap();
         assert_eq!(v.dtype(), DType::F32);
         assert_eq!(max_abs_diff(&v, &expected), 0.0);
@@ -343,7 +343,8 @@ fn predict_file_round_trip() {
     let mut bad = inputs.clone();
     bad.insert("y".into(), Tensor::from_vec(vec![0i64, 9, 1], 3, &Device::Cpu).unwrap());
     candle_core::safetensors::save(&bad, &input).unwrap();
-    let err = format!("{:#}", predict_file(&ckpt, &input, &dir.path().join("o.safetensors")).unwrap_err());
+    let err =
+        format!("{:#}", predict_file(&ckpt, &input, &dir.path().join("o.safetensors"), &Device::Cpu).unwrap_err());
     assert!(err.contains("`y`") && err.contains('9'), "{err}");
 }
 

@@ -75,6 +75,17 @@ pub fn open_judge(path: Option<&Path>, device: &Device) -> Result<(Judge, String
     }
 }
 
+/// What a cache key adds for the device a result was computed on: nothing for the CPU (so caches made before
+/// keys named devices stay valid), `|cuda` or `|metal` otherwise (GPU kernels round differently, so their
+/// results are cached apart).
+fn device_cache_tag(device: &Device) -> &'static str {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "",
+        candle_core::DeviceLocation::Cuda { .. } => "|cuda",
+        candle_core::DeviceLocation::Metal { .. } => "|metal",
+    }
+}
+
 /// The judge a run's evaluation uses, a key identifying its weights, and — for a judge trained here — its
 /// report: the config's `eval.judge` file; else for the shapes task the built-in judge; else (a folder) a
 /// judge trained on the dataset's training images, cached in `cache_dir` per dataset content.
@@ -111,7 +122,9 @@ pub fn judge_for_run(
         flip: true,
         ..JudgeTrainConfig::default()
     };
-    let key = sha256_hex(format!("{}|{}|{}", folder.content_key(), train.steps, train.seed).as_bytes());
+    let key = sha256_hex(
+        format!("{}|{}|{}{}", folder.content_key(), train.steps, train.seed, device_cache_tag(device)).as_bytes(),
+    );
     let files = cache_dir.map(|dir| {
         let stem = format!("judge-{}", &key[..16]);
         (dir.join(format!("{stem}.safetensors")), dir.join(format!("{stem}.json")))
@@ -169,7 +182,7 @@ pub fn real_stats(
     cache_dir: Option<&Path>,
     device: &Device,
 ) -> Result<GaussianStats> {
-    let key = sha256_hex(format!("{judge_key}|{dataset_key}|{count}").as_bytes());
+    let key = sha256_hex(format!("{judge_key}|{dataset_key}|{count}{}", device_cache_tag(device)).as_bytes());
     let cache_file: Option<PathBuf> = cache_dir.map(|d| d.join(format!("real-stats-{}.json", &key[..16])));
     if let Some(file) = &cache_file {
         if let Ok(bytes) = std::fs::read(file) {

@@ -10,10 +10,10 @@ use super::init::{load_model, spec_from_weights, weights_file};
 
 /// `wick predict`: reads `x`, `t`, `y`, `boxes`, `box_classes` from the `input` safetensors (y and box_classes
 /// integer, i64 from PyTorch; x, t, boxes float; inputs are taken as given, no box normalisation), runs the
-/// denoiser of `checkpoint` (a checkpoint dir holding model.safetensors, or the file itself) on the CPU and
+/// denoiser of `checkpoint` (a checkpoint dir holding model.safetensors, or the file itself) on `device` and
 /// writes `v` to the `output` safetensors (f32).
-pub fn predict_file(checkpoint: &Path, input: &Path, output: &Path) -> anyhow::Result<()> {
-    let device = Device::Cpu;
+pub fn predict_file(checkpoint: &Path, input: &Path, output: &Path, device: &Device) -> anyhow::Result<()> {
+    let device = device.clone();
     let weights = weights_file(checkpoint);
     let spec = spec_from_weights(&weights)?;
     let (_varmap, model) = load_model(spec, &weights, &device)?;

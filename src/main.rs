@@ -166,7 +166,8 @@ enum Command {
         #[command(subcommand)]
         command: JudgeCommand,
     },
-    /// Time forward + backward + AdamW on fixed random batches; prints one JSON line.
+    /// Time the trainer's step (forward, backward, guard, clipping, AdamW, EMA) on prepared batches — or,
+    /// with --sampler, evaluation sampling — and print one JSON line (images/s, model and GEMM FLOP/s).
     Bench {
         /// Model preset: tiny, small or base.
         #[arg(long, default_value = "small")]
@@ -183,6 +184,16 @@ enum Command {
         /// CPU threads (0 = every core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Time the Euler sampler with guidance instead of training (--batch images per sampled batch,
+        /// --steps batches).
+        #[arg(long)]
+        sampler: bool,
+        /// Euler steps per sample (with --sampler).
+        #[arg(long, default_value_t = 20, requires = "sampler")]
+        sampler_steps: usize,
+        /// Guidance scale (with --sampler; 1 = none).
+        #[arg(long, default_value_t = 2.0, requires = "sampler")]
+        guidance: f64,
         #[command(flatten)]
         device: DeviceArg,
     },
@@ -486,13 +497,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Data { command: DataCommand::Check { path, layouts, box_units } }) => {
             data_check(&path, layouts, &box_units, &cli.runs_dir)
         }
-        Some(Command::Bench { preset, batch, steps, warmup, threads, device }) => {
+        Some(Command::Bench { preset, batch, steps, warmup, threads, sampler, sampler_steps, guidance, device }) => {
             let preset: ModelPreset = serde_json::from_value(serde_json::Value::String(preset.clone()))
                 .map_err(|_| anyhow::anyhow!("--preset {preset}: expected tiny, small or base"))?;
             wick::model::set_compute_threads(threads);
             let threads =
                 if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
-            let options = wick::bench::BenchOptions { preset, batch, steps, warmup, threads };
+            let sampler = sampler.then(|| wick::eval::sampler::SamplerConfig {
+                steps: sampler_steps,
+                guidance,
+                ..Default::default()
+            });
+            let options = wick::bench::BenchOptions { preset, batch, steps, warmup, threads, sampler };
             let report = wick::bench::run_bench(&options, &device.select()?)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)

@@ -36,4 +36,7 @@ pub use predict::predict_file;
 pub use runtime::{
     kernel_thread_limit, limit_kernel_threads, set_compute_threads, tune_allocator, tune_cpu_runtime, CpuTuning,
 };
-pub use spec::{is_adapter_param, is_layout_param, param_count, param_shapes, ModelSpec};
+pub use spec::{
+    forward_flops_per_image, is_adapter_param, is_layout_param, param_count, param_shapes, train_flops_per_image,
+    ModelSpec,
+};

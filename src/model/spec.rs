@@ -200,6 +200,41 @@ pub fn param_count(spec: ModelSpec) -> usize {
     param_table(spec).iter().map(|p| p.shape.iter().product::<usize>()).sum()
 }
 
+/// Floating-point operations of one image's forward pass: every linear layer (2 per multiply-add, applied to
+/// each token, each layout slot or once per image, as the layer is) and the attention products (scores and
+/// weighted values: 2·T·T·W per block for self-attention, 2·T·K·W for the adapter's cross-attention).
+/// Elementwise work (norms, activations, softmax) is not counted, as is usual for model FLOPs.
+pub fn forward_flops_per_image(spec: ModelSpec) -> u64 {
+    let (tokens, slots, width) = (spec.tokens() as u64, spec.slots as u64, spec.width as u64);
+    let mut macs = 0u64;
+    for (name, shape) in param_shapes(spec) {
+        let [out, inputs] = shape[..] else { continue };
+        if !name.ends_with(".weight") || (name.contains("embed.") && !name.starts_with("patch_embed.")) {
+            continue; // embeddings are lookups
+        }
+        let rows = if name.starts_with("box_mlp.") || name.contains(".adapter_attn.kv.") {
+            slots
+        } else if name.starts_with("t_mlp.") || name.ends_with(".ada.weight") || name.starts_with("final_ada.") {
+            1
+        } else {
+            tokens
+        };
+        macs += rows * (out * inputs) as u64;
+    }
+    let depth = spec.depth as u64;
+    macs += depth * 2 * tokens * tokens * width;
+    if spec.adapter {
+        macs += depth * 2 * tokens * slots * width;
+    }
+    2 * macs
+}
+
+/// Floating-point operations of training on one image: the forward pass and a backward pass of twice its
+/// cost (gradients of activations and of weights), the usual 3× rule.
+pub fn train_flops_per_image(spec: ModelSpec) -> u64 {
+    3 * forward_flops_per_image(spec)
+}
+
 /// True for the layout path's parameters: the layout encoder (`box_mlp.*`, `layout_class_embed.*`) and the
 /// spatial adapter (`blocks.N.adapter_*`) — everything that only acts when an image has a layout. While the
 /// gates are 0 none of them changes the output (or gets a gradient).
@@ -215,4 +250,25 @@ pub fn is_adapter_param(name: &str) -> bool {
         (Some("blocks"), Some(index), Some(module))
             if !index.is_empty() && index.bytes().all(|c| c.is_ascii_digit()) && module.starts_with("adapter_")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_flops_count_each_layer_on_its_rows() {
+        // tiny with its adapter: width 64, 64 tokens, 4 slots, 2 blocks, patches of 48 values.
+        let spec = ModelSpec::from_preset(ModelPreset::Tiny, true);
+        let (w, t, k, p) = (64u64, 64u64, 4u64, 48u64);
+        let block = w * 6 * w // ada, once per image
+            + t * w * 3 * w + t * w * w + t * 2 * (w * 4 * w) // qkv, proj, mlp
+            + t * w * w + k * w * 2 * w + t * w * w // adapter q, kv (slots), proj
+            + 2 * t * t * w + 2 * t * k * w; // attention products
+        let macs = t * p * w + (256 * w + w * w) + k * 2 * (w * w) + 2 * block + w * 2 * w + t * w * p;
+        assert_eq!(forward_flops_per_image(spec), 2 * macs);
+        assert_eq!(train_flops_per_image(spec), 6 * macs);
+        let without = ModelSpec { adapter: false, ..spec };
+        assert!(forward_flops_per_image(without) < forward_flops_per_image(spec));
+    }
 }

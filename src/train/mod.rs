@@ -11,6 +11,7 @@ pub mod ema;
 pub mod noise;
 pub mod optimizer;
 pub mod policy;
+pub mod step;
 mod trainer;
 
 use std::thread::JoinHandle;

@@ -17,8 +17,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use super::checkpointing::{assign_weights, load_checkpoint, save_checkpoint, NamedVars, TrainerState};
 use super::ema::Ema;
 use super::noise::{self, Stream};
-use super::optimizer::{clip_grads, global_grad_norm, AdamW};
+use super::optimizer::AdamW;
 use super::policy;
+use super::step::{apply_step, GradAccumulator, StepOutcome, UpdateSettings, Updated};
 use super::{TrainCommand, TrainOptions};
 use crate::config::{is_adapter_param, MetricMode, RunConfig, StageConfig};
 use crate::data::Prefetcher;
@@ -117,14 +118,6 @@ pub(super) fn run_guarded<T: Task>(
     if let Some(message) = failure {
         let _ = events.send(TrainEvent::Failed { step: step.load(Ordering::Relaxed), message });
     }
-}
-
-/// What one step did.
-enum StepOutcome {
-    /// The update was applied.
-    Applied { loss: f64, grad_norm: f64 },
-    /// Something was not finite; the update was skipped.
-    Skipped { what: String, loss: Option<f64>, grad_norm: Option<f64> },
 }
 
 /// Why the stage loop ended before finishing.
@@ -548,69 +541,34 @@ impl<T: Task> Trainer<T> {
     ) -> Result<StepOutcome> {
         let step_number = self.state.global_step + 1;
         let mut rng = noise::step_rng(self.config.seed, self.state.global_step);
-        let mut grads: HashMap<String, Tensor> = HashMap::new();
-        let mut loss_sum = 0.0;
-        let mut bad: Option<(String, Option<f64>)> = None;
+        let mut accumulated = GradAccumulator::default();
         for micro in 0..stage.grad_accum {
             let mut batch = prefetcher.next_batch()?;
             for warning in self.task.take_warnings(&mut batch) {
                 self.emit(TrainEvent::Warning { step: step_number, message: warning });
             }
-            if bad.is_some() {
+            if accumulated.is_bad() {
                 continue; // keep the data order: the step's batches are consumed either way
             }
             let mut loss = self.task.loss(model, &batch, stage, &mut rng)?;
             if micro == 0 && self.options.inject_nan_at_steps.contains(&step_number) {
                 loss = (loss * f64::NAN)?; // fault injection for tests
             }
-            let loss_value = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
-            if !loss_value.is_finite() {
-                bad = Some((format!("the loss of micro-batch {micro} is {loss_value}"), None));
-                continue;
-            }
-            loss_sum += loss_value;
-            let scaled = if stage.grad_accum > 1 { (loss / stage.grad_accum as f64)? } else { loss };
-            let store = scaled.backward()?;
-            for (name, var) in trainable {
-                if let Some(g) = store.get(var.as_tensor()) {
-                    let sum = match grads.remove(name) {
-                        Some(acc) => (acc + g)?,
-                        None => g.clone(),
-                    };
-                    grads.insert(name.clone(), sum);
-                }
-            }
+            accumulated.add(micro, loss, stage.grad_accum, trainable)?;
         }
-        if let Some((what, loss)) = bad {
-            return Ok(StepOutcome::Skipped { what, loss, grad_norm: None });
-        }
-        let loss = loss_sum / stage.grad_accum as f64;
-        let grad_norm = global_grad_norm(&grads)?;
-        if !grad_norm.is_finite() {
-            let culprit = grads
-                .iter()
-                .filter(|(_, g)| {
-                    g.sqr().and_then(|s| s.sum_all()).and_then(|s| s.to_scalar::<f32>()).is_ok_and(|v| !v.is_finite())
-                })
-                .map(|(n, _)| n.clone())
-                .min()
-                .unwrap_or_default();
-            return Ok(StepOutcome::Skipped {
-                what: format!("the gradient norm is {grad_norm} (first non-finite: `{culprit}`)"),
-                loss: Some(loss),
-                grad_norm: None,
-            });
-        }
-        clip_grads(&mut grads, grad_norm, stage.grad_clip)?;
-        let lr = stage.lr_at(self.state.step_in_stage);
-        self.optimizer.step(trainable, &grads, lr, stage.weight_decay)?;
-        // Once an average exists it is kept current: a stage with ema_decay = 0 makes it follow the weights.
-        if stage.ema_decay > 0.0 || !self.ema.is_empty() {
-            let decay = Ema::warmed_decay(stage.ema_decay, self.state.ema_updates);
-            self.ema.update(&self.params, decay)?;
-            self.state.ema_updates += 1;
-        }
-        Ok(StepOutcome::Applied { loss, grad_norm })
+        let settings = UpdateSettings {
+            lr: stage.lr_at(self.state.step_in_stage),
+            weight_decay: stage.weight_decay,
+            grad_clip: stage.grad_clip,
+            ema_decay: stage.ema_decay,
+        };
+        let updated = Updated {
+            optimizer: &mut self.optimizer,
+            ema: &mut self.ema,
+            ema_updates: &mut self.state.ema_updates,
+            params: &self.params,
+        };
+        apply_step(accumulated, trainable, settings, updated)
     }
 
     fn log_metrics(

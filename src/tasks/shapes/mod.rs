@@ -43,6 +43,11 @@ pub struct ShapesTask {
 }
 
 impl ShapesTask {
+    /// The run's dataset (the procedural shapes or an image folder).
+    pub fn dataset(&self) -> &Dataset {
+        &self.dataset
+    }
+
     /// Opens the run's dataset (checking a folder's files, with progress in the log) and sizes the model.
     pub fn open(ctx: &TaskContext) -> Result<Self> {
         let config = ctx.config.clone();

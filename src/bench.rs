@@ -88,6 +88,8 @@ pub struct BenchReport {
     pub guidance: Option<f64>,
     /// Device description.
     pub device: String,
+    /// gemm's f32 kernel on this CPU ([`crate::model::matmul_kernel`]).
+    pub matmul_kernel: String,
 }
 
 /// Runs the bench `options` ask for on `device`.
@@ -178,7 +180,7 @@ fn bench_sampler(options: &BenchOptions, sampler: &SamplerConfig, device: &Devic
     let model = task.build(VarBuilder::from_tensors(tensors, DType::F32, device))?;
     let dataset = task.dataset();
     let set = EvalSet::fixed(dataset, 0, options.batch);
-    let config = SamplerConfig { batch_size: options.batch, ..sampler.clone() };
+    let config = SamplerConfig { batch_size: options.batch, ..*sampler };
     let sample = || sample_images(&model, &set, &config, spec.null_class(), device).map(|_| ());
     for _ in 0..options.warmup {
         sample()?;
@@ -218,6 +220,7 @@ fn report(
         sampler_steps: None,
         guidance: None,
         device: format!("{device:?}"),
+        matmul_kernel: model::matmul_kernel().to_string(),
     })
 }
 

@@ -28,14 +28,6 @@ pub fn device_memory_bytes(device: &candle_core::Device) -> Option<u64> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_cpu_reports_no_gpu_memory() {
-        assert_eq!(super::device_memory_bytes(&candle_core::Device::Cpu), None);
-    }
-}
-
 /// `1.5 MiB`-style sizes.
 pub fn format_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -49,5 +41,13 @@ pub fn format_bytes(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_cpu_reports_no_gpu_memory() {
+        assert_eq!(super::device_memory_bytes(&candle_core::Device::Cpu), None);
     }
 }

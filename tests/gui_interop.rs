@@ -66,7 +66,7 @@ fn a_tensorboard_run_overlays_a_wick_run_in_live_and_its_new_points_appear() {
     harness.get_by_label("eval");
     // The loss plot's legend names each run.
     let wick_id: String = dir.id().chars().take(16).collect();
-    assert!(harness.query_all_by_label_contains(&format!("{wick_id}")).count() > 0);
+    assert!(harness.query_all_by_label_contains(&wick_id.to_string()).count() > 0);
     assert!(harness.query_all_by_label_contains("Dec07_10-00-00_host: loss").count() > 0);
 
     // New points reach the window while the file grows (read from where the reader stopped).

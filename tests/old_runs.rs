@@ -56,7 +56,26 @@ fn an_old_run_resumes_to_the_losses_the_old_code_logged() {
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/old-run-uninterrupted-metrics.jsonl"),
     )
     .unwrap();
-    let bits = |m: &MetricsRecord| (m.step, m.loss.map(f64::to_bits), m.grad_norm.map(f64::to_bits), m.gates.clone());
-    let logged: Vec<_> = dir.read_metrics().unwrap().iter().map(bits).collect();
-    assert_eq!(logged, expected.iter().map(bits).collect::<Vec<_>>());
+    let logged = dir.read_metrics().unwrap();
+    // The fixture was logged where candle's matmuls ran gemm's AVX2 (`fma`) kernel: there, bit for bit. A CPU
+    // whose gemm runs its AVX-512 kernel sums the backward's long products in other blocks: the same losses
+    // and steps, gradient norms and gates equal within float rounding (measured: 1.7e-8 relative).
+    if wick::model::matmul_kernel() == "fma" {
+        let bits =
+            |m: &MetricsRecord| (m.step, m.loss.map(f64::to_bits), m.grad_norm.map(f64::to_bits), m.gates.clone());
+        assert_eq!(logged.iter().map(bits).collect::<Vec<_>>(), expected.iter().map(bits).collect::<Vec<_>>());
+    } else {
+        assert_eq!(logged.len(), expected.len());
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * b.abs().max(1e-12);
+        for (got, want) in logged.iter().zip(&expected) {
+            assert_eq!(got.step, want.step);
+            let pairs = [(got.loss, want.loss), (got.grad_norm, want.grad_norm)];
+            let gates = got.gates.iter().zip(&want.gates).map(|(&a, &b)| (Some(a), Some(b)));
+            for (a, b) in pairs.into_iter().chain(gates) {
+                let (a, b) = (a.expect("logged"), b.expect("in the fixture"));
+                assert!(close(a, b), "step {}: {a} against the old code's {b}", got.step);
+            }
+            assert_eq!(got.gates.len(), want.gates.len());
+        }
+    }
 }

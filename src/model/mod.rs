@@ -34,7 +34,8 @@ pub use init::{
 pub use loss::{flow_matching_loss, object_pixel_weights, weighted_flow_matching_loss};
 pub use predict::predict_file;
 pub use runtime::{
-    kernel_thread_limit, limit_kernel_threads, set_compute_threads, tune_allocator, tune_cpu_runtime, CpuTuning,
+    kernel_thread_limit, limit_kernel_threads, matmul_kernel, set_compute_threads, tune_allocator, tune_cpu_runtime,
+    CpuTuning,
 };
 pub use spec::{
     forward_flops_per_image, is_adapter_param, is_layout_param, param_count, param_shapes, train_flops_per_image,

@@ -56,6 +56,26 @@ fn apply_cpu_tuning() -> CpuTuning {
     CpuTuning { allocator: tune_allocator(), candle_single_pool, pinned_threads }
 }
 
+/// Which of gemm's f32 kernels candle's CPU matmuls use on this CPU: `avx512f`, `fma` (AVX2), `neon` or `scalar`,
+/// chosen at run time the way gemm chooses (`is_x86_feature_detected`). Runs on CPUs with different kernels
+/// sum in different orders: the same run is bit-identical on one machine, equal within float rounding across
+/// kernels.
+pub fn matmul_kernel() -> &'static str {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "avx512f";
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            return "fma";
+        }
+    }
+    if cfg!(target_arch = "aarch64") {
+        return "neon";
+    }
+    "scalar"
+}
+
 /// Sizes the compute threads (candle's matmuls and wick's kernels) to `threads`, a run's `threads` setting;
 /// 0 keeps every core. An explicit `RAYON_NUM_THREADS` in the environment wins over both. Call it while no
 /// compute runs (before a run's trainer starts): the count is read from the environment.

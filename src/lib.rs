@@ -16,6 +16,7 @@
 //!          for each stage: Task::build(VarBuilder: trainable vars + frozen tensors); Task::data(stage)
 //!          ─▶ data::Prefetcher thread (BatchSource: pure function of seed + cursor)
 //!          each step: Task::loss(batch, step rng) → backward → (accumulate) → NaN guard → clip → AdamW → EMA
+//!          (train::step, the same code `wick bench` times on prepared batches)
 //!          train::policy decides after every step: log (Task::gates ─▶ gate alerts, Task::scalars),
 //!          evaluate, save, samples; which checkpoints to prune (best and newest kept)
 //!          every eval_every: Task::evaluate(sampling weights) ─▶ named metrics (directions declared in

@@ -121,12 +121,17 @@ fn bench_config(options: &BenchOptions) -> RunConfig {
     config
 }
 
+/// The shapes task of [`bench_config`]. It is procedural: its run root is never read or written when no stage
+/// evaluates.
+fn open_bench_task(config: &RunConfig, device: &Device) -> Result<ShapesTask> {
+    let run_root = std::env::temp_dir().join("wick-bench");
+    ShapesTask::open(&TaskContext { config, run_root: &run_root, device })
+}
+
 fn bench_training(options: &BenchOptions, device: &Device) -> Result<BenchReport> {
     let config = bench_config(options);
     let stage = config.stages[0].clone();
-    // The shapes task is procedural: its run root is never read or written when no stage evaluates.
-    let run_root = std::env::temp_dir().join("wick-bench");
-    let task = ShapesTask::open(&TaskContext { config: &config, run_root: &run_root, device })?;
+    let task = open_bench_task(&config, device)?;
     let varmap = task.init(0, device)?;
     let model = task.build(VarBuilder::from_varmap(&varmap, DType::F32, device))?;
     let params = model::sorted_vars(&varmap)?;
@@ -170,13 +175,10 @@ fn bench_training(options: &BenchOptions, device: &Device) -> Result<BenchReport
 
 fn bench_sampler(options: &BenchOptions, sampler: &SamplerConfig, device: &Device) -> Result<BenchReport> {
     let spec = ModelSpec::from_preset(options.preset, true);
-    let (varmap, _) = model::build_model(spec, device, 0)?;
+    let task = open_bench_task(&bench_config(options), device)?;
     // Sampling runs on detached weights, as the trainer's and `wick sample`'s models do (no autograd graph).
     let tensors: HashMap<String, Tensor> =
-        model::sorted_vars(&varmap)?.into_iter().map(|(n, v)| (n, v.as_tensor().detach())).collect();
-    let task_config = bench_config(options);
-    let run_root = std::env::temp_dir().join("wick-bench");
-    let task = ShapesTask::open(&TaskContext { config: &task_config, run_root: &run_root, device })?;
+        model::sorted_vars(&task.init(0, device)?)?.into_iter().map(|(n, v)| (n, v.as_tensor().detach())).collect();
     let model = task.build(VarBuilder::from_tensors(tensors, DType::F32, device))?;
     let dataset = task.dataset();
     let set = EvalSet::fixed(dataset, 0, options.batch);

@@ -152,8 +152,8 @@ fn bench_training(options: &BenchOptions, device: &Device) -> Result<BenchReport
     };
     let mut step = |index: usize| -> Result<()> {
         let mut accumulated = GradAccumulator::default();
-        let loss = task.loss(&model, &batches[index % batches.len()], &stage, &mut rng)?;
-        accumulated.add(0, loss, 1, &params)?;
+        let shards = task.loss_shards(&model, &batches[index % batches.len()], &stage, &mut rng)?;
+        accumulated.add(0, shards, 1, &params)?;
         let updated =
             Updated { optimizer: &mut optimizer, ema: &mut ema, ema_updates: &mut ema_updates, params: &params };
         match apply_step(accumulated, &params, settings, updated)? {

@@ -124,6 +124,30 @@ fn resume_is_bit_exact_mid_stage_and_across_the_stage_boundary() {
     }
 }
 
+/// Batches of 16 train as two loss shards on the CPU, each on a thread of its own: a stopped and resumed run
+/// on one thread gives the bits of the uninterrupted run on two.
+#[test]
+fn sharded_batches_resume_bit_exact_whatever_the_thread_count() {
+    let mut config = tiny_two_stage(3, 3);
+    for stage in &mut config.stages {
+        stage.batch_size = 16;
+    }
+    let runs = tempfile::tempdir().unwrap();
+    config.threads = 2;
+    let whole = create_run(runs.path(), &config);
+    train_events(&whole, TrainOptions::default());
+    let reference = loss_bits(&whole);
+    assert_eq!(reference.len(), 6);
+    config.threads = 1;
+    let dir = create_run(runs.path(), &config);
+    let events = train_events(&dir, TrainOptions { stop_at_step: Some(4), ..Default::default() });
+    assert!(matches!(events.last(), Some(TrainEvent::Stopped { step: 4, .. })), "{events:?}");
+    train_events(&dir, TrainOptions { resume: true, ..Default::default() });
+    assert_eq!(loss_bits(&dir), reference, "one thread with a resume differs from two threads straight through");
+    let last = |d: &RunDir| read_weights(&d.checkpoints().unwrap().last().unwrap().dir);
+    assert!(last(&dir) == last(&whole), "final weights differ");
+}
+
 #[test]
 fn an_object_loss_weight_changes_only_the_stage_that_sets_it() {
     let runs = tempfile::tempdir().unwrap();

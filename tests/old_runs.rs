@@ -57,25 +57,23 @@ fn an_old_run_resumes_to_the_losses_the_old_code_logged() {
     )
     .unwrap();
     let logged = dir.read_metrics().unwrap();
-    // The fixture was logged where candle's matmuls ran gemm's AVX2 (`fma`) kernel: there, bit for bit. A CPU
-    // whose gemm runs its AVX-512 kernel sums the backward's long products in other blocks: the same losses
-    // and steps, gradient norms and gates equal within float rounding (measured: 1.7e-8 relative).
-    if wick::model::matmul_kernel() == "fma" {
-        let bits =
-            |m: &MetricsRecord| (m.step, m.loss.map(f64::to_bits), m.grad_norm.map(f64::to_bits), m.gates.clone());
-        assert_eq!(logged.iter().map(bits).collect::<Vec<_>>(), expected.iter().map(bits).collect::<Vec<_>>());
-    } else {
-        assert_eq!(logged.len(), expected.len());
-        let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * b.abs().max(1e-12);
-        for (got, want) in logged.iter().zip(&expected) {
-            assert_eq!(got.step, want.step);
-            let pairs = [(got.loss, want.loss), (got.grad_norm, want.grad_norm)];
-            let gates = got.gates.iter().zip(&want.gates).map(|(&a, &b)| (Some(a), Some(b)));
-            for (a, b) in pairs.into_iter().chain(gates) {
-                let (a, b) = (a.expect("logged"), b.expect("in the fixture"));
-                assert!(close(a, b), "step {}: {a} against the old code's {b}", got.step);
-            }
-            assert_eq!(got.gates.len(), want.gates.len());
+    // The old code's own build resumed this fixture bit for bit. Wick's step has since changed how it rounds
+    // (gemm's AVX-512 kernel where the CPU has it; products that start from the bias; the MLP branch fused):
+    // the same steps and losses, gradient norms and gates equal within float rounding. Bit-exact resume
+    // holds within one build on one machine (tests/resume.rs, tests/engine.rs).
+    assert_eq!(logged.len(), expected.len());
+    let mut worst = 0f64;
+    for (got, want) in logged.iter().zip(&expected) {
+        assert_eq!(got.step, want.step);
+        assert_eq!(got.gates.len(), want.gates.len());
+        let pairs = [(got.loss, want.loss), (got.grad_norm, want.grad_norm)];
+        let gates = got.gates.iter().zip(&want.gates).map(|(&a, &b)| (Some(a), Some(b)));
+        for (a, b) in pairs.into_iter().chain(gates) {
+            let (a, b) = (a.expect("logged"), b.expect("in the fixture"));
+            let relative = (a - b).abs() / b.abs().max(1e-12);
+            worst = worst.max(relative);
+            assert!(relative <= 1e-6, "step {}: {a} against the old code's {b}", got.step);
         }
     }
+    println!("largest relative difference from the old code's log: {worst:.2e}");
 }

@@ -351,18 +351,69 @@ pub(crate) fn sq_dev8(a: &[f32], mean: f32) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-/// Whether the CPU has AVX2 and FMA (checked once; then a cached load).
-#[cfg(target_arch = "x86_64")]
-#[inline]
-pub(crate) fn has_avx2() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+/// The instruction sets a fused kernel is compiled for; the best the CPU has runs (see [`simd_path`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum SimdPath {
+    /// The crate's baseline target (SSE2 on x86-64).
+    Baseline,
+    /// AVX2 + FMA: 8 lanes.
+    Avx2,
+    /// AVX-512 (F, VL, DQ, BW) + AVX2 + FMA: 16 lanes.
+    Avx512,
 }
 
-/// Defines a kernel function twice: compiled for AVX2 + FMA (chosen at run time when the CPU has them) and for
-/// the baseline target. The crate builds for baseline x86-64 (SSE2), where the kernels' loops vectorise 4 lanes
-/// wide at best; the AVX2 copy runs 8 wide. Both copies perform the same IEEE operations (Rust never contracts
-/// a multiply and an add into an FMA), so their results are identical. Helpers the body calls must be
-/// `#[inline(always)]` to be compiled for AVX2 too.
+/// Every path this CPU can run, best last.
+pub(crate) fn available_simd_paths() -> Vec<SimdPath> {
+    let mut paths = vec![SimdPath::Baseline];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            paths.push(SimdPath::Avx2);
+            if std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512vl")
+                && std::is_x86_feature_detected!("avx512dq")
+                && std::is_x86_feature_detected!("avx512bw")
+            {
+                paths.push(SimdPath::Avx512);
+            }
+        }
+    }
+    paths
+}
+
+/// A path forced for every thread (tests: 0 = none, else `SimdPath as u8 + 1`).
+static FORCED_SIMD_PATH: AtomicUsize = AtomicUsize::new(0);
+
+/// The path the fused kernels take now: the best this CPU has, unless a test forced a lower one.
+#[inline]
+pub(crate) fn simd_path() -> SimdPath {
+    static BEST: OnceLock<SimdPath> = OnceLock::new();
+    let best = *BEST.get_or_init(|| available_simd_paths().last().copied().unwrap_or(SimdPath::Baseline));
+    match FORCED_SIMD_PATH.load(Ordering::Relaxed) {
+        1 => SimdPath::Baseline,
+        2 => SimdPath::Avx2.min(best),
+        3 => SimdPath::Avx512.min(best),
+        _ => best,
+    }
+}
+
+/// Runs `f` with every fused kernel (on every thread) taking `path`, one such run at a time (tests).
+#[cfg(test)]
+pub(crate) fn with_simd_path<R>(path: SimdPath, f: impl FnOnce() -> R) -> R {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    FORCED_SIMD_PATH.store(path as usize + 1, Ordering::Relaxed);
+    let out = f();
+    FORCED_SIMD_PATH.store(0, Ordering::Relaxed);
+    out
+}
+
+/// Defines a kernel function three times: compiled for AVX-512, for AVX2 + FMA (each chosen at run time when
+/// the CPU has it, [`simd_path`]) and for the baseline target. The crate builds for baseline x86-64 (SSE2),
+/// where the kernels' loops vectorise 4 lanes wide at best; the AVX2 copy runs 8 wide, the AVX-512 one 16.
+/// All copies perform the same IEEE operations (Rust never contracts a multiply and an add into an FMA, and
+/// reductions are written with fixed partial sums), so their results agree. Helpers the body calls must be
+/// `#[inline(always)]` to be compiled for each path too.
 macro_rules! multiversion {
     ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$doc])*
@@ -373,14 +424,22 @@ macro_rules! multiversion {
             fn inner($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    inner($($arg),*)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     inner($($arg),*)
                 }
-                if $crate::model::cpu::has_avx2() {
-                    // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                    return unsafe { avx2($($arg),*) };
+                match $crate::model::cpu::simd_path() {
+                    // SAFETY: simd_path only names a path whose features the CPU has (runtime detection).
+                    $crate::model::cpu::SimdPath::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above, AVX2 and FMA.
+                    $crate::model::cpu::SimdPath::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::model::cpu::SimdPath::Baseline => {}
                 }
             }
             inner($($arg),*)

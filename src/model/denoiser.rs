@@ -51,8 +51,9 @@ impl Block {
     /// Tokens x `[B·N, W]`, silu_c `[B, W]`, layout tokens `[B·K, W]`, box bias `[B, N, K]`.
     fn forward(&self, x: &Tensor, silu_c: &Tensor, layout: &Tensor, bias: &Tensor, gate_scale: f64) -> Result<Tensor> {
         let (batch, width) = silu_c.dims2()?;
-        let m = chunk_last(&self.ada.forward(silu_c)?, 6)?;
-        let (shift1, scale1, gate1, shift2, scale2, gate2) = (&m[0], &m[1], &m[2], &m[3], &m[4], &m[5]);
+        let ada = self.ada.forward(silu_c)?;
+        let m = chunk_last(&ada.narrow(1, 0, 3 * width)?, 3)?;
+        let (shift1, scale1, gate1) = (&m[0], &m[1], &m[2]);
         let attn = self.attn.forward(&norm_modulate(x, shift1, scale1)?, batch)?;
         let mut x = gated_residual(x, &attn, gate1)?;
         if let Some(adapter) = &self.adapter {
@@ -63,8 +64,7 @@ impl Block {
                 x = gated_residual(&x, &out, &gate.broadcast_as((batch, width))?)?;
             }
         }
-        let mlp = self.mlp.forward(&norm_modulate(&x, shift2, scale2)?)?;
-        gated_residual(&x, &mlp, gate2)
+        self.mlp.branch(&x, &ada.narrow(1, 3 * width, 3 * width)?)
     }
 }
 
@@ -196,13 +196,19 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use crate::config::ModelPreset;
-    use crate::model::cpu::with_reference_ops;
+    use crate::model::cpu::{available_simd_paths, with_reference_ops, with_simd_path, SimdPath};
     use crate::model::{build_model, flow_matching_loss, randomize_zero_init, ModelSpec};
 
-    /// The fused CPU path and the basic-op path (what runs off the CPU) agree on the whole model: output and
-    /// every parameter's gradient.
+    /// The fused CPU path, compiled for each instruction set this CPU has (baseline, AVX2, AVX-512), and the
+    /// basic-op path (what runs off the CPU) agree on the whole model: output and every parameter's gradient.
     #[test]
     fn fused_path_matches_basic_op_path() {
+        for path in available_simd_paths() {
+            with_simd_path(path, || fused_path_matches_basic_op_path_on(path));
+        }
+    }
+
+    fn fused_path_matches_basic_op_path_on(path: SimdPath) {
         let spec = ModelSpec::from_preset(ModelPreset::Tiny, true);
         let (varmap, model) = build_model(spec, &Device::Cpu, 3).unwrap();
         randomize_zero_init(spec, &varmap, 4).unwrap();
@@ -227,11 +233,12 @@ mod tests {
         let diff = |a: &Tensor, b: &Tensor| -> f32 {
             (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
         };
-        assert!(diff(&v_fused, &v_ref) < 2e-5, "outputs differ by {}", diff(&v_fused, &v_ref));
+        assert!(diff(&v_fused, &v_ref) < 2e-5, "{path:?}: outputs differ by {}", diff(&v_fused, &v_ref));
         for (name, var) in varmap.data().lock().unwrap().iter() {
             let (a, b) = (g_fused.get(var.as_tensor()).unwrap(), g_ref.get(var.as_tensor()).unwrap());
             let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-            assert!(diff(a, b) <= 1e-4 * scale.max(1e-3), "{name}: gradients differ by {} (scale {scale})", diff(a, b));
+            let d = diff(a, b);
+            assert!(d <= 1e-4 * scale.max(1e-3), "{path:?}: {name}: gradients differ by {d} (scale {scale})");
         }
     }
 }

@@ -6,7 +6,7 @@ use candle_core::{Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::spec::{ParamInit, LN_EPS};
-use super::{attention, ops};
+use super::{attention, branches, ops};
 
 /// `nn.Linear`: `x Wᵀ + b` on rows `[R, fan_in]` with weight `[fan_out, fan_in]` and bias `[fan_out]`.
 #[derive(Debug, Clone)]
@@ -110,6 +110,20 @@ impl Mlp {
     /// Rows x `[R, W]` to `[R, W]`.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.fc2.forward(&ops::gelu_tanh(&self.fc1.forward(x)?)?)
+    }
+
+    /// The block's whole MLP branch `x + gate · mlp(norm_modulate(x, shift, scale))` for tokens x `[B·N, W]`
+    /// and modulation `[B, 3W]` (shift, scale, gate side by side): one fused node on the CPU.
+    pub(crate) fn branch(&self, x: &Tensor, modulation: &Tensor) -> Result<Tensor> {
+        let w = x.dim(D::Minus1)?;
+        if !super::cpu::fused(x) {
+            let part = |i: usize| modulation.narrow(D::Minus1, i * w, w)?.contiguous();
+            let mlp = self.forward(&norm_modulate(x, &part(0)?, &part(1)?)?)?;
+            return ops::gated_residual(x, &mlp, &part(2)?);
+        }
+        let (fc1, fc2) = (&self.fc1, &self.fc2);
+        let params = branches::pack(&[&fc1.weight, &fc1.bias, &fc2.weight, &fc2.bias])?;
+        branches::mlp_branch(x, modulation, &params, fc1.bias.dim(0)?, LN_EPS)
     }
 }
 

@@ -10,11 +10,13 @@
 //! Everything is f32. Checkpoints are the VarMap saved as safetensors under the reference's names, so
 //! PyTorch's `load_state_dict(strict=True)` accepts them.
 //!
-//! Speed: on the CPU the heavy ops run as fused custom ops with their own backward ([`ops`], [`attention`]);
+//! Speed: on the CPU the heavy ops run as fused custom ops with their own backward ([`ops`], [`attention`],
+//! whole residual branches in `branches`, matrix products straight through gemm in `matmul`);
 //! the same maths as basic candle ops runs on other devices. Call [`tune_cpu_runtime`] first thing in `main`.
 //! Inside the model, tokens are kept 2-D (`[B·N, W]`) so that no reshape nodes enter the graph.
 
 pub mod attention;
+mod branches;
 mod cpu;
 mod denoiser;
 mod features;
@@ -22,6 +24,7 @@ mod init;
 pub mod judge;
 mod layers;
 mod loss;
+mod matmul;
 pub mod ops;
 mod predict;
 mod runtime;

@@ -12,13 +12,13 @@
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
-use std::sync::Mutex;
 
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::cpu::{
     buffer, check_dims, cpu_tensor, dot8, fused, multiversion, par_fill1, par_items, slice, sq_dev8, sum8, with_data,
 };
+use super::matmul::{matmul, Mat};
 
 /// `sqrt(2 / pi)`, as candle's `gelu` uses it.
 const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
@@ -114,7 +114,13 @@ fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
 }
 
 /// Forward of LayerNorm (+ modulation) over rows of `c` values; `rows_per_item` rows share one (shift, scale).
-fn ln_forward(x: &[f32], c: usize, rows_per_item: usize, modulation: Option<(&[f32], &[f32])>, eps: f32) -> Vec<f32> {
+pub(crate) fn ln_forward(
+    x: &[f32],
+    c: usize,
+    rows_per_item: usize,
+    modulation: Option<(&[f32], &[f32])>,
+    eps: f32,
+) -> Vec<f32> {
     par_fill1(x.len(), c * rows_per_item, |range, dst| {
         ln_forward_chunk(x, c, rows_per_item, modulation, eps, range, dst)
     })
@@ -157,7 +163,7 @@ multiversion! {
 type ModulationGrads = (Vec<f32>, Vec<f32>);
 
 /// Backward of LayerNorm (+ modulation). Returns dx and, with modulation, (d_shift, d_scale).
-fn ln_backward(
+pub(crate) fn ln_backward(
     x: &[f32],
     g: &[f32],
     c: usize,
@@ -327,20 +333,7 @@ impl CustomOp3 for GatedResidual {
     ) -> Result<(CpuStorage, Shape)> {
         let (x, a, gate) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
         let (_, c) = l3.shape().dims2()?;
-        let n = self.n;
-        let out = par_fill1(x.len(), n * c, |range, out| {
-            for (i, item) in range.clone().enumerate() {
-                let gate = &gate[item * c..(item + 1) * c];
-                for r in 0..n {
-                    let at = (item * n + r) * c;
-                    let o = &mut out[(i * n + r) * c..(i * n + r + 1) * c];
-                    for (((o, xv), av), gv) in o.iter_mut().zip(&x[at..at + c]).zip(&a[at..at + c]).zip(gate) {
-                        o.write(xv + av * gv);
-                    }
-                }
-            }
-        });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((CpuStorage::F32(gated_residual_rows(x, a, gate, self.n, c)), l1.shape().clone()))
     }
 
     fn bwd(
@@ -381,36 +374,35 @@ impl CustomOp3 for GatedResidual {
     }
 }
 
-/// `x + bias` for every row of `c` values.
-fn add_bias_rows(x: &[f32], bias: &[f32]) -> Vec<f32> {
-    let c = bias.len().max(1);
-    par_fill1(x.len(), c, |range, out| {
-        let src = &x[range.start * c..range.end * c];
-        for (o, v) in out.chunks_exact_mut(c).zip(src.chunks_exact(c)) {
-            for ((o, v), b) in o.iter_mut().zip(v).zip(bias) {
-                o.write(v + b);
+/// `x + a · gate[item]` over the rows of `c` values of items of `n` rows each.
+pub(crate) fn gated_residual_rows(x: &[f32], a: &[f32], gate: &[f32], n: usize, c: usize) -> Vec<f32> {
+    par_fill1(x.len(), n * c, |range, out| {
+        for (i, item) in range.clone().enumerate() {
+            let gate = &gate[item * c..(item + 1) * c];
+            for r in 0..n {
+                let at = (item * n + r) * c;
+                let o = &mut out[(i * n + r) * c..(i * n + r + 1) * c];
+                for (((o, xv), av), gv) in o.iter_mut().zip(&x[at..at + c]).zip(&a[at..at + c]).zip(gate) {
+                    o.write(xv + av * gv);
+                }
             }
         }
     })
 }
 
-/// Column sums of `grad` seen as rows of `c` values (the gradient of a bias).
-fn column_sums(grad: &Tensor, c: usize, op: &str) -> Result<Tensor> {
-    let db = with_data(grad, op, |g| {
-        let mut db = buffer(c);
-        for row in g.chunks_exact(c.max(1)) {
-            db.iter_mut().zip(row).for_each(|(d, v)| *d += v);
-        }
-        Ok(db)
-    })?;
-    cpu_tensor(db, c)
+/// Column sums of rows of `c` values (the gradient of a bias).
+pub(crate) fn column_sums(rows: &[f32], c: usize) -> Vec<f32> {
+    let mut sums = buffer(c);
+    for row in rows.chunks_exact(c.max(1)) {
+        sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+    }
+    sums
 }
 
 /// `nn.Linear` on rows: `x wᵀ + b` for x `[R, in]`, weight `[out, in]`, bias `[out]`, as one graph node.
 ///
-/// The product runs as a plain candle matmul on detached inputs before the op is applied (the op's forward only
-/// adds the bias); the backward computes `dx = g w`, `dw = gᵀ x`, `db = Σ g` directly. Compared with
-/// `matmul` + `t` + bias add this saves the backward's zero-fill and add over the `[R, out]` product.
+/// On the CPU the forward is one product starting from the bias ([`super::matmul`]) and the backward computes
+/// `dx = g w`, `dw = gᵀ x`, `db = Σ g` into buffers written once.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     let (_, fan_in) = x.dims2()?;
     let (fan_out, w_in) = weight.dims2()?;
@@ -421,15 +413,11 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     if !fused(x) {
         return x.matmul(&weight.t()?)?.broadcast_add(bias);
     }
-    let x = x.contiguous()?;
-    let product = x.detach().matmul(&weight.detach().t()?)?;
-    x.apply_op3(&weight.contiguous()?, &bias.contiguous()?, Linear { product: Mutex::new(Some(product)) })
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, Linear)
 }
 
-/// See [`linear`]; `product` is `x wᵀ`, taken by the forward.
-struct Linear {
-    product: Mutex<Option<Tensor>>,
-}
+/// See [`linear`].
+struct Linear;
 
 impl CustomOp3 for Linear {
     fn name(&self) -> &'static str {
@@ -438,18 +426,17 @@ impl CustomOp3 for Linear {
 
     fn cpu_fwd(
         &self,
-        _s1: &CpuStorage,
-        _l1: &Layout,
-        _s2: &CpuStorage,
-        _l2: &Layout,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let bias = slice(s3, l3, self.name())?;
-        let product = self.product.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(product) = product else { bail!("{}: forward run twice", self.name()) };
-        let out = with_data(&product, self.name(), |p| Ok(add_bias_rows(p, bias)))?;
-        Ok((CpuStorage::F32(out), product.shape().clone()))
+        let (x, weight, bias) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
+        let ((rows, fan_in), (fan_out, _)) = (l1.shape().dims2()?, l2.shape().dims2()?);
+        let out = matmul(Mat::rows(x, rows, fan_in), Mat::rows(weight, fan_out, fan_in).t(), Some(bias))?;
+        Ok((CpuStorage::F32(out), Shape::from((rows, fan_out))))
     }
 
     fn bwd(
@@ -460,10 +447,23 @@ impl CustomOp3 for Linear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dx = grad.matmul(weight)?;
-        let dw = grad.t()?.matmul(x)?;
-        let db = column_sums(grad, bias.elem_count(), self.name())?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        let name = self.name();
+        let ((rows, fan_in), (fan_out, _)) = (x.dims2()?, weight.dims2()?);
+        let (dx, dw, db) = with_data(x, name, |xd| {
+            with_data(weight, name, |wd| {
+                with_data(grad, name, |g| {
+                    let g_rows = Mat::rows(g, rows, fan_out);
+                    let dx = matmul(g_rows, Mat::rows(wd, fan_out, fan_in), None)?;
+                    let dw = matmul(g_rows.t(), Mat::rows(xd, rows, fan_in), None)?;
+                    Ok((dx, dw, column_sums(g, fan_out)))
+                })
+            })
+        })?;
+        Ok((
+            Some(cpu_tensor(dx, x.shape())?),
+            Some(cpu_tensor(dw, weight.shape())?),
+            Some(cpu_tensor(db, bias.shape())?),
+        ))
     }
 }
 
@@ -519,10 +519,11 @@ fn par_map(x: &[f32], f: impl Fn(&[f32], &mut [MaybeUninit<f32>]) + Sync) -> Vec
     par_fill1(x.len(), BLOCK, |range, out| f(&x[range.start * BLOCK..(range.end * BLOCK).min(x.len())], out))
 }
 
-/// Defines `$name(src.., dst)` applying an `#[inline(always)]` scalar body elementwise, compiled twice: for
-/// AVX2 (chosen at run time) and for the baseline target. The crate builds for baseline x86-64 (SSE2), where
-/// these loops do not vectorise; the AVX2 copy runs about 8 lanes wide. Both copies perform the same IEEE
-/// operations (Rust never contracts a multiply and add into an FMA), so their results are identical.
+/// Defines `$name(src.., dst)` applying an `#[inline(always)]` scalar body elementwise, compiled three times:
+/// for AVX-512 and AVX2 (chosen at run time, [`super::cpu::simd_path`]) and for the baseline target. The crate
+/// builds for baseline x86-64 (SSE2), where these loops do not vectorise; the AVX2 copy runs about 8 lanes
+/// wide, the AVX-512 one 16. All copies perform the same IEEE operations (Rust never contracts a multiply and
+/// add into an FMA), so their results are identical.
 macro_rules! elementwise {
     ($(#[$doc:meta])* $name:ident($($src:ident),+) => |$($v:ident),+| $body:expr) => {
         $(#[$doc])*
@@ -541,13 +542,20 @@ macro_rules! elementwise {
             }
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+                unsafe fn run_avx512($($src: &[f32],)+ dst: &mut [MaybeUninit<f32>]) {
+                    run($($src,)+ dst)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn run_avx2($($src: &[f32],)+ dst: &mut [MaybeUninit<f32>]) {
                     run($($src,)+ dst)
                 }
-                if super::cpu::has_avx2() {
-                    // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                    return unsafe { run_avx2($($src,)+ dst) };
+                match super::cpu::simd_path() {
+                    // SAFETY: simd_path only names a path whose features the CPU has (runtime detection).
+                    super::cpu::SimdPath::Avx512 => return unsafe { run_avx512($($src,)+ dst) },
+                    // SAFETY: as above, AVX2 and FMA.
+                    super::cpu::SimdPath::Avx2 => return unsafe { run_avx2($($src,)+ dst) },
+                    super::cpu::SimdPath::Baseline => {}
                 }
             }
             run($($src,)+ dst)
@@ -565,6 +573,20 @@ elementwise!(
     gelu_grad_slice(x, g) => |v, gv| gv * gelu_derivative(v)
 );
 
+/// `gelu(x)` elementwise (tanh approximation).
+pub(crate) fn gelu_values(x: &[f32]) -> Vec<f32> {
+    par_map(x, gelu_slice)
+}
+
+/// `g · gelu'(x)` elementwise; `x` and `g` have the same length.
+pub(crate) fn gelu_grad_values(x: &[f32], g: &[f32]) -> Vec<f32> {
+    const BLOCK: usize = 4096;
+    par_fill1(x.len(), BLOCK, |range, out| {
+        let end = (range.end * BLOCK).min(x.len());
+        gelu_grad_slice(&x[range.start * BLOCK..end], &g[range.start * BLOCK..end], out);
+    })
+}
+
 struct Gelu;
 
 impl CustomOp1 for Gelu {
@@ -574,8 +596,7 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l, self.name())?;
-        let out = par_map(x, gelu_slice);
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        Ok((CpuStorage::F32(gelu_values(x)), l.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -596,12 +617,7 @@ impl CustomOp2 for GeluGrad {
         if x.len() != g.len() {
             bail!("{}: x and grad differ in size", self.name())
         }
-        const BLOCK: usize = 4096;
-        let out = par_fill1(x.len(), BLOCK, |range, out| {
-            let end = (range.end * BLOCK).min(x.len());
-            gelu_grad_slice(&x[range.start * BLOCK..end], &g[range.start * BLOCK..end], out);
-        });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((CpuStorage::F32(gelu_grad_values(x, g)), l1.shape().clone()))
     }
 }
 

@@ -13,7 +13,8 @@
 //! ```text
 //! TaskDescriptor (kind, metrics, settings schema) ── config validation, the window's Setup, wick report
 //! Task::init ─▶ variables (seeded) ─▶ engine: per stage Task::build(VarBuilder of trainable + frozen tensors)
-//! Task::data(stage) ─▶ BatchSource on the prefetch thread ─▶ Task::loss(model, batch, stage, step rng)
+//! Task::data(stage) ─▶ BatchSource on the prefetch thread ─▶ Task::loss_shards(model, batch, stage, step rng)
+//!   (default: one shard, Task::loss) ─▶ shards' forward + backward on the compute threads ─▶ summed gradients
 //! Task::gates / scalars every log_every; Task::evaluate(sampling weights) every eval_every; Task::samples
 //! with every checkpoint ─▶ samples.png / samples.json (image grid) or samples.json (text)
 //! ```
@@ -207,6 +208,36 @@ impl TaskContext<'_> {
     }
 }
 
+/// A part of a micro-batch's loss (see [`Task::loss_shards`]): `weight` times the loss `compute` returns.
+pub struct LossShard<'a> {
+    /// The shard's share of the micro-batch's loss (its examples over the batch's, for a mean).
+    pub weight: f64,
+    compute: Box<dyn FnOnce() -> Result<Tensor> + Send + 'a>,
+}
+
+impl<'a> LossShard<'a> {
+    /// A shard whose loss `compute` builds (forward pass included) on the thread that runs it.
+    pub fn new(weight: f64, compute: impl FnOnce() -> Result<Tensor> + Send + 'a) -> Self {
+        Self { weight, compute: Box::new(compute) }
+    }
+
+    /// The whole micro-batch as one shard, its loss already computed.
+    pub fn ready(loss: Tensor) -> Self {
+        Self::new(1.0, move || Ok(loss))
+    }
+
+    /// The shard's loss tensor, with its graph.
+    pub fn compute(self) -> Result<Tensor> {
+        (self.compute)()
+    }
+
+    /// The same shard with its loss made NaN (fault injection for tests).
+    pub(crate) fn poisoned(self) -> Self {
+        let Self { weight, compute } = self;
+        Self::new(weight, move || Ok((compute()? * f64::NAN)?))
+    }
+}
+
 /// A source of training batches, run on the prefetch thread.
 ///
 /// A batch must be a pure function of the source's seed, `cursor` (examples consumed before it) and `size`:
@@ -257,6 +288,22 @@ pub trait Task: Send + 'static {
         stage: &StageConfig,
         rng: &mut ChaCha8Rng,
     ) -> Result<Tensor>;
+
+    /// The loss of one micro-batch as [`LossShard`]s: parts of it whose losses, each times its weight, sum to
+    /// [`Task::loss`]'s. On the CPU the engine computes the shards' losses and gradients on threads of their
+    /// own (one shard per thread at a time, no barrier between ops) and adds them in shard order, so the
+    /// result depends on the shards, never on the thread count. Draw from `rng` here, before returning, and
+    /// in the same order as `loss` does. Split where [`crate::train::shard_ranges`] says (`device` is where
+    /// the model runs: there is one shard off the CPU). The default is one shard: `loss` on this thread.
+    fn loss_shards<'a>(
+        &'a self,
+        model: &'a Self::Model,
+        batch: &'a <Self::Data as BatchSource>::Batch,
+        stage: &'a StageConfig,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Vec<LossShard<'a>>> {
+        Ok(vec![LossShard::ready(self.loss(model, batch, stage, rng)?)])
+    }
 
     /// Warnings a batch carries (e.g. a box that had to be normalised); reported as events.
     fn take_warnings(&self, _batch: &mut <Self::Data as BatchSource>::Batch) -> Vec<String> {

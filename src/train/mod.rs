@@ -22,6 +22,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use crate::run::recorder::{spawn_recorder, Notify};
 use crate::run::{RunDir, TrainEvent};
 
+pub use step::shard_ranges;
 pub use trainer::select_device;
 
 use crate::task::{Task, TaskContext};

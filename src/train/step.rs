@@ -4,13 +4,16 @@
 //! work a training step does.
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use anyhow::Result;
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 
 use super::checkpointing::NamedVars;
 use super::ema::Ema;
 use super::optimizer::{clip_grads, global_grad_norm, AdamW};
+use crate::task::LossShard;
 
 /// What one step did.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +36,29 @@ pub enum StepOutcome {
     },
 }
 
+/// Where a micro-batch of `batch` examples is split into loss shards on `device` (see
+/// [`crate::task::Task::loss_shards`]): on the CPU an even number of shards of at least 8 examples, at most 8
+/// shards (batch 64: 8 × 8; batch 32: 4 × 8; batch 24: 2 × 12), one below 16 examples; one shard off the CPU,
+/// where one big batch keeps the device busy. A function of the batch size only, so a run's results do
+/// not depend on its thread count.
+pub fn shard_ranges(batch: usize, device: &Device) -> Vec<Range<usize>> {
+    let shards = if device.is_cpu() { (2 * (batch / (2 * MIN_SHARD_EXAMPLES))).clamp(1, MAX_SHARDS) } else { 1 };
+    let (base, extra) = (batch / shards, batch % shards);
+    let mut start = 0;
+    (0..shards)
+        .map(|i| {
+            let len = base + usize::from(i < extra);
+            start += len;
+            start - len..start
+        })
+        .collect()
+}
+
+/// Fewest examples a CPU loss shard holds (smaller matrices waste the matmul kernels).
+const MIN_SHARD_EXAMPLES: usize = 8;
+/// Most loss shards per micro-batch.
+const MAX_SHARDS: usize = 8;
+
 /// Gradients summed over a step's micro-batches, with the first non-finite loss met.
 #[derive(Default)]
 pub struct GradAccumulator {
@@ -42,33 +68,108 @@ pub struct GradAccumulator {
     bad: Option<String>,
 }
 
+/// What one shard's forward and backward gave.
+enum ShardResult {
+    /// Its loss and the gradients of the trainable parameters (in their order; `None` = not reached).
+    Finite { loss: f64, grads: Vec<Option<Tensor>> },
+    /// Its loss was not finite; no backward ran.
+    NotFinite(f64),
+}
+
+/// Computes one shard's loss and, when finite, the gradients of `weight · scale · loss`. The gradient store
+/// (which holds every activation's gradient) is dropped here, keeping only the parameters'.
+fn run_shard(shard: LossShard<'_>, scale: f64, trainable: &NamedVars) -> Result<ShardResult> {
+    let weight = shard.weight;
+    let factor = weight * scale;
+    let loss = shard.compute()?;
+    let value = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+    if !value.is_finite() {
+        return Ok(ShardResult::NotFinite(value));
+    }
+    let scaled = if factor != 1.0 { (loss * factor)? } else { loss };
+    let store = scaled.backward()?;
+    let grads = trainable.iter().map(|(_, var)| store.get(var.as_tensor()).cloned()).collect();
+    Ok(ShardResult::Finite { loss: value * weight, grads })
+}
+
+/// Runs `f` with the fused kernels of this thread held to `threads` threads, restoring the limit after.
+fn with_kernel_threads<R>(threads: usize, f: impl FnOnce() -> R) -> R {
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            crate::model::limit_kernel_threads(self.0);
+        }
+    }
+    let _restore = Restore(crate::model::kernel_thread_limit());
+    crate::model::limit_kernel_threads(threads);
+    f()
+}
+
 impl GradAccumulator {
+    /// The summed loss and gradients so far (tests).
+    #[cfg(test)]
+    pub(crate) fn into_parts(self) -> (f64, HashMap<String, Tensor>) {
+        (self.loss_sum, self.grads)
+    }
+
     /// Whether a micro-batch's loss was not finite (the step will be skipped; later micro-batches need no
     /// backward pass).
     pub fn is_bad(&self) -> bool {
         self.bad.is_some()
     }
 
-    /// Checks micro-batch `micro`'s loss and, when finite, adds its gradients (of `loss / grad_accum`) for the
-    /// `trainable` parameters.
-    pub fn add(&mut self, micro: usize, loss: Tensor, grad_accum: usize, trainable: &NamedVars) -> Result<()> {
+    /// Computes micro-batch `micro`'s loss `shards` and, when every one is finite, adds their gradients (of
+    /// `loss / grad_accum`) for the `trainable` parameters. Several shards run in parallel on the current
+    /// rayon pool, each on one thread (its kernels held to their share of the pool); their gradients are
+    /// added in shard order.
+    pub fn add(
+        &mut self,
+        micro: usize,
+        shards: Vec<LossShard<'_>>,
+        grad_accum: usize,
+        trainable: &NamedVars,
+    ) -> Result<()> {
         if self.is_bad() {
             return Ok(());
         }
-        let loss_value = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
-        if !loss_value.is_finite() {
-            self.bad = Some(format!("the loss of micro-batch {micro} is {loss_value}"));
-            return Ok(());
+        let scale = 1.0 / grad_accum.max(1) as f64;
+        let count = shards.len();
+        let results: Vec<Result<ShardResult>> = if count <= 1 {
+            shards.into_iter().map(|shard| run_shard(shard, scale, trainable)).collect()
+        } else {
+            let threads_each = (rayon::current_num_threads() / count).max(1);
+            shards
+                .into_par_iter()
+                .map(|shard| with_kernel_threads(threads_each, || run_shard(shard, scale, trainable)))
+                .collect()
+        };
+        let mut loss = 0.0;
+        let mut summed: Vec<Option<Tensor>> = vec![None; trainable.len()];
+        for (index, result) in results.into_iter().enumerate() {
+            match result? {
+                ShardResult::NotFinite(value) => {
+                    let shard = if count > 1 { format!(" (shard {} of {count})", index + 1) } else { String::new() };
+                    self.bad = Some(format!("the loss of micro-batch {micro}{shard} is {value}"));
+                    return Ok(());
+                }
+                ShardResult::Finite { loss: value, grads } => {
+                    loss += value;
+                    for (sum, grad) in summed.iter_mut().zip(grads) {
+                        *sum = match (sum.take(), grad) {
+                            (Some(acc), Some(g)) => Some((acc + g)?),
+                            (acc, g) => acc.or(g),
+                        };
+                    }
+                }
+            }
         }
-        self.loss_sum += loss_value;
+        self.loss_sum += loss;
         self.micro_batches += 1;
-        let scaled = if grad_accum > 1 { (loss / grad_accum as f64)? } else { loss };
-        let store = scaled.backward()?;
-        for (name, var) in trainable {
-            if let Some(g) = store.get(var.as_tensor()) {
+        for ((name, _), grad) in trainable.iter().zip(summed) {
+            if let Some(g) = grad {
                 let sum = match self.grads.remove(name) {
                     Some(acc) => (acc + g)?,
-                    None => g.clone(),
+                    None => g,
                 };
                 self.grads.insert(name.clone(), sum);
             }
@@ -141,4 +242,26 @@ pub fn apply_step(
         *updated.ema_updates += 1;
     }
     Ok(StepOutcome::Applied { loss, grad_norm })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_even_in_number_and_size_and_cover_the_batch() {
+        let lens = |b: usize| shard_ranges(b, &Device::Cpu).iter().map(|r| r.len()).collect::<Vec<_>>();
+        assert_eq!(lens(64), vec![8; 8]);
+        assert_eq!(lens(32), vec![8; 4]);
+        assert_eq!(lens(24), vec![12, 12]);
+        assert_eq!(lens(15), vec![15]);
+        assert_eq!(lens(256), vec![32; 8]);
+        assert_eq!(lens(50), vec![9, 9, 8, 8, 8, 8]);
+        for b in 1..300 {
+            let ranges = shard_ranges(b, &Device::Cpu);
+            assert_eq!(ranges.first().map(|r| r.start), Some(0));
+            assert_eq!(ranges.last().map(|r| r.end), Some(b));
+            assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
+        }
+    }
 }

@@ -550,11 +550,12 @@ impl<T: Task> Trainer<T> {
             if accumulated.is_bad() {
                 continue; // keep the data order: the step's batches are consumed either way
             }
-            let mut loss = self.task.loss(model, &batch, stage, &mut rng)?;
-            if micro == 0 && self.options.inject_nan_at_steps.contains(&step_number) {
-                loss = (loss * f64::NAN)?; // fault injection for tests
+            let mut shards = self.task.loss_shards(model, &batch, stage, &mut rng)?;
+            if micro == 0 && self.options.inject_nan_at_steps.contains(&step_number) && !shards.is_empty() {
+                let first = shards.remove(0);
+                shards.insert(0, first.poisoned()); // fault injection for tests
             }
-            accumulated.add(micro, loss, stage.grad_accum, trainable)?;
+            accumulated.add(micro, shards, stage.grad_accum, trainable)?;
         }
         let settings = UpdateSettings {
             lr: stage.lr_at(self.state.step_in_stage),

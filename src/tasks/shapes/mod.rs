@@ -24,7 +24,9 @@ use crate::eval::sampler::{sample_images, EvalSet};
 use crate::eval::worker::{dataset_key, judge_for_run, real_stats, EvalJob, EvalWorker};
 use crate::model::{self, Denoiser, ModelSpec};
 use crate::task::settings::Schema;
-use crate::task::{EvalContext, Evaluation, MetricSpec, SampleKind, Samples, Task, TaskContext, TaskDescriptor};
+use crate::task::{
+    EvalContext, Evaluation, LossShard, MetricSpec, SampleKind, Samples, Task, TaskContext, TaskDescriptor,
+};
 use crate::train::noise;
 
 /// The shapes task of one run.
@@ -43,6 +45,50 @@ pub struct ShapesTask {
 }
 
 impl ShapesTask {
+    /// Draws a micro-batch's noise, timesteps and dropouts from the step's stream (in sample order) and
+    /// applies them: the inputs of its loss.
+    fn draw_inputs(&self, batch: &Batch, stage: &StageConfig, rng: &mut ChaCha8Rng) -> StepInputs {
+        let (b, side, slots, null) = (batch.size, self.spec.image_size, self.spec.slots, self.spec.null_class());
+        let mut eps = Vec::new();
+        let draws = noise::draw_samples(rng, b, 3 * side * side, noise::DrawSettings::of_stage(stage), &mut eps);
+        let mut labels = batch.labels.clone();
+        let mut boxes = batch.boxes.clone();
+        let mut box_classes = batch.box_classes.clone();
+        for (i, draw) in draws.iter().enumerate() {
+            if draw.drop_class {
+                labels[i] = null;
+            }
+            if draw.drop_layout {
+                box_classes[i * slots..(i + 1) * slots].fill(null);
+                boxes[i * slots * 4..(i + 1) * slots * 4].fill(0.0);
+            }
+        }
+        // The image's objects weigh whether or not its layout was dropped: they are in the picture either way.
+        let pixel_weights = (stage.object_loss_weight > 0.0).then(|| {
+            model::object_pixel_weights(
+                &batch.boxes,
+                &batch.box_classes,
+                slots,
+                null,
+                side,
+                stage.object_loss_weight as f32,
+                stage.object_loss_mode == ObjectLossMode::Objects,
+            )
+        });
+        StepInputs {
+            size: b,
+            side,
+            slots,
+            images: batch.images.clone(),
+            eps,
+            t: draws.iter().map(|d| d.t).collect(),
+            labels,
+            boxes,
+            box_classes,
+            pixel_weights,
+        }
+    }
+
     /// The run's dataset (the procedural shapes or an image folder).
     pub fn dataset(&self) -> &Dataset {
         &self.dataset
@@ -199,47 +245,28 @@ impl Task for ShapesTask {
 
     /// The flow-matching loss of one micro-batch, with this step's noise, timesteps and dropouts.
     fn loss(&self, model: &Denoiser, batch: &Batch, stage: &StageConfig, rng: &mut ChaCha8Rng) -> Result<Tensor> {
-        let b = batch.size;
-        let side = self.spec.image_size;
-        let slots = self.spec.slots;
-        let null = self.spec.null_class();
-        let mut eps = Vec::new();
-        let draws = noise::draw_samples(rng, b, 3 * side * side, noise::DrawSettings::of_stage(stage), &mut eps);
-        let mut labels = batch.labels.clone();
-        let mut boxes = batch.boxes.clone();
-        let mut box_classes = batch.box_classes.clone();
-        for (i, draw) in draws.iter().enumerate() {
-            if draw.drop_class {
-                labels[i] = null;
-            }
-            if draw.drop_layout {
-                box_classes[i * slots..(i + 1) * slots].fill(null);
-                boxes[i * slots * 4..(i + 1) * slots * 4].fill(0.0);
-            }
-        }
-        let t: Vec<f32> = draws.iter().map(|d| d.t).collect();
-        let device = &self.device;
-        let x0 = Tensor::from_vec(batch.images.clone(), (b, 3, side, side), device)?;
-        let eps = Tensor::from_vec(eps, (b, 3, side, side), device)?;
-        let t = Tensor::from_vec(t, b, device)?;
-        let y = Tensor::from_vec(labels, b, device)?;
-        let boxes = Tensor::from_vec(boxes, (b, slots, 4), device)?;
-        let box_classes = Tensor::from_vec(box_classes, (b, slots), device)?;
-        if stage.object_loss_weight > 0.0 {
-            // The image's objects, whether or not its layout was dropped: they are in the picture either way.
-            let weights = model::object_pixel_weights(
-                &batch.boxes,
-                &batch.box_classes,
-                slots,
-                null,
-                side,
-                stage.object_loss_weight as f32,
-                stage.object_loss_mode == ObjectLossMode::Objects,
-            );
-            let weights = Tensor::from_vec(weights, (b, 1, side, side), device)?;
-            return Ok(model::weighted_flow_matching_loss(model, &x0, &t, &eps, &y, &boxes, &box_classes, &weights)?);
-        }
-        Ok(model::flow_matching_loss(model, &x0, &t, &eps, &y, &boxes, &box_classes)?)
+        let inputs = self.draw_inputs(batch, stage, rng);
+        inputs.loss(model, 0..batch.size, &self.device)
+    }
+
+    /// The loss of [`Self::loss`] in the shards of [`crate::train::shard_ranges`], each a mean over its own
+    /// examples (or pixel weights) weighted by its share of the batch's.
+    fn loss_shards<'a>(
+        &'a self,
+        model: &'a Denoiser,
+        batch: &'a Batch,
+        stage: &'a StageConfig,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Vec<LossShard<'a>>> {
+        let inputs = Arc::new(self.draw_inputs(batch, stage, rng));
+        let ranges = crate::train::shard_ranges(batch.size, &self.device);
+        Ok(ranges
+            .into_iter()
+            .map(|range| {
+                let inputs = Arc::clone(&inputs);
+                LossShard::new(inputs.share(&range), move || inputs.loss(model, range, &self.device))
+            })
+            .collect())
     }
 
     fn take_warnings(&self, batch: &mut Batch) -> Vec<String> {
@@ -285,5 +312,139 @@ impl Task for ShapesTask {
 
     fn samples(&mut self, model: &Denoiser, ctx: &EvalContext) -> Result<Option<Samples>> {
         Ok(Some(self.sample_grid(model, &ctx.title)?))
+    }
+}
+
+/// A micro-batch's training inputs on the host: its images with this step's draws applied (noise,
+/// timesteps, class and layout dropout) and the optional per-pixel loss weights.
+struct StepInputs {
+    size: usize,
+    side: usize,
+    slots: usize,
+    images: Vec<f32>,
+    eps: Vec<f32>,
+    t: Vec<f32>,
+    labels: Vec<u32>,
+    boxes: Vec<f32>,
+    box_classes: Vec<u32>,
+    /// `[B, side, side]` object weights of `object_loss_weight`, when on.
+    pixel_weights: Option<Vec<f32>>,
+}
+
+impl StepInputs {
+    /// The share of the batch's loss that the examples `range` carry: their pixel weight over the batch's,
+    /// or their count over the batch size.
+    fn share(&self, range: &std::ops::Range<usize>) -> f64 {
+        match &self.pixel_weights {
+            Some(weights) => {
+                let per = self.side * self.side;
+                let sum = |w: &[f32]| w.iter().map(|&v| f64::from(v)).sum::<f64>();
+                sum(&weights[range.start * per..range.end * per]) / sum(weights).max(f64::MIN_POSITIVE)
+            }
+            None => range.len() as f64 / self.size.max(1) as f64,
+        }
+    }
+
+    /// The flow-matching loss of the examples `range` (mean over them, or weighted by their pixel weights).
+    fn loss(&self, model: &Denoiser, range: std::ops::Range<usize>, device: &Device) -> Result<Tensor> {
+        let (b, side, slots) = (range.len(), self.side, self.slots);
+        let image = 3 * side * side;
+        let rows = |per: usize| range.start * per..range.end * per;
+        let x0 = Tensor::from_slice(&self.images[rows(image)], (b, 3, side, side), device)?;
+        let eps = Tensor::from_slice(&self.eps[rows(image)], (b, 3, side, side), device)?;
+        let t = Tensor::from_slice(&self.t[range.clone()], b, device)?;
+        let y = Tensor::from_slice(&self.labels[range.clone()], b, device)?;
+        let boxes = Tensor::from_slice(&self.boxes[rows(slots * 4)], (b, slots, 4), device)?;
+        let box_classes = Tensor::from_slice(&self.box_classes[rows(slots)], (b, slots), device)?;
+        if let Some(weights) = &self.pixel_weights {
+            let weights = Tensor::from_slice(&weights[rows(side * side)], (b, 1, side, side), device)?;
+            return Ok(model::weighted_flow_matching_loss(model, &x0, &t, &eps, &y, &boxes, &box_classes, &weights)?);
+        }
+        Ok(model::flow_matching_loss(model, &x0, &t, &eps, &y, &boxes, &box_classes)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device};
+    use candle_nn::VarBuilder;
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::config::ModelPreset;
+    use crate::task::BatchSource;
+    use crate::train::step::GradAccumulator;
+
+    /// A tiny shapes task with a batch of 16 (two loss shards on the CPU) and its parameters.
+    fn tiny_task(object_loss_weight: f64) -> (ShapesTask, StageConfig, VarMap) {
+        let mut config = RunConfig { name: "shards".to_string(), ..RunConfig::default() };
+        config.model.preset = ModelPreset::Tiny;
+        config.model.adapter = true;
+        config.dataset.train_size = 16;
+        config.stages = vec![StageConfig {
+            name: "s".to_string(),
+            steps: 1,
+            batch_size: 16,
+            class_dropout: 0.3,
+            layout_dropout: 0.3,
+            object_loss_weight,
+            ..StageConfig::default()
+        }];
+        let stage = config.stages[0].clone();
+        let root = std::env::temp_dir().join("wick-shard-test");
+        let task = ShapesTask::open(&TaskContext { config: &config, run_root: &root, device: &Device::Cpu }).unwrap();
+        let varmap = task.init(1, &Device::Cpu).unwrap();
+        crate::model::randomize_zero_init(task.spec, &varmap, 2).unwrap();
+        (task, stage, varmap)
+    }
+
+    /// Loss and gradients of one micro-batch, computed as `shards` says, on a pool of `threads`.
+    fn step_gradients(
+        task: &ShapesTask,
+        stage: &StageConfig,
+        varmap: &VarMap,
+        sharded: bool,
+        threads: usize,
+    ) -> (f64, Vec<(String, Vec<f32>)>) {
+        let model = task.build(VarBuilder::from_varmap(varmap, DType::F32, &Device::Cpu)).unwrap();
+        let params = crate::model::sorted_vars(varmap).unwrap();
+        let batch = task.data(stage, 0).unwrap().batch(0, 16).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let shards = if sharded {
+                task.loss_shards(&model, &batch, stage, &mut rng).unwrap()
+            } else {
+                vec![LossShard::ready(task.loss(&model, &batch, stage, &mut rng).unwrap())]
+            };
+            assert_eq!(shards.len(), if sharded { 2 } else { 1 });
+            let mut accumulated = GradAccumulator::default();
+            accumulated.add(0, shards, 1, &params).unwrap();
+            let (loss, grads) = accumulated.into_parts();
+            let mut grads: Vec<_> =
+                grads.into_iter().map(|(n, g)| (n, g.flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect();
+            grads.sort_by(|a, b| a.0.cmp(&b.0));
+            (loss, grads)
+        })
+    }
+
+    #[test]
+    fn loss_shards_give_the_whole_batchs_loss_and_gradients_whatever_the_thread_count() {
+        for object_loss_weight in [0.0, 2.0] {
+            let (task, stage, varmap) = tiny_task(object_loss_weight);
+            let (whole_loss, whole) = step_gradients(&task, &stage, &varmap, false, 2);
+            let (loss, sharded) = step_gradients(&task, &stage, &varmap, true, 2);
+            assert!((loss - whole_loss).abs() <= 1e-6 * whole_loss.abs(), "loss {loss} against {whole_loss}");
+            assert_eq!(sharded.len(), whole.len());
+            for ((name, a), (_, b)) in sharded.iter().zip(&whole) {
+                let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+                let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                assert!(diff <= 1e-4 * scale, "weight {object_loss_weight}: {name} differs by {diff} (scale {scale})");
+            }
+            // The shards, not the threads, fix the sums: one thread gives the same bits as two.
+            let (one_loss, one_thread) = step_gradients(&task, &stage, &varmap, true, 1);
+            assert_eq!(one_loss.to_bits(), loss.to_bits());
+            assert_eq!(one_thread, sharded, "one thread and two differ");
+        }
     }
 }

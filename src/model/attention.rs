@@ -30,9 +30,7 @@ pub fn self_attention(qkv: &Tensor, batch: usize, heads: usize) -> Result<Tensor
     if !fused(qkv) {
         return reference::self_attention(qkv, batch, heads);
     }
-    let d = w3 / 3 / heads;
-    let op = SelfAttention { batch, heads, scale: 1.0 / (d as f32).sqrt(), saved: Mutex::new(None) };
-    qkv.contiguous()?.apply_op1(op)
+    qkv.contiguous()?.apply_op1(SelfAttention::new(batch, heads, w3 / 3 / heads))
 }
 
 /// Cross-attention of B items: queries q `[B·N, W]` attend to keys / values kv `[B·K, 2W]` (k | v) with a
@@ -165,7 +163,7 @@ struct Saved {
 ///
 /// Items are processed in parallel chunks, each running its batched matmuls (candle's gemm, which would use
 /// one core for matrices this small), softmax and head merge on its own.
-struct SelfAttention {
+pub(crate) struct SelfAttention {
     batch: usize,
     heads: usize,
     scale: f32,
@@ -263,14 +261,15 @@ impl SelfAttention {
     }
 }
 
-impl CustomOp1 for SelfAttention {
-    fn name(&self) -> &'static str {
-        "wick-self-attention"
+impl SelfAttention {
+    /// The fused self-attention of `batch` items over `heads` heads (scale `1/sqrt(head_dim)`), holding what its
+    /// backward needs after a forward.
+    pub(crate) fn new(batch: usize, heads: usize, head_dim: usize) -> Self {
+        Self { batch, heads, scale: 1.0 / (head_dim as f32).sqrt(), saved: Mutex::new(None) }
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let qkv = slice(s, l, self.name())?;
-        let (rows, w3) = l.shape().dims2()?;
+    /// Forward on qkv `[rows, 3W]`: the merged heads `[rows, W]`; keeps q, k, v and the attention.
+    pub(crate) fn forward_rows(&self, qkv: &[f32], rows: usize, w3: usize) -> Result<Vec<f32>> {
         let (b, h) = (self.batch, self.heads);
         let (n, d) = (rows / b, w3 / 3 / h);
         let mut parts = split_heads(qkv, b, n, 3, h, d).into_iter();
@@ -290,24 +289,40 @@ impl CustomOp1 for SelfAttention {
         errors.check()?;
         let att = att.into_inner().unwrap_or_else(|p| p.into_inner());
         *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Saved { q, k, v, att });
-        Ok((CpuStorage::F32(merged), Shape::from((rows, w3 / 3))))
+        Ok(merged)
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+    /// Backward of the last forward: the gradient `[rows, W]` of the merged heads to dqkv `[rows, 3W]`.
+    pub(crate) fn backward_rows(&self, g: &[f32], rows: usize, w3: usize) -> Result<Vec<f32>> {
         let guard = self.saved.lock().unwrap_or_else(|e| e.into_inner());
         let Some(saved) = guard.as_ref() else { bail!("{}: backward without a forward", self.name()) };
-        let (rows, w3) = arg.dims2()?;
         let (b, h) = (self.batch, self.heads);
         let (n, d) = (rows / b, w3 / 3 / h);
         let errors = FirstError::new();
-        let dqkv = with_data(grad, self.name(), |g| {
-            Ok(par_fill1(rows * w3, n * w3, |range, dst| {
-                if errors.keep(self.backward_chunk(saved, g, &range, n, d, dst)).is_none() {
-                    fill_zero(dst);
-                }
-            }))
-        })?;
+        let dqkv = par_fill1(rows * w3, n * w3, |range, dst| {
+            if errors.keep(self.backward_chunk(saved, g, &range, n, d, dst)).is_none() {
+                fill_zero(dst);
+            }
+        });
         errors.check()?;
+        Ok(dqkv)
+    }
+}
+
+impl CustomOp1 for SelfAttention {
+    fn name(&self) -> &'static str {
+        "wick-self-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = slice(s, l, self.name())?;
+        let (rows, w3) = l.shape().dims2()?;
+        Ok((CpuStorage::F32(self.forward_rows(qkv, rows, w3)?), Shape::from((rows, w3 / 3))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (rows, w3) = arg.dims2()?;
+        let dqkv = with_data(grad, self.name(), |g| self.backward_rows(g, rows, w3))?;
         Ok(Some(cpu_tensor(dqkv, (rows, w3))?))
     }
 }

@@ -6,15 +6,17 @@
 //! buffers written once. Its parameters enter as one packed vector (a concatenation: cheap, and its backward
 //! hands each parameter its part).
 //!
-//! The MLP branch: `x + gate · fc2(gelu(fc1(layer_norm(x) · (1 + scale) + shift)))` with `(shift, scale,
-//! gate)` of each item from adaLN. Off the CPU, and in tests as the oracle, the same maths runs as the
-//! separate ops of [`super::ops`] ([`super::layers`]).
+//! A branch is `x + gate · inner(layer_norm(x) · (1 + scale) + shift)` with `(shift, scale, gate)` of each
+//! item from adaLN, and `inner` the MLP (fc1, GELU, fc2) or the self-attention (qkv, attention, proj). Off the
+//! CPU, and in tests as the oracle, the same maths runs as the separate ops of [`super::ops`] and
+//! [`super::attention`] ([`super::layers`]).
 
 use std::sync::Mutex;
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::cpu::{cpu_tensor, slice, with_data};
+use super::attention::SelfAttention;
 use super::matmul::{matmul, Mat};
 use super::ops::{column_sums, gated_residual_rows, gelu_grad_values, gelu_values, ln_backward, ln_forward};
 
@@ -28,57 +30,188 @@ pub(crate) fn pack(params: &[&Tensor]) -> Result<Tensor> {
 /// side by side), params = [`pack`] of fc1 weight `[H, W]`, fc1 bias `[H]`, fc2 weight `[W, H]`, fc2 bias
 /// `[W]`. Returns `[B·N, W]`.
 pub(crate) fn mlp_branch(x: &Tensor, modulation: &Tensor, params: &Tensor, hidden: usize, eps: f64) -> Result<Tensor> {
+    let width = x.dim(1)?;
+    branch(x, modulation, params, eps, MlpInner { width, hidden })
+}
+
+/// The fused attention branch: `x + gate · proj(self_attention(qkv(layer_norm(x) · (1 + scale) + shift)))`;
+/// params = [`pack`] of qkv weight `[3W, W]`, qkv bias `[3W]`, proj weight `[W, W]`, proj bias `[W]`.
+pub(crate) fn attention_branch(x: &Tensor, modulation: &Tensor, params: &Tensor, heads: usize, eps: f64) -> Result<Tensor> {
+    let (rows, width) = x.dims2()?;
+    let items = modulation.dim(0)?;
+    if heads == 0 || width % heads != 0 || items == 0 || rows % items != 0 {
+        bail!("attention branch: tokens {:?} do not split into {items} items and {heads} heads", x.dims())
+    }
+    let attention = SelfAttention::new(items, heads, width / heads);
+    branch(x, modulation, params, eps, AttentionInner { width, attention })
+}
+
+/// Checks the shapes and applies the branch around `inner`.
+fn branch<I: Inner>(x: &Tensor, modulation: &Tensor, params: &Tensor, eps: f64, inner: I) -> Result<Tensor> {
     let (rows, width) = x.dims2()?;
     let (items, three_w) = modulation.dims2()?;
+    let name = inner.name();
     if three_w != 3 * width || items == 0 || rows % items != 0 {
-        bail!("mlp branch: tokens {:?} and modulation {:?} do not fit", x.dims(), modulation.dims())
+        bail!("{name}: tokens {:?} and modulation {:?} do not fit", x.dims(), modulation.dims())
     }
-    let expected = 2 * hidden * width + hidden + width;
-    if params.dims1()? != expected {
-        bail!("mlp branch: {} packed parameters, expected {expected}", params.dims1()?)
+    if params.dims1()? != inner.param_count() {
+        bail!("{name}: {} packed parameters, expected {}", params.dims1()?, inner.param_count())
     }
-    let op = MlpBranch { width, hidden, tokens: rows / items, eps: eps as f32, saved: Mutex::new(None) };
+    let op = Branch { inner, width, tokens: rows / items, eps: eps as f32, saved: Mutex::new(None) };
     x.contiguous()?.apply_op3(&modulation.contiguous()?, &params.contiguous()?, op)
 }
 
-/// What the MLP branch's backward needs from its forward.
-struct MlpSaved {
-    /// The modulated norm of x, fc1's input `[R, W]`.
-    xm: Vec<f32>,
-    /// fc1's output `[R, H]`.
-    h: Vec<f32>,
-    /// gelu(h), fc2's input `[R, H]`.
-    a: Vec<f32>,
-    /// fc2's output `[R, W]` (the gate's gradient needs it).
-    y: Vec<f32>,
+/// What sits between a branch's modulated norm and its gate: rows `[R, W]` to rows `[R, W]`, with a backward.
+trait Inner: Send + Sync + 'static {
+    /// What the backward needs from the forward.
+    type Saved: Send;
+
+    fn name(&self) -> &'static str;
+
+    /// Length of the packed parameters.
+    fn param_count(&self) -> usize;
+
+    /// The rows `xm` `[R, W]` to `[R, W]`.
+    fn forward(&self, xm: &[f32], params: &[f32]) -> Result<(Vec<f32>, Self::Saved)>;
+
+    /// The gradient `dy` of the output to (d xm, d params packed).
+    fn backward(&self, saved: &Self::Saved, xm: &[f32], params: &[f32], dy: &[f32]) -> Result<(Vec<f32>, Vec<f32>)>;
 }
 
-struct MlpBranch {
+/// A linear layer's part of the packed parameters: weight `[out, in]` and bias `[out]`.
+struct Linear<'a> {
+    weight: &'a [f32],
+    bias: &'a [f32],
+}
+
+impl<'a> Linear<'a> {
+    /// Two linear layers `(in1 → out1)`, `(in2 → out2)` packed as weight, bias, weight, bias ([`pack`]; the
+    /// length was checked against the branch's parameter count).
+    fn two(params: &'a [f32], (in1, out1): (usize, usize), (in2, out2): (usize, usize)) -> (Self, Self) {
+        let (w1, rest) = params.split_at((out1 * in1).min(params.len()));
+        let (b1, rest) = rest.split_at(out1.min(rest.len()));
+        let (w2, rest) = rest.split_at((out2 * in2).min(rest.len()));
+        let b2 = &rest[..out2.min(rest.len())];
+        (Self { weight: w1, bias: b1 }, Self { weight: w2, bias: b2 })
+    }
+
+    fn forward(&self, x: &[f32], fan_in: usize) -> Result<Vec<f32>> {
+        let (rows, fan_out) = (x.len() / fan_in.max(1), self.bias.len());
+        matmul(Mat::rows(x, rows, fan_in), Mat::rows(self.weight, fan_out, fan_in).t(), Some(self.bias))
+    }
+
+    /// (dx, dw, db) of `x` `[R, in]` under the output gradient `g` `[R, out]`.
+    fn backward(&self, x: &[f32], g: &[f32], fan_in: usize) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let (rows, fan_out) = (x.len() / fan_in.max(1), self.bias.len());
+        let g_rows = Mat::rows(g, rows, fan_out);
+        let dx = matmul(g_rows, Mat::rows(self.weight, fan_out, fan_in), None)?;
+        let dw = matmul(g_rows.t(), Mat::rows(x, rows, fan_in), None)?;
+        Ok((dx, dw, column_sums(g, fan_out)))
+    }
+}
+
+/// Concatenates parameter gradients in packing order.
+fn packed(parts: &[&[f32]]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    parts.iter().for_each(|p| out.extend_from_slice(p));
+    out
+}
+
+/// fc1, GELU, fc2.
+struct MlpInner {
     width: usize,
     hidden: usize,
+}
+
+impl Inner for MlpInner {
+    /// fc1's output and gelu of it, `[R, H]` each.
+    type Saved = (Vec<f32>, Vec<f32>);
+
+    fn name(&self) -> &'static str {
+        "wick-mlp-branch"
+    }
+
+    fn param_count(&self) -> usize {
+        2 * self.hidden * self.width + self.hidden + self.width
+    }
+
+    fn forward(&self, xm: &[f32], params: &[f32]) -> Result<(Vec<f32>, Self::Saved)> {
+        let (fc1, fc2) = Linear::two(params, (self.width, self.hidden), (self.hidden, self.width));
+        let h = fc1.forward(xm, self.width)?;
+        let a = gelu_values(&h);
+        Ok((fc2.forward(&a, self.hidden)?, (h, a)))
+    }
+
+    fn backward(&self, saved: &Self::Saved, xm: &[f32], params: &[f32], dy: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (fc1, fc2) = Linear::two(params, (self.width, self.hidden), (self.hidden, self.width));
+        let (h, a) = saved;
+        let (da, dw2, db2) = fc2.backward(a, dy, self.hidden)?;
+        let dh = gelu_grad_values(h, &da);
+        drop(da);
+        let (dxm, dw1, db1) = fc1.backward(xm, &dh, self.width)?;
+        Ok((dxm, packed(&[&dw1, &db1, &dw2, &db2])))
+    }
+}
+
+/// qkv, self-attention, proj.
+struct AttentionInner {
+    width: usize,
+    attention: SelfAttention,
+}
+
+impl Inner for AttentionInner {
+    /// qkv's output `[R, 3W]` and the merged heads `[R, W]` (the attention keeps its own state).
+    type Saved = Vec<f32>;
+
+    fn name(&self) -> &'static str {
+        "wick-attention-branch"
+    }
+
+    fn param_count(&self) -> usize {
+        let w = self.width;
+        3 * w * w + 3 * w + w * w + w
+    }
+
+    fn forward(&self, xm: &[f32], params: &[f32]) -> Result<(Vec<f32>, Self::Saved)> {
+        let w = self.width;
+        let rows = xm.len() / w.max(1);
+        let (qkv, proj) = Linear::two(params, (w, 3 * w), (w, w));
+        let heads = self.attention.forward_rows(&qkv.forward(xm, w)?, rows, 3 * w)?;
+        Ok((proj.forward(&heads, w)?, heads))
+    }
+
+    fn backward(&self, heads: &Self::Saved, xm: &[f32], params: &[f32], dy: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
+        let w = self.width;
+        let rows = xm.len() / w.max(1);
+        let (qkv, proj) = Linear::two(params, (w, 3 * w), (w, w));
+        let (dheads, dw_proj, db_proj) = proj.backward(heads, dy, w)?;
+        let dqkv = self.attention.backward_rows(&dheads, rows, 3 * w)?;
+        drop(dheads);
+        let (dxm, dw_qkv, db_qkv) = qkv.backward(xm, &dqkv, w)?;
+        Ok((dxm, packed(&[&dw_qkv, &db_qkv, &dw_proj, &db_proj])))
+    }
+}
+
+/// What a branch's backward needs from its forward.
+struct BranchSaved<S> {
+    /// The modulated norm of x `[R, W]`.
+    xm: Vec<f32>,
+    /// The inner output before the gate `[R, W]` (the gate's gradient needs it).
+    y: Vec<f32>,
+    inner: S,
+}
+
+/// A residual branch around `inner` (module doc): args x, modulation, packed params.
+struct Branch<I: Inner> {
+    inner: I,
+    width: usize,
     /// Tokens per item.
     tokens: usize,
     eps: f32,
-    saved: Mutex<Option<MlpSaved>>,
+    saved: Mutex<Option<BranchSaved<I::Saved>>>,
 }
 
-/// The packed parameters of the MLP branch, split.
-struct MlpParams<'a> {
-    w1: &'a [f32],
-    b1: &'a [f32],
-    w2: &'a [f32],
-    b2: &'a [f32],
-}
-
-impl MlpBranch {
-    fn split<'a>(&self, p: &'a [f32]) -> MlpParams<'a> {
-        let (w, h) = (self.width, self.hidden);
-        let (w1, rest) = p.split_at(h * w);
-        let (b1, rest) = rest.split_at(h);
-        let (w2, b2) = rest.split_at(w * h);
-        MlpParams { w1, b1, w2, b2 }
-    }
-
+impl<I: Inner> Branch<I> {
     /// The columns `part` (0 shift, 1 scale, 2 gate) of the modulation, as `[B, W]`.
     fn modulation_part(&self, modulation: &[f32], part: usize) -> Vec<f32> {
         let w = self.width;
@@ -86,9 +219,9 @@ impl MlpBranch {
     }
 }
 
-impl CustomOp3 for MlpBranch {
+impl<I: Inner> CustomOp3 for Branch<I> {
     fn name(&self) -> &'static str {
-        "wick-mlp-branch"
+        self.inner.name()
     }
 
     fn cpu_fwd(
@@ -102,20 +235,13 @@ impl CustomOp3 for MlpBranch {
     ) -> Result<(CpuStorage, Shape)> {
         let (x, modulation, params) =
             (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
-        let (w, hd, n) = (self.width, self.hidden, self.tokens);
-        let rows = x.len() / w;
-        let p = self.split(params);
-        let (shift, scale, gate) = (
-            self.modulation_part(modulation, 0),
-            self.modulation_part(modulation, 1),
-            self.modulation_part(modulation, 2),
-        );
+        let (w, n) = (self.width, self.tokens);
+        let (shift, scale, gate) =
+            (self.modulation_part(modulation, 0), self.modulation_part(modulation, 1), self.modulation_part(modulation, 2));
         let xm = ln_forward(x, w, n, Some((&shift, &scale)), self.eps);
-        let h = matmul(Mat::rows(&xm, rows, w), Mat::rows(p.w1, hd, w).t(), Some(p.b1))?;
-        let a = gelu_values(&h);
-        let y = matmul(Mat::rows(&a, rows, hd), Mat::rows(p.w2, w, hd).t(), Some(p.b2))?;
+        let (y, inner) = self.inner.forward(&xm, params)?;
         let out = gated_residual_rows(x, &y, &gate, n, w);
-        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(MlpSaved { xm, h, a, y });
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(BranchSaved { xm, y, inner });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -130,17 +256,15 @@ impl CustomOp3 for MlpBranch {
         let name = self.name();
         let guard = self.saved.lock().unwrap_or_else(|e| e.into_inner());
         let Some(saved) = guard.as_ref() else { bail!("{name}: backward without a forward") };
-        let (w, hd, n) = (self.width, self.hidden, self.tokens);
+        let (w, n) = (self.width, self.tokens);
         let (dx, dmod, dparams) = with_data(x, name, |x| {
             with_data(modulation, name, |modulation| {
                 with_data(params, name, |params| {
                     with_data(grad, name, |g| {
-                        let rows = x.len() / w;
-                        let items = rows / n.max(1);
-                        let p = self.split(params);
+                        let items = x.len() / (w * n).max(1);
                         let (scale, gate) = (self.modulation_part(modulation, 1), self.modulation_part(modulation, 2));
                         // Gated residual: dy = g · gate, dgate = Σ g · y per item.
-                        let mut dy = vec![0f32; rows * w];
+                        let mut dy = vec![0f32; x.len()];
                         let mut dgate = vec![0f32; items * w];
                         for item in 0..items {
                             let (gt, dg) = (&gate[item * w..(item + 1) * w], &mut dgate[item * w..(item + 1) * w]);
@@ -153,17 +277,8 @@ impl CustomOp3 for MlpBranch {
                                 }
                             }
                         }
-                        // fc2.
-                        let da = matmul(Mat::rows(&dy, rows, w), Mat::rows(p.w2, w, hd), None)?;
-                        let dw2 = matmul(Mat::rows(&dy, rows, w).t(), Mat::rows(&saved.a, rows, hd), None)?;
-                        let db2 = column_sums(&dy, w);
-                        // GELU, fc1.
-                        let dh = gelu_grad_values(&saved.h, &da);
-                        drop(da);
-                        let dw1 = matmul(Mat::rows(&dh, rows, hd).t(), Mat::rows(&saved.xm, rows, w), None)?;
-                        let db1 = column_sums(&dh, hd);
-                        let dxm = matmul(Mat::rows(&dh, rows, hd), Mat::rows(p.w1, hd, w), None)?;
-                        drop(dh);
+                        let (dxm, dparams) = self.inner.backward(&saved.inner, &saved.xm, params, &dy)?;
+                        drop(dy);
                         // LayerNorm + modulation, then the residual's own path.
                         let (mut dx, mods) = ln_backward(x, &dxm, w, n, Some(&scale), self.eps);
                         let Some((dshift, dscale)) = mods else { bail!("{name}: modulation gradients missing") };
@@ -174,10 +289,6 @@ impl CustomOp3 for MlpBranch {
                             dmod.extend_from_slice(&dshift[at.clone()]);
                             dmod.extend_from_slice(&dscale[at.clone()]);
                             dmod.extend_from_slice(&dgate[at]);
-                        }
-                        let mut dparams = Vec::with_capacity(params.len());
-                        for part in [&dw1, &db1, &dw2, &db2] {
-                            dparams.extend_from_slice(part);
                         }
                         Ok((dx, dmod, dparams))
                     })
@@ -198,22 +309,27 @@ mod tests {
 
     use super::*;
     use crate::model::cpu::with_reference_ops;
-    use crate::model::ops;
+    use crate::model::{attention, ops};
 
-    /// The branch as separate ops (the basic-op versions under `with_reference_ops`).
-    fn separate(x: &Tensor, modulation: &Tensor, w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor) -> Tensor {
+    /// The branch around `inner` as separate ops (the basic-op versions under `with_reference_ops`).
+    fn separate(x: &Tensor, modulation: &Tensor, inner: impl Fn(&Tensor) -> Tensor) -> Tensor {
         let w = x.dim(1).unwrap();
         let part = |i: usize| modulation.narrow(1, i * w, w).unwrap().contiguous().unwrap();
         let xm = ops::layer_norm_modulate(x, &part(0), &part(1), 1e-6).unwrap();
-        let h = ops::linear(&xm, w1, b1).unwrap();
-        let y = ops::linear(&ops::gelu_tanh(&h).unwrap(), w2, b2).unwrap();
-        ops::gated_residual(x, &y, &part(2)).unwrap()
+        ops::gated_residual(x, &inner(&xm), &part(2)).unwrap()
     }
 
-    #[test]
-    fn the_fused_mlp_branch_matches_its_separate_ops_in_value_and_every_gradient() {
+    /// Checks a fused branch against its separate ops: value, and the gradients of x, the modulation and the
+    /// two linear layers `(in1 → out1)`, `(in2 → out2)`.
+    fn check_branch(
+        name: &str,
+        (in1, out1): (usize, usize),
+        (in2, out2): (usize, usize),
+        fused: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
+        inner: impl Fn(&Tensor, [&Tensor; 4]) -> Tensor,
+    ) {
         let dev = Device::Cpu;
-        let (items, tokens, w, hd) = (3, 5, 8, 12);
+        let (items, tokens, w) = (3, 5, in1);
         let var = |shape: &[usize], seed: f32| {
             let n: usize = shape.iter().product();
             let data: Vec<f32> = (0..n).map(|i| ((i as f32 + seed) * 0.731).sin() * 0.8).collect();
@@ -221,35 +337,51 @@ mod tests {
         };
         let x = var(&[items * tokens, w], 1.0);
         let modulation = var(&[items, 3 * w], 2.0);
-        let (w1, b1, w2, b2) = (var(&[hd, w], 3.0), var(&[hd], 4.0), var(&[w, hd], 5.0), var(&[w], 6.0));
-        let weights = Tensor::from_vec(
-            (0..items * tokens * w).map(|i| (i as f32 * 0.3).cos()).collect(),
-            (items * tokens, w),
-            &dev,
-        )
-        .unwrap();
+        let (w1, b1, w2, b2) = (var(&[out1, in1], 3.0), var(&[out1], 4.0), var(&[out2, in2], 5.0), var(&[out2], 6.0));
+        let params = [w1.as_tensor(), b1.as_tensor(), w2.as_tensor(), b2.as_tensor()];
+        let weights: Vec<f32> = (0..items * tokens * w).map(|i| (i as f32 * 0.3).cos()).collect();
+        let weights = Tensor::from_vec(weights, (items * tokens, w), &dev).unwrap();
         let loss = |out: &Tensor| (out * &weights).unwrap().sum_all().unwrap();
-        let params = pack(&[w1.as_tensor(), b1.as_tensor(), w2.as_tensor(), b2.as_tensor()]).unwrap();
-        let fused = mlp_branch(x.as_tensor(), modulation.as_tensor(), &params, hd, 1e-6).unwrap();
-        let g_fused = loss(&fused).backward().unwrap();
-        let reference = with_reference_ops(|| {
-            separate(
-                x.as_tensor(),
-                modulation.as_tensor(),
-                w1.as_tensor(),
-                b1.as_tensor(),
-                w2.as_tensor(),
-                b2.as_tensor(),
-            )
-        });
+        let out = fused(x.as_tensor(), modulation.as_tensor(), &pack(&params).unwrap());
+        let g_fused = loss(&out).backward().unwrap();
+        let reference = with_reference_ops(|| separate(x.as_tensor(), modulation.as_tensor(), |xm| inner(xm, params)));
         let g_ref = with_reference_ops(|| loss(&reference).backward().unwrap());
         let max_diff = |a: &Tensor, b: &Tensor| {
             (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
         };
-        assert!(max_diff(&fused, &reference) < 1e-5, "values differ by {}", max_diff(&fused, &reference));
-        for (name, v) in [("x", &x), ("modulation", &modulation), ("w1", &w1), ("b1", &b1), ("w2", &w2), ("b2", &b2)] {
+        assert!(max_diff(&out, &reference) < 1e-5, "{name}: values differ by {}", max_diff(&out, &reference));
+        for (part, v) in [("x", &x), ("modulation", &modulation), ("w1", &w1), ("b1", &b1), ("w2", &w2), ("b2", &b2)] {
             let (a, b) = (g_fused.get(v.as_tensor()).unwrap(), g_ref.get(v.as_tensor()).unwrap());
-            assert!(max_diff(a, b) < 1e-4, "gradient of {name} differs by {}", max_diff(a, b));
+            assert!(max_diff(a, b) < 1e-4, "{name}: gradient of {part} differs by {}", max_diff(a, b));
         }
+    }
+
+    #[test]
+    fn the_fused_mlp_branch_matches_its_separate_ops_in_value_and_every_gradient() {
+        let (w, hd) = (8, 12);
+        check_branch(
+            "mlp",
+            (w, hd),
+            (hd, w),
+            |x, m, p| mlp_branch(x, m, p, hd, 1e-6).unwrap(),
+            |xm, [w1, b1, w2, b2]| {
+                ops::linear(&ops::gelu_tanh(&ops::linear(xm, w1, b1).unwrap()).unwrap(), w2, b2).unwrap()
+            },
+        );
+    }
+
+    #[test]
+    fn the_fused_attention_branch_matches_its_separate_ops_in_value_and_every_gradient() {
+        let (w, heads, items) = (8, 2, 3);
+        check_branch(
+            "attention",
+            (w, 3 * w),
+            (w, w),
+            |x, m, p| attention_branch(x, m, p, heads, 1e-6).unwrap(),
+            |xm, [wq, bq, wp, bp]| {
+                let qkv = ops::linear(xm, wq, bq).unwrap();
+                ops::linear(&attention::self_attention(&qkv, items, heads).unwrap(), wp, bp).unwrap()
+            },
+        );
     }
 }

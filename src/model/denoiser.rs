@@ -52,10 +52,7 @@ impl Block {
     fn forward(&self, x: &Tensor, silu_c: &Tensor, layout: &Tensor, bias: &Tensor, gate_scale: f64) -> Result<Tensor> {
         let (batch, width) = silu_c.dims2()?;
         let ada = self.ada.forward(silu_c)?;
-        let m = chunk_last(&ada.narrow(1, 0, 3 * width)?, 3)?;
-        let (shift1, scale1, gate1) = (&m[0], &m[1], &m[2]);
-        let attn = self.attn.forward(&norm_modulate(x, shift1, scale1)?, batch)?;
-        let mut x = gated_residual(x, &attn, gate1)?;
+        let mut x = self.attn.branch(x, &ada.narrow(1, 0, 3 * width)?)?;
         if let Some(adapter) = &self.adapter {
             if gate_scale != 0.0 {
                 let gate =

@@ -63,6 +63,20 @@ impl SelfAttention {
         let qkv = self.qkv.forward(x)?;
         self.proj.forward(&attention::self_attention(&qkv, batch, self.heads)?)
     }
+
+    /// The block's whole attention branch `x + gate · attention(norm_modulate(x, shift, scale))` for tokens x
+    /// `[B·N, W]` and modulation `[B, 3W]` (shift, scale, gate side by side): one fused node on the CPU.
+    pub(crate) fn branch(&self, x: &Tensor, modulation: &Tensor) -> Result<Tensor> {
+        let w = x.dim(D::Minus1)?;
+        if !super::cpu::fused(x) {
+            let part = |i: usize| modulation.narrow(D::Minus1, i * w, w)?.contiguous();
+            let attn = self.forward(&norm_modulate(x, &part(0)?, &part(1)?)?, modulation.dim(0)?)?;
+            return ops::gated_residual(x, &attn, &part(2)?);
+        }
+        let (qkv, proj) = (&self.qkv, &self.proj);
+        let params = branches::pack(&[&qkv.weight, &qkv.bias, &proj.weight, &proj.bias])?;
+        branches::attention_branch(x, modulation, &params, self.heads, LN_EPS)
+    }
 }
 
 /// Multi-head cross-attention from image tokens to layout tokens (`adapter_attn.q`, `.kv`, `.proj`).

@@ -59,8 +59,12 @@ pub(crate) fn matmul(lhs: Mat<'_>, rhs: Mat<'_>, bias: Option<&[f32]>) -> Result
     let mut dst: Vec<f32> = match bias {
         Some(bias) if bias.len() != n => bail!("matmul: bias of {} for {n} columns", bias.len()),
         Some(bias) => {
+            // One row, then doubling copies of what is there: few, large copies.
             let mut rows = Vec::with_capacity(m * n);
-            (0..m).for_each(|_| rows.extend_from_slice(bias));
+            rows.extend_from_slice(bias);
+            while rows.len() < m * n {
+                rows.extend_from_within(..rows.len().min(m * n - rows.len()));
+            }
             rows
         }
         None => Vec::with_capacity(m * n),

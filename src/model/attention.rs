@@ -18,7 +18,8 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape,
 use super::cpu::{
     buffer, check_dims, cpu_tensor, dot8, fused, multiversion, par_fill, par_fill1, par_items, slice, with_data,
 };
-use super::ops::{softmax_backward, softmax_forward, softmax_grad_row, softmax_row};
+use super::matmul::{matmul, Mat};
+use super::ops::{softmax_backward_values, softmax_forward, softmax_grad_row, softmax_row};
 
 /// Self-attention on the fused `qkv` projection of B items: qkv `[B·N, 3W]` (q | k | v, each `heads × d`) to
 /// the merged heads `[B·N, W]`, before the output projection.
@@ -150,19 +151,19 @@ fn with3<R>(
 // ---------------------------------------------------------------------------------------------------------
 // Self-attention.
 
-/// Tensors of the forward kept for the backward: q, k, v `[B·h, N, d]`, and the attention `[len·h, N, N]` of
-/// each chunk of items (start item, tensor).
+/// What the forward keeps for the backward: q, k, v `[B·h, N, d]`, and the attention `[len·h, N, N]` of each
+/// chunk of items (start item, values).
 struct Saved {
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    att: Vec<(usize, Tensor)>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<(usize, Vec<f32>)>,
 }
 
 /// Fused self-attention; arg qkv `[B·N, 3W]`.
 ///
-/// Items are processed in parallel chunks, each running its batched matmuls (candle's gemm, which would use
-/// one core for matrices this small), softmax and head merge on its own.
+/// Items are processed in parallel chunks, each running its heads' products ([`super::matmul`], one thread
+/// each), softmax and head merge on its own.
 pub(crate) struct SelfAttention {
     batch: usize,
     heads: usize,
@@ -203,61 +204,64 @@ fn fill_zero(dst: &mut [MaybeUninit<f32>]) {
     });
 }
 
+/// Matrix `i` `[rows, cols]` of consecutive row-major matrices in `data`.
+fn block(data: &[f32], i: usize, rows: usize, cols: usize) -> Mat<'_> {
+    Mat::rows(&data[i * rows * cols..(i + 1) * rows * cols], rows, cols)
+}
+
 impl SelfAttention {
     /// Forward of the items `range`: returns their attention `[len·h, N, N]` and writes their merged output.
-    fn forward_chunk(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        range: &std::ops::Range<usize>,
-        n: usize,
-        dst: &mut [MaybeUninit<f32>],
-    ) -> Result<Tensor> {
-        let (h, d) = (self.heads, q.dim(2)?);
-        let (start, len) = (range.start * h, range.len() * h);
-        let (q, k, v) = (q.narrow(0, start, len)?, k.narrow(0, start, len)?, v.narrow(0, start, len)?);
-        let scores = q.matmul(&k.t()?)?;
-        let att =
-            with_data(&scores, self.name(), |x| cpu_tensor(softmax_forward(x, n, None, self.scale), (len, n, n)))?;
-        let out = att.matmul(&v)?;
-        with_data(&out, self.name(), |o| {
-            merge_heads_into(&[o], n, h, d, dst);
-            Ok(())
-        })?;
+    fn forward_chunk(&self, saved: &Saved, range: &Range<usize>, n: usize, d: usize, dst: &mut [MaybeUninit<f32>]) -> Result<Vec<f32>> {
+        let heads = range.start * self.heads..range.end * self.heads;
+        let mut scores = Vec::with_capacity(heads.len() * n * n);
+        for i in heads.clone() {
+            scores.extend_from_slice(&matmul(block(&saved.q, i, n, d), block(&saved.k, i, n, d).t(), None)?);
+        }
+        let att = softmax_forward(&scores, n, None, self.scale);
+        drop(scores);
+        let mut out = Vec::with_capacity(heads.len() * n * d);
+        for (j, i) in heads.enumerate() {
+            out.extend_from_slice(&matmul(Mat::rows(&att[j * n * n..(j + 1) * n * n], n, n), block(&saved.v, i, n, d), None)?);
+        }
+        merge_heads_into(&[&out], n, self.heads, d, dst);
         Ok(att)
     }
 
     /// Backward of the items `range` (rows of `grad`): writes their rows of dqkv.
-    #[allow(clippy::too_many_arguments)]
     fn backward_chunk(
         &self,
         saved: &Saved,
         g: &[f32],
-        range: &std::ops::Range<usize>,
+        range: &Range<usize>,
         n: usize,
         d: usize,
         dst: &mut [MaybeUninit<f32>],
     ) -> Result<()> {
         let h = self.heads;
-        let (start, len) = (range.start * h, range.len() * h);
-        let Some((_, att)) = saved.att.iter().find(|(s, a)| *s == range.start && a.dim(0).ok() == Some(len)) else {
+        let Some((_, att)) = saved.att.iter().find(|(s, a)| *s == range.start && a.len() == range.len() * h * n * n)
+        else {
             bail!("{}: backward chunk {range:?} has no saved attention", self.name())
         };
         let w = h * d;
         let rows = &g[range.start * n * w..range.end * n * w];
-        let dout = cpu_tensor(split_heads(rows, range.len(), n, 1, h, d).remove(0), (len, n, d))?;
-        let (q, k, v) =
-            (saved.q.narrow(0, start, len)?, saved.k.narrow(0, start, len)?, saved.v.narrow(0, start, len)?);
-        let dv = att.t()?.matmul(&dout)?;
-        let datt = dout.matmul(&v.t()?)?;
-        let ds = softmax_backward(att, &datt, self.scale, self.name())?;
-        let dq = ds.matmul(&k)?;
-        let dk = ds.t()?.matmul(&q)?;
-        with3(&dq, &dk, &dv, self.name(), |dq, dk, dv| {
-            merge_heads_into(&[dq, dk, dv], n, h, d, dst);
-            Ok(())
-        })
+        let dout = split_heads(rows, range.len(), n, 1, h, d).remove(0);
+        let att_of = |j: usize| Mat::rows(&att[j * n * n..(j + 1) * n * n], n, n);
+        let heads = range.start * h..range.end * h;
+        let (mut dv, mut datt) = (Vec::with_capacity(dout.len()), Vec::with_capacity(att.len()));
+        for (j, i) in heads.clone().enumerate() {
+            dv.extend_from_slice(&matmul(att_of(j).t(), block(&dout, j, n, d), None)?);
+            datt.extend_from_slice(&matmul(block(&dout, j, n, d), block(&saved.v, i, n, d).t(), None)?);
+        }
+        let ds = softmax_backward_values(att, &datt, n, self.scale);
+        drop(datt);
+        let ds_of = |j: usize| Mat::rows(&ds[j * n * n..(j + 1) * n * n], n, n);
+        let (mut dq, mut dk) = (Vec::with_capacity(dout.len()), Vec::with_capacity(dout.len()));
+        for (j, i) in heads.enumerate() {
+            dq.extend_from_slice(&matmul(ds_of(j), block(&saved.k, i, n, d), None)?);
+            dk.extend_from_slice(&matmul(ds_of(j).t(), block(&saved.q, i, n, d), None)?);
+        }
+        merge_heads_into(&[&dq, &dk, &dv], n, h, d, dst);
+        Ok(())
     }
 }
 
@@ -273,22 +277,19 @@ impl SelfAttention {
         let (b, h) = (self.batch, self.heads);
         let (n, d) = (rows / b, w3 / 3 / h);
         let mut parts = split_heads(qkv, b, n, 3, h, d).into_iter();
-        let mut next = || -> Result<Tensor> {
-            let data = parts.next().ok_or_else(|| candle_core::Error::Msg("head split".into()))?;
-            cpu_tensor(data, (b * h, n, d))
-        };
-        let (q, k, v) = (next()?, next()?, next()?);
+        let mut next = || parts.next().ok_or_else(|| candle_core::Error::Msg("head split".into()));
+        let mut saved = Saved { q: next()?, k: next()?, v: next()?, att: Vec::new() };
         let errors = FirstError::new();
         let att = Mutex::new(Vec::new());
         let merged = par_fill1(rows * w3 / 3, n * w3 / 3, |range, dst| {
-            match errors.keep(self.forward_chunk(&q, &k, &v, &range, n, dst)) {
+            match errors.keep(self.forward_chunk(&saved, &range, n, d, dst)) {
                 Some(a) => att.lock().unwrap_or_else(|p| p.into_inner()).push((range.start, a)),
                 None => fill_zero(dst),
             }
         });
         errors.check()?;
-        let att = att.into_inner().unwrap_or_else(|p| p.into_inner());
-        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Saved { q, k, v, att });
+        saved.att = att.into_inner().unwrap_or_else(|p| p.into_inner());
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(saved);
         Ok(merged)
     }
 

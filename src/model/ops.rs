@@ -685,19 +685,12 @@ multiversion! {
     }
 }
 
-/// Softmax backward over rows: `dx = scale · y · (g - Σ g y)` from the result y and its gradient.
-pub(crate) fn softmax_backward(res: &Tensor, grad: &Tensor, scale: f32, op: &str) -> Result<Tensor> {
-    let k = res.dim(candle_core::D::Minus1)?;
-    let dx = with_data(res, op, |y| {
-        with_data(grad, op, |g| {
-            let mut dx = buffer(y.len());
-            par_items(y.len() / k.max(1), vec![(&mut dx, k)], |range, outs| {
-                softmax_grad_chunk(y, g, k, scale, range, outs[0])
-            });
-            Ok(dx)
-        })
-    })?;
-    cpu_tensor(dx, res.shape())
+/// Softmax backward over rows of `k` values: `dx = scale · y · (g - Σ g y)` from the result `y` and its
+/// gradient `g` (same length).
+pub(crate) fn softmax_backward_values(y: &[f32], g: &[f32], k: usize, scale: f32) -> Vec<f32> {
+    let mut dx = buffer(y.len());
+    par_items(y.len() / k.max(1), vec![(&mut dx, k)], |range, outs| softmax_grad_chunk(y, g, k, scale, range, outs[0]));
+    dx
 }
 
 #[cfg(test)]

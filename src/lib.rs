@@ -15,7 +15,8 @@
 //! trainer (train::trainer, a plain loop over the config and the task; knows no model):
 //!          for each stage: Task::build(VarBuilder: trainable vars + frozen tensors); Task::data(stage)
 //!          ─▶ data::Prefetcher thread (BatchSource: pure function of seed + cursor)
-//!          each step: Task::loss(batch, step rng) → backward → (accumulate) → NaN guard → clip → AdamW → EMA
+//!          each step: Task::loss_shards(batch, step rng) ═▶ each shard's forward + backward on a compute
+//!          thread of its own ═▶ gradients summed in shard order → (accumulate) → NaN guard → clip → AdamW → EMA
 //!          (train::step, the same code `wick bench` times on prepared batches)
 //!          train::policy decides after every step: log (Task::gates ─▶ gate alerts, Task::scalars),
 //!          evaluate, save, samples; which checkpoints to prune (best and newest kept)

@@ -149,7 +149,7 @@ impl GradAccumulator {
                 .collect()
         };
         let mut loss = 0.0;
-        let mut summed: Vec<Option<Tensor>> = vec![None; trainable.len()];
+        let mut shard_grads = Vec::with_capacity(count);
         for (index, result) in results.into_iter().enumerate() {
             match result? {
                 ShardResult::NotFinite(value) => {
@@ -159,15 +159,20 @@ impl GradAccumulator {
                 }
                 ShardResult::Finite { loss: value, grads } => {
                     loss += value;
-                    for (sum, grad) in summed.iter_mut().zip(grads) {
-                        *sum = match (sum.take(), grad) {
-                            (Some(acc), Some(g)) => Some((acc + g)?),
-                            (acc, g) => acc.or(g),
-                        };
-                    }
+                    shard_grads.push(grads);
                 }
             }
         }
+        // Each parameter's shard gradients summed in shard order (parameters in parallel).
+        let summed = (0..trainable.len())
+            .into_par_iter()
+            .map(|p| {
+                shard_grads.iter().map(|grads| grads[p].as_ref()).try_fold(None, |acc: Option<Tensor>, g| match (acc, g) {
+                    (Some(acc), Some(g)) => (acc + g).map(Some),
+                    (acc, g) => Ok(acc.or_else(|| g.cloned())),
+                })
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
         self.loss_sum += loss;
         self.micro_batches += 1;
         for ((name, _), grad) in trainable.iter().zip(summed) {

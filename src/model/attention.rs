@@ -211,7 +211,14 @@ fn block(data: &[f32], i: usize, rows: usize, cols: usize) -> Mat<'_> {
 
 impl SelfAttention {
     /// Forward of the items `range`: returns their attention `[len·h, N, N]` and writes their merged output.
-    fn forward_chunk(&self, saved: &Saved, range: &Range<usize>, n: usize, d: usize, dst: &mut [MaybeUninit<f32>]) -> Result<Vec<f32>> {
+    fn forward_chunk(
+        &self,
+        saved: &Saved,
+        range: &Range<usize>,
+        n: usize,
+        d: usize,
+        dst: &mut [MaybeUninit<f32>],
+    ) -> Result<Vec<f32>> {
         let heads = range.start * self.heads..range.end * self.heads;
         let mut scores = Vec::with_capacity(heads.len() * n * n);
         for i in heads.clone() {
@@ -221,7 +228,11 @@ impl SelfAttention {
         drop(scores);
         let mut out = Vec::with_capacity(heads.len() * n * d);
         for (j, i) in heads.enumerate() {
-            out.extend_from_slice(&matmul(Mat::rows(&att[j * n * n..(j + 1) * n * n], n, n), block(&saved.v, i, n, d), None)?);
+            out.extend_from_slice(&matmul(
+                Mat::rows(&att[j * n * n..(j + 1) * n * n], n, n),
+                block(&saved.v, i, n, d),
+                None,
+            )?);
         }
         merge_heads_into(&[&out], n, self.heads, d, dst);
         Ok(att)

@@ -15,10 +15,10 @@ use std::sync::Mutex;
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::cpu::{cpu_tensor, slice, with_data};
 use super::attention::SelfAttention;
+use super::cpu::{cpu_tensor, slice, with_data};
 use super::matmul::{matmul, Mat};
-use super::ops::{column_sums, gated_residual_rows, gelu_grad_values, gelu_values, ln_backward, ln_forward};
+use super::ops::{gated_residual_rows, gelu_grad_values, gelu_values, linear_backward, ln_backward, ln_forward};
 
 /// The parameters of a branch in one vector: each flattened, in order.
 pub(crate) fn pack(params: &[&Tensor]) -> Result<Tensor> {
@@ -36,7 +36,13 @@ pub(crate) fn mlp_branch(x: &Tensor, modulation: &Tensor, params: &Tensor, hidde
 
 /// The fused attention branch: `x + gate · proj(self_attention(qkv(layer_norm(x) · (1 + scale) + shift)))`;
 /// params = [`pack`] of qkv weight `[3W, W]`, qkv bias `[3W]`, proj weight `[W, W]`, proj bias `[W]`.
-pub(crate) fn attention_branch(x: &Tensor, modulation: &Tensor, params: &Tensor, heads: usize, eps: f64) -> Result<Tensor> {
+pub(crate) fn attention_branch(
+    x: &Tensor,
+    modulation: &Tensor,
+    params: &Tensor,
+    heads: usize,
+    eps: f64,
+) -> Result<Tensor> {
     let (rows, width) = x.dims2()?;
     let items = modulation.dim(0)?;
     if heads == 0 || width % heads != 0 || items == 0 || rows % items != 0 {
@@ -103,10 +109,7 @@ impl<'a> Linear<'a> {
     /// (dx, dw, db) of `x` `[R, in]` under the output gradient `g` `[R, out]`.
     fn backward(&self, x: &[f32], g: &[f32], fan_in: usize) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         let (rows, fan_out) = (x.len() / fan_in.max(1), self.bias.len());
-        let g_rows = Mat::rows(g, rows, fan_out);
-        let dx = matmul(g_rows, Mat::rows(self.weight, fan_out, fan_in), None)?;
-        let dw = matmul(g_rows.t(), Mat::rows(x, rows, fan_in), None)?;
-        Ok((dx, dw, column_sums(g, fan_out)))
+        linear_backward(x, self.weight, g, (rows, fan_in, fan_out))
     }
 }
 
@@ -236,8 +239,11 @@ impl<I: Inner> CustomOp3 for Branch<I> {
         let (x, modulation, params) =
             (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
         let (w, n) = (self.width, self.tokens);
-        let (shift, scale, gate) =
-            (self.modulation_part(modulation, 0), self.modulation_part(modulation, 1), self.modulation_part(modulation, 2));
+        let (shift, scale, gate) = (
+            self.modulation_part(modulation, 0),
+            self.modulation_part(modulation, 1),
+            self.modulation_part(modulation, 2),
+        );
         let xm = ln_forward(x, w, n, Some((&shift, &scale)), self.eps);
         let (y, inner) = self.inner.forward(&xm, params)?;
         let out = gated_residual_rows(x, &y, &gate, n, w);

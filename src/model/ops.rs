@@ -399,6 +399,20 @@ pub(crate) fn column_sums(rows: &[f32], c: usize) -> Vec<f32> {
     sums
 }
 
+/// `(dx, dw, db)` of a linear layer `x wᵀ + b` with x `[rows, fan_in]` and weight `[fan_out, fan_in]`, under
+/// the output gradient `g` `[rows, fan_out]`.
+pub(crate) fn linear_backward(
+    x: &[f32],
+    weight: &[f32],
+    g: &[f32],
+    (rows, fan_in, fan_out): (usize, usize, usize),
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    let g_rows = Mat::rows(g, rows, fan_out);
+    let dx = matmul(g_rows, Mat::rows(weight, fan_out, fan_in), None)?;
+    let dw = matmul(g_rows.t(), Mat::rows(x, rows, fan_in), None)?;
+    Ok((dx, dw, column_sums(g, fan_out)))
+}
+
 /// `nn.Linear` on rows: `x wᵀ + b` for x `[R, in]`, weight `[out, in]`, bias `[out]`, as one graph node.
 ///
 /// On the CPU the forward is one product starting from the bias ([`super::matmul`]) and the backward computes
@@ -450,14 +464,7 @@ impl CustomOp3 for Linear {
         let name = self.name();
         let ((rows, fan_in), (fan_out, _)) = (x.dims2()?, weight.dims2()?);
         let (dx, dw, db) = with_data(x, name, |xd| {
-            with_data(weight, name, |wd| {
-                with_data(grad, name, |g| {
-                    let g_rows = Mat::rows(g, rows, fan_out);
-                    let dx = matmul(g_rows, Mat::rows(wd, fan_out, fan_in), None)?;
-                    let dw = matmul(g_rows.t(), Mat::rows(xd, rows, fan_in), None)?;
-                    Ok((dx, dw, column_sums(g, fan_out)))
-                })
-            })
+            with_data(weight, name, |wd| with_data(grad, name, |g| linear_backward(xd, wd, g, (rows, fan_in, fan_out))))
         })?;
         Ok((
             Some(cpu_tensor(dx, x.shape())?),

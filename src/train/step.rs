@@ -167,9 +167,11 @@ impl GradAccumulator {
         let summed = (0..trainable.len())
             .into_par_iter()
             .map(|p| {
-                shard_grads.iter().map(|grads| grads[p].as_ref()).try_fold(None, |acc: Option<Tensor>, g| match (acc, g) {
-                    (Some(acc), Some(g)) => (acc + g).map(Some),
-                    (acc, g) => Ok(acc.or_else(|| g.cloned())),
+                shard_grads.iter().map(|grads| grads[p].as_ref()).try_fold(None, |acc: Option<Tensor>, g| {
+                    match (acc, g) {
+                        (Some(acc), Some(g)) => (acc + g).map(Some),
+                        (acc, g) => Ok(acc.or_else(|| g.cloned())),
+                    }
                 })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;

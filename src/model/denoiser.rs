@@ -156,13 +156,18 @@ impl Denoiser {
         out.reshape((b, g, g, 3, p, p))?.permute((0, 3, 1, 4, 2, 5))?.reshape((b, 3, g * p, g * p))
     }
 
-    /// Each block's raw adapter gate value (empty without adapter).
+    /// Each block's raw adapter gate value (empty without adapter), read back in one copy.
     pub fn gate_values(&self) -> Result<Vec<f32>> {
-        self.blocks
+        let gates = self
+            .blocks
             .iter()
             .filter_map(|b| b.adapter.as_ref())
-            .map(|a| a.gate.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>().map(|v| v[0]))
-            .collect()
+            .map(|a| a.gate.to_dtype(DType::F32)?.flatten_all())
+            .collect::<Result<Vec<_>>>()?;
+        if gates.is_empty() {
+            return Ok(Vec::new());
+        }
+        Tensor::cat(&gates, 0)?.to_vec1::<f32>()
     }
 
     /// Checks shapes and dtypes of a forward's inputs; returns the batch size. Errors name the input.

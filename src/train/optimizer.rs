@@ -134,17 +134,34 @@ impl AdamW {
     }
 }
 
-/// Global L2 norm of a set of gradients, accumulated in f64 over per-tensor sums of squares.
+/// Global L2 norm of a set of gradients, accumulated in f64 over per-tensor sums of squares (one reduction
+/// per tensor on its device, one copy to the host for all of them).
 pub fn global_grad_norm(grads: &HashMap<String, Tensor>) -> Result<f64> {
+    let (_, sums) = grad_square_sums(grads)?;
+    Ok(norm_from_square_sums(&host_scalars(&sums)?))
+}
+
+/// Each gradient's sum of squares, an f32 scalar left on the gradient's device, in name order (the names
+/// returned beside them).
+pub fn grad_square_sums(grads: &HashMap<String, Tensor>) -> Result<(Vec<&String>, Vec<Tensor>)> {
     let mut names: Vec<&String> = grads.keys().collect();
     names.sort();
-    let mut sum_sq = 0.0f64;
-    for name in names {
-        let g = &grads[name];
-        let s = g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        sum_sq += s;
+    let sums = names.iter().map(|name| grads[*name].sqr()?.sum_all()?.to_dtype(DType::F32)).collect::<candle_core::Result<_>>()?;
+    Ok((names, sums))
+}
+
+/// The global norm from per-tensor sums of squares (summed in f64, in the order given).
+pub fn norm_from_square_sums(sums: &[f32]) -> f64 {
+    sums.iter().fold(0.0f64, |acc, s| acc + f64::from(*s)).sqrt()
+}
+
+/// Scalars (any float dtype, all on one device) brought to the host as f32 in one copy.
+pub fn host_scalars(scalars: &[Tensor]) -> Result<Vec<f32>> {
+    if scalars.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(sum_sq.sqrt())
+    let flat = scalars.iter().map(|s| s.flatten_all()?.to_dtype(DType::F32)).collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&flat, 0)?.to_vec1::<f32>()?)
 }
 
 /// Scales gradients so that their global norm is at most `max_norm` (PyTorch's `clip_grad_norm_`:

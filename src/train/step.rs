@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::checkpointing::NamedVars;
 use super::ema::Ema;
-use super::optimizer::{clip_grads, global_grad_norm, AdamW};
+use super::optimizer::{clip_grads, grad_square_sums, host_scalars, norm_from_square_sums, AdamW};
 use crate::task::LossShard;
 
 /// What one step did.
@@ -64,37 +64,41 @@ pub const SHARD_EXAMPLES: usize = 16;
 /// Most loss shards per micro-batch.
 pub const MAX_SHARDS: usize = 8;
 
-/// Gradients summed over a step's micro-batches, with the first non-finite loss met.
+/// Gradients summed over a step's micro-batches, and each shard's loss, still on the device: the step reads
+/// them back with the gradient norm, in one copy ([`apply_step`]).
 #[derive(Default)]
 pub struct GradAccumulator {
     grads: HashMap<String, Tensor>,
-    loss_sum: f64,
+    losses: Vec<ShardLoss>,
     micro_batches: usize,
-    bad: Option<String>,
 }
 
-/// What one shard's forward and backward gave.
-enum ShardResult {
-    /// Its loss and the gradients of the trainable parameters (in their order; `None` = not reached).
-    Finite { loss: f64, grads: Vec<Option<Tensor>> },
-    /// Its loss was not finite; no backward ran.
-    NotFinite(f64),
+/// One shard's loss: an f32 scalar on the device, where it came from and its weight in its micro-batch.
+struct ShardLoss {
+    value: Tensor,
+    micro: usize,
+    /// "micro-batch 0 (shard 2 of 4)".
+    label: String,
+    weight: f64,
 }
 
-/// Computes one shard's loss and, when finite, the gradients of `weight · scale · loss`. The gradient store
-/// (which holds every activation's gradient) is dropped here, keeping only the parameters'.
+/// What one shard's forward and backward gave: its loss (detached) and the gradients of the trainable
+/// parameters (in their order; `None` = not reached).
+struct ShardResult {
+    loss: Tensor,
+    grads: Vec<Option<Tensor>>,
+}
+
+/// Computes one shard's loss and the gradients of `weight · scale · loss` (a non-finite loss is found with
+/// the gradient norm, after the backward: no host copy here). The gradient store (which holds every
+/// activation's gradient) is dropped here, keeping only the parameters'.
 fn run_shard(shard: LossShard<'_>, scale: f64, trainable: &NamedVars) -> Result<ShardResult> {
-    let weight = shard.weight;
-    let factor = weight * scale;
+    let factor = shard.weight * scale;
     let loss = shard.compute()?;
-    let value = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
-    if !value.is_finite() {
-        return Ok(ShardResult::NotFinite(value));
-    }
-    let scaled = if factor != 1.0 { (loss * factor)? } else { loss };
+    let scaled = if factor != 1.0 { (&loss * factor)? } else { loss.clone() };
     let store = scaled.backward()?;
     let grads = trainable.iter().map(|(_, var)| store.get(var.as_tensor()).cloned()).collect();
-    Ok(ShardResult::Finite { loss: value * weight, grads })
+    Ok(ShardResult { loss: loss.detach().to_dtype(DType::F32)?, grads })
 }
 
 /// Runs `f` with the fused kernels of this thread held to `threads` threads, restoring the limit after.
@@ -114,17 +118,30 @@ impl GradAccumulator {
     /// The summed loss and gradients so far (tests).
     #[cfg(test)]
     pub(crate) fn into_parts(self) -> (f64, HashMap<String, Tensor>) {
-        (self.loss_sum, self.grads)
+        let values = host_scalars(&self.losses.iter().map(|l| l.value.clone()).collect::<Vec<_>>()).unwrap();
+        (self.loss_sum(&values).unwrap(), self.grads)
     }
 
-    /// Whether a micro-batch's loss was not finite (the step will be skipped; later micro-batches need no
-    /// backward pass).
-    pub fn is_bad(&self) -> bool {
-        self.bad.is_some()
+    /// The summed loss from the shards' host `values` (in f64: shard by shard within a micro-batch, then
+    /// micro-batch by micro-batch), or what was not finite, in words.
+    fn loss_sum(&self, values: &[f32]) -> std::result::Result<f64, String> {
+        let mut sum = 0.0;
+        let mut micro = (usize::MAX, 0.0f64);
+        for (loss, value) in self.losses.iter().zip(values) {
+            if !value.is_finite() {
+                return Err(format!("the loss of {} is {value}", loss.label));
+            }
+            if loss.micro != micro.0 {
+                sum += micro.1;
+                micro = (loss.micro, 0.0);
+            }
+            micro.1 += f64::from(*value) * loss.weight;
+        }
+        Ok(sum + micro.1)
     }
 
-    /// Computes micro-batch `micro`'s loss `shards` and, when every one is finite, adds their gradients (of
-    /// `loss / grad_accum`) for the `trainable` parameters. Several shards run in parallel on the current
+    /// Computes micro-batch `micro`'s loss `shards` and adds their gradients (of `loss / grad_accum`) for the
+    /// `trainable` parameters. Several shards run in parallel on the current
     /// rayon pool, each on one thread (its kernels held to their share of the pool); their gradients are
     /// added in shard order.
     pub fn add(
@@ -134,11 +151,9 @@ impl GradAccumulator {
         grad_accum: usize,
         trainable: &NamedVars,
     ) -> Result<()> {
-        if self.is_bad() {
-            return Ok(());
-        }
         let scale = 1.0 / grad_accum.max(1) as f64;
         let count = shards.len();
+        let weights: Vec<f64> = shards.iter().map(|shard| shard.weight).collect();
         let results: Vec<Result<ShardResult>> = if count <= 1 {
             shards.into_iter().map(|shard| run_shard(shard, scale, trainable)).collect()
         } else {
@@ -148,20 +163,13 @@ impl GradAccumulator {
                 .map(|shard| with_kernel_threads(threads_each, || run_shard(shard, scale, trainable)))
                 .collect()
         };
-        let mut loss = 0.0;
         let mut shard_grads = Vec::with_capacity(count);
         for (index, result) in results.into_iter().enumerate() {
-            match result? {
-                ShardResult::NotFinite(value) => {
-                    let shard = if count > 1 { format!(" (shard {} of {count})", index + 1) } else { String::new() };
-                    self.bad = Some(format!("the loss of micro-batch {micro}{shard} is {value}"));
-                    return Ok(());
-                }
-                ShardResult::Finite { loss: value, grads } => {
-                    loss += value;
-                    shard_grads.push(grads);
-                }
-            }
+            let ShardResult { loss, grads } = result?;
+            let shard = if count > 1 { format!(" (shard {} of {count})", index + 1) } else { String::new() };
+            let (label, weight) = (format!("micro-batch {micro}{shard}"), weights[index]);
+            self.losses.push(ShardLoss { value: loss, micro, label, weight });
+            shard_grads.push(grads);
         }
         // Each parameter's shard gradients summed in shard order (parameters in parallel).
         let summed = (0..trainable.len())
@@ -175,7 +183,6 @@ impl GradAccumulator {
                 })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        self.loss_sum += loss;
         self.micro_batches += 1;
         for ((name, _), grad) in trainable.iter().zip(summed) {
             if let Some(g) = grad {
@@ -224,27 +231,27 @@ pub fn apply_step(
     settings: UpdateSettings,
     updated: Updated<'_>,
 ) -> Result<StepOutcome> {
-    let GradAccumulator { mut grads, loss_sum, micro_batches, bad } = accumulated;
-    if let Some(what) = bad {
-        return Ok(StepOutcome::Skipped { what, loss: None, grad_norm: None });
-    }
-    let loss = loss_sum / micro_batches.max(1) as f64;
-    let grad_norm = global_grad_norm(&grads)?;
+    // One copy to the host per step: every shard's loss and every gradient's sum of squares.
+    let (names, square_sums) = grad_square_sums(&accumulated.grads)?;
+    let names: Vec<String> = names.into_iter().cloned().collect();
+    let mut scalars: Vec<Tensor> = accumulated.losses.iter().map(|l| l.value.clone()).collect();
+    scalars.extend(square_sums);
+    let host = host_scalars(&scalars)?;
+    let (loss_values, square_sums) = host.split_at(accumulated.losses.len().min(host.len()));
+    let loss = match accumulated.loss_sum(loss_values) {
+        Ok(sum) => sum / accumulated.micro_batches.max(1) as f64,
+        Err(what) => return Ok(StepOutcome::Skipped { what, loss: None, grad_norm: None }),
+    };
+    let grad_norm = norm_from_square_sums(square_sums);
     if !grad_norm.is_finite() {
-        let culprit = grads
-            .iter()
-            .filter(|(_, g)| {
-                g.sqr().and_then(|s| s.sum_all()).and_then(|s| s.to_scalar::<f32>()).is_ok_and(|v| !v.is_finite())
-            })
-            .map(|(n, _)| n.clone())
-            .min()
-            .unwrap_or_default();
+        let culprit = names.iter().zip(square_sums).find(|(_, s)| !s.is_finite()).map(|(n, _)| n.as_str());
         return Ok(StepOutcome::Skipped {
-            what: format!("the gradient norm is {grad_norm} (first non-finite: `{culprit}`)"),
+            what: format!("the gradient norm is {grad_norm} (first non-finite: `{}`)", culprit.unwrap_or_default()),
             loss: Some(loss),
             grad_norm: None,
         });
     }
+    let mut grads = accumulated.grads;
     clip_grads(&mut grads, grad_norm, settings.grad_clip)?;
     updated.optimizer.step(trainable, &grads, settings.lr, settings.weight_decay)?;
     // Once an average exists it is kept current: a stage with ema_decay = 0 makes it follow the weights.
@@ -258,7 +265,48 @@ pub fn apply_step(
 
 #[cfg(test)]
 mod tests {
+    use candle_core::Var;
+
     use super::*;
+
+    /// One step of `loss = Σ w · c` over micro-batches of loss shards (`c` per shard; `None` = a NaN
+    /// loss), with the update applied to `w`.
+    fn step_of(micro_batches: &[Vec<Option<f32>>]) -> (StepOutcome, Vec<f32>) {
+        let w = Var::from_vec(vec![1f32, -2.0], 2, &Device::Cpu).unwrap();
+        let trainable: NamedVars = vec![("w".into(), w.clone())];
+        let mut accumulated = GradAccumulator::default();
+        for (micro, shards) in micro_batches.iter().enumerate() {
+            let shards = shards
+                .iter()
+                .map(|c| {
+                    let loss = (w.as_tensor() * f64::from(c.unwrap_or(f32::NAN))).unwrap().sum_all().unwrap();
+                    LossShard::new(0.5, move || Ok(loss))
+                })
+                .collect();
+            accumulated.add(micro, shards, micro_batches.len(), &trainable).unwrap();
+        }
+        let (mut optimizer, mut ema, mut ema_updates) = (AdamW::default(), Ema::default(), 0);
+        let settings = UpdateSettings { lr: 0.1, weight_decay: 0.0, grad_clip: 0.0, ema_decay: 0.0 };
+        let updated = Updated { optimizer: &mut optimizer, ema: &mut ema, ema_updates: &mut ema_updates, params: &trainable };
+        let outcome = apply_step(accumulated, &trainable, settings, updated).unwrap();
+        (outcome, w.as_tensor().to_vec1::<f32>().unwrap())
+    }
+
+    #[test]
+    fn a_step_gives_the_mean_loss_and_norm_and_names_the_first_non_finite_shard_leaving_the_weights() {
+        // Shards weigh 0.5: micro-batch losses (1 + 3)/2 · (1 − 2) = −2 and (5 + 7)/2 · (−1) = −6; mean −4.
+        // d/dw of the mean loss = ((1+3)/2 + (5+7)/2) / 2 = 4 per element: norm 4·√2.
+        let (outcome, weights) = step_of(&[vec![Some(1.0), Some(3.0)], vec![Some(5.0), Some(7.0)]]);
+        let StepOutcome::Applied { loss, grad_norm } = outcome else { panic!("{outcome:?}") };
+        assert!((loss + 4.0).abs() < 1e-9, "{loss}");
+        assert!((grad_norm - 4.0 * 2f64.sqrt()).abs() < 1e-5, "{grad_norm}");
+        assert_ne!(weights, vec![1.0, -2.0], "applied");
+
+        let (outcome, weights) = step_of(&[vec![Some(1.0), Some(3.0)], vec![Some(5.0), None]]);
+        let StepOutcome::Skipped { what, loss: None, grad_norm: None } = outcome else { panic!("{outcome:?}") };
+        assert_eq!(what, "the loss of micro-batch 1 (shard 2 of 2) is NaN");
+        assert_eq!(weights, vec![1.0, -2.0], "a skipped step leaves the weights as they were");
+    }
 
     #[test]
     fn shards_are_even_in_number_and_size_and_cover_the_batch() {

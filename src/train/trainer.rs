@@ -547,9 +547,6 @@ impl<T: Task> Trainer<T> {
             for warning in self.task.take_warnings(&mut batch) {
                 self.emit(TrainEvent::Warning { step: step_number, message: warning });
             }
-            if accumulated.is_bad() {
-                continue; // keep the data order: the step's batches are consumed either way
-            }
             let mut shards = self.task.loss_shards(model, &batch, stage, &mut rng)?;
             if micro == 0 && self.options.inject_nan_at_steps.contains(&step_number) && !shards.is_empty() {
                 let first = shards.remove(0);

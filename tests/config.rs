@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use wick::config::{
-    ConfigError, ConfigIssue, EarlyStoppingConfig, MetricMode, ObjectLossMode, RunConfig, ScheduleConfig, ScheduleKind,
-    ShapesVariant, StageConfig, Trainable, TrainableGroup, PRESETS,
+    ConfigError, ConfigIssue, EarlyStoppingConfig, MetricMode, ObjectLossMode, Precision, RunConfig, ScheduleConfig,
+    ScheduleKind, ShapesVariant, StageConfig, Trainable, TrainableGroup, PRESETS,
 };
 
 // ── helpers ─────────────────────────────────────────────────────────────────────────────────────────────
@@ -327,6 +327,29 @@ fn adapter_stage_needs_an_adapter() {
     // Without the adapter, base / all / globs stages are fine.
     config.stages.remove(1);
     assert_valid(&config);
+}
+
+#[test]
+fn precision_is_f32_or_bf16_and_bf16_needs_cuda_and_the_shapes_task() {
+    assert_eq!(valid().precision, Precision::F32, "f32 unless asked");
+    let (path, message) = parse_error("precision = \"fp16\"\n");
+    assert_eq!(path, "precision");
+    assert!(message.contains("f32") && message.contains("bf16"), "{message}");
+    let mut config = valid();
+    config.precision = Precision::Bf16;
+    assert_valid(&config); // device = "auto": checked again when the device is known
+    config.device = "cuda:1".into();
+    assert_valid(&config);
+    config.device = "cpu".into();
+    assert!(only_issue(&config, "precision").message.contains("CUDA"));
+    let mut chars = RunConfig::from_toml_str(
+        "precision = \"bf16\"\n[task]\nkind = \"chars\"\n[[stages]]\nname = \"s\"\n",
+        "chars.toml",
+    )
+    .expect("parses");
+    chars.device = "cuda:0".into();
+    let found = issues(&chars);
+    assert!(found.iter().any(|i| i.path == "precision" && i.message.contains("`chars`")), "{found:#?}");
 }
 
 #[test]

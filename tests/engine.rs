@@ -372,3 +372,23 @@ fn two_runs_at_once_each_log_only_their_own_lines() {
         assert_eq!(log.matches("judged 16 images").count(), 3, "{log}");
     }
 }
+
+#[test]
+fn a_bf16_run_on_a_machine_without_cuda_fails_at_the_start_saying_why() {
+    if cfg!(feature = "cuda") {
+        return; // with CUDA built in, `auto` may find a GPU and train in bf16 there
+    }
+    let runs = tempfile::tempdir().unwrap();
+    let mut config = tiny_two_stage(2, 1);
+    config.device = "auto".to_string();
+    config.precision = wick::config::Precision::Bf16;
+    let dir = create_run(runs.path(), &config);
+    let events = train_events(&dir, TrainOptions::default());
+    match events.last() {
+        Some(TrainEvent::Failed { message, .. }) => {
+            assert!(message.contains("bf16") && message.contains("CPU") && message.contains("f32"), "{message}")
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert!(dir.checkpoints().unwrap().is_empty(), "nothing trained");
+}

@@ -42,6 +42,9 @@ pub struct RunConfig {
     pub device: String,
     /// Threads for candle's CPU kernels; 0 = every core.
     pub threads: usize,
+    /// Arithmetic of the training forward pass: `f32`, or `bf16` autocast on CUDA (the linear layers' matrix
+    /// products in bf16; weights, gradients and optimizer state stay f32). f32 on the CPU.
+    pub precision: Precision,
     /// Which task trains (`kind`, default `shapes`) and its own settings (see [`crate::task::settings`]).
     /// The shapes task's settings are the `dataset`, `model` and `eval` tables below.
     pub task: TaskConfig,
@@ -123,6 +126,18 @@ pub enum BoxUnits {
     Pixels,
     /// Fractions of the original image's width and height, in [0, 1].
     Normalized,
+}
+
+/// Arithmetic of a run's training forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// bf16 autocast (CUDA only): every linear layer's inputs and weight cast to bf16 for its product, the
+    /// result back to f32; LayerNorm, attention, the loss and every stored tensor stay f32.
+    Bf16,
 }
 
 /// How a non-square image is made square.
@@ -382,6 +397,7 @@ impl Default for RunConfig {
             seed: 0,
             device: "auto".to_string(),
             threads: 0,
+            precision: Precision::F32,
             task: TaskConfig::default(),
             dataset: DatasetConfig::default(),
             model: ModelConfig::default(),

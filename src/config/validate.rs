@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 
 use super::{
-    DatasetConfig, DatasetKind, EarlyStoppingConfig, MetricMode, RunConfig, StageConfig, Trainable, TrainableGroup,
+    DatasetConfig, DatasetKind, EarlyStoppingConfig, MetricMode, Precision, RunConfig, StageConfig, Trainable,
+    TrainableGroup,
 };
 
 /// Layout slots per image in the built-in model: `dataset.max_objects` cannot exceed it.
@@ -96,6 +97,22 @@ impl RunConfig {
         let metrics = Metrics(task);
         check_run_name(&self.name, &mut issues);
         check_device(&self.device, &mut issues);
+        if self.precision == Precision::Bf16 {
+            if self.device == "cpu" {
+                issues.add(
+                    "precision",
+                    "\"bf16\" is for CUDA devices — the CPU trains in \"f32\": set precision = \"f32\" or device = \"cuda:N\"",
+                );
+            } else if !shapes {
+                issues.add(
+                    "precision",
+                    format!(
+                        "the `{}` task trains in \"f32\" only — bf16 autocast is the shapes task's",
+                        self.task.kind
+                    ),
+                );
+            }
+        }
         if self.threads > MAX_THREADS {
             issues.add(
                 "threads",

@@ -17,9 +17,13 @@ thread_local! {
     static REFERENCE_ONLY: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Whether the fused CPU kernels apply to `x` (f32 on the CPU); elsewhere the basic-op versions run.
+/// Whether the fused CPU kernels apply to `x` (f32 on the CPU, no autocast); elsewhere the basic-op versions
+/// run.
 pub(crate) fn fused(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32 && !REFERENCE_ONLY.with(|f| f.get())
+    x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && !REFERENCE_ONLY.with(|f| f.get())
+        && super::precision::autocast_dtype().is_none()
 }
 
 /// Runs `f` with the basic-op versions of every fused op (on this thread), to compare both paths.

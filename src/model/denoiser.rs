@@ -194,7 +194,7 @@ impl Denoiser {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, Tensor};
+    use candle_core::{DType, Device, Tensor};
     use rand::{Rng, SeedableRng};
 
     use crate::config::ModelPreset;
@@ -210,7 +210,8 @@ mod tests {
         }
     }
 
-    fn fused_path_matches_basic_op_path_on(path: SimdPath) {
+    /// A tiny model with an adapter (zero-initialised parameters randomised) and a batch of 3 inputs.
+    fn tiny_model_and_inputs() -> (candle_nn::VarMap, crate::model::Denoiser, [Tensor; 6]) {
         let spec = ModelSpec::from_preset(ModelPreset::Tiny, true);
         let (varmap, model) = build_model(spec, &Device::Cpu, 3).unwrap();
         randomize_zero_init(spec, &varmap, 4).unwrap();
@@ -225,6 +226,11 @@ mod tests {
         let boxes = Tensor::from_vec(uniform(b * 4 * 4, 0.0, 1.0), (b, 4, 4), &dev).unwrap();
         let y = Tensor::from_vec(vec![0u32, 2, 4], b, &dev).unwrap();
         let box_classes = Tensor::from_vec(vec![0u32, 1, 4, 3, 4, 4, 4, 4, 2, 2, 1, 0], (b, 4), &dev).unwrap();
+        (varmap, model, [x0, eps, t, boxes, y, box_classes])
+    }
+
+    fn fused_path_matches_basic_op_path_on(path: SimdPath) {
+        let (varmap, model, [x0, eps, t, boxes, y, box_classes]) = tiny_model_and_inputs();
         let run = || {
             let loss = flow_matching_loss(&model, &x0, &t, &eps, &y, &boxes, &box_classes).unwrap();
             let v = model.forward(&x0, &t, &y, &boxes, &box_classes).unwrap();
@@ -241,6 +247,33 @@ mod tests {
             let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
             let d = diff(a, b);
             assert!(d <= 1e-4 * scale.max(1e-3), "{path:?}: {name}: gradients differ by {d} (scale {scale})");
+        }
+    }
+
+    /// bf16 autocast (what a CUDA run with `precision = "bf16"` computes, here on the CPU's basic ops): the loss
+    /// and every gradient stay f32 and close to the f32 ones, yet differ from them (the products did run in
+    /// bf16).
+    #[test]
+    fn bf16_autocast_keeps_f32_gradients_close_to_the_f32_ones() {
+        let (varmap, model, [x0, eps, t, boxes, y, box_classes]) = tiny_model_and_inputs();
+        let run = || {
+            let loss = flow_matching_loss(&model, &x0, &t, &eps, &y, &boxes, &box_classes).unwrap();
+            (loss.to_scalar::<f32>().unwrap(), loss.backward().unwrap())
+        };
+        let (loss_f32, g_f32) = with_reference_ops(run);
+        let (loss_bf16, g_bf16) = crate::model::with_autocast(Some(DType::BF16), run);
+        assert!(crate::model::precision::autocast_dtype().is_none(), "the setting ends with the closure");
+        let relative = ((loss_bf16 - loss_f32) / loss_f32).abs();
+        assert!(relative < 2e-2 && relative > 0.0, "loss {loss_bf16} in bf16, {loss_f32} in f32");
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            let (a, b) = (g_bf16.get(var.as_tensor()).unwrap(), g_f32.get(var.as_tensor()).unwrap());
+            assert_eq!(a.dtype(), DType::F32, "{name}: the gradient of an f32 weight is f32");
+            let (a, b) = (flat(a), flat(b));
+            let dot: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+            let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+            let cosine = dot / (norm(&a) * norm(&b)).max(1e-30);
+            assert!(cosine > 0.98 || norm(&b) < 1e-6, "{name}: bf16 gradient at cosine {cosine} to the f32 one");
         }
     }
 }

@@ -16,9 +16,13 @@ pub(crate) struct Linear {
 }
 
 impl Linear {
-    /// Rows x `[R, fan_in]` to `[R, fan_out]` (one fused op on the CPU).
+    /// Rows x `[R, fan_in]` to `[R, fan_out]` (one fused op on the CPU; under [`super::precision`]'s autocast,
+    /// the product in its dtype).
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::linear(x, &self.weight, &self.bias)
+        match super::precision::autocast_dtype() {
+            Some(dtype) => super::precision::linear_in(dtype, x, &self.weight, &self.bias),
+            None => ops::linear(x, &self.weight, &self.bias),
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //!   saved one (strict), [`spec_from_weights`] recognises the preset of a weights file.
 //! - [`flow_matching_loss`]: the rectified-flow objective; [`predict_file`]: `wick predict`.
 //!
-//! Everything is f32. Checkpoints are the VarMap saved as safetensors under the reference's names, so
+//! Everything is f32 (a CUDA run may compute its linear layers in bf16: [`with_autocast`]). Checkpoints are the VarMap saved as safetensors under the reference's names, so
 //! PyTorch's `load_state_dict(strict=True)` accepts them.
 //!
 //! Speed: on the CPU the heavy ops run as fused custom ops with their own backward ([`ops`], [`attention`],
@@ -26,6 +26,7 @@ mod layers;
 mod loss;
 mod matmul;
 pub mod ops;
+mod precision;
 mod predict;
 mod runtime;
 mod spec;
@@ -35,6 +36,7 @@ pub use init::{
     build_model, load_model, randomize_zero_init, sorted_vars, spec_from_weights, weights_file, WEIGHTS_FILE,
 };
 pub use loss::{flow_matching_loss, object_pixel_weights, weighted_flow_matching_loss};
+pub use precision::with_autocast;
 pub use predict::predict_file;
 pub use runtime::{
     kernel_thread_limit, limit_kernel_threads, matmul_kernel, set_compute_threads, tune_allocator, tune_cpu_runtime,

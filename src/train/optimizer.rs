@@ -146,7 +146,10 @@ pub fn global_grad_norm(grads: &HashMap<String, Tensor>) -> Result<f64> {
 pub fn grad_square_sums(grads: &HashMap<String, Tensor>) -> Result<(Vec<&String>, Vec<Tensor>)> {
     let mut names: Vec<&String> = grads.keys().collect();
     names.sort();
-    let sums = names.iter().map(|name| grads[*name].sqr()?.sum_all()?.to_dtype(DType::F32)).collect::<candle_core::Result<_>>()?;
+    let sums = names
+        .iter()
+        .map(|name| grads[*name].sqr()?.sum_all()?.to_dtype(DType::F32))
+        .collect::<candle_core::Result<_>>()?;
     Ok((names, sums))
 }
 
@@ -160,7 +163,8 @@ pub fn host_scalars(scalars: &[Tensor]) -> Result<Vec<f32>> {
     if scalars.is_empty() {
         return Ok(Vec::new());
     }
-    let flat = scalars.iter().map(|s| s.flatten_all()?.to_dtype(DType::F32)).collect::<candle_core::Result<Vec<_>>>()?;
+    let flat =
+        scalars.iter().map(|s| s.flatten_all()?.to_dtype(DType::F32)).collect::<candle_core::Result<Vec<_>>>()?;
     Ok(Tensor::cat(&flat, 0)?.to_vec1::<f32>()?)
 }
 

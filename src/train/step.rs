@@ -287,7 +287,8 @@ mod tests {
         }
         let (mut optimizer, mut ema, mut ema_updates) = (AdamW::default(), Ema::default(), 0);
         let settings = UpdateSettings { lr: 0.1, weight_decay: 0.0, grad_clip: 0.0, ema_decay: 0.0 };
-        let updated = Updated { optimizer: &mut optimizer, ema: &mut ema, ema_updates: &mut ema_updates, params: &trainable };
+        let updated =
+            Updated { optimizer: &mut optimizer, ema: &mut ema, ema_updates: &mut ema_updates, params: &trainable };
         let outcome = apply_step(accumulated, &trainable, settings, updated).unwrap();
         (outcome, w.as_tensor().to_vec1::<f32>().unwrap())
     }

@@ -158,6 +158,14 @@ impl<T: Task> Trainer<T> {
         progress: Arc<AtomicU64>,
     ) -> Result<Self> {
         let device = select_device(&config.device)?;
+        if config.precision == crate::config::Precision::Bf16 && device.is_cpu() {
+            bail!(
+                "precision = \"bf16\" is for CUDA devices, and this run trains on the CPU (device = {:?}{}): set \
+                 precision = \"f32\"",
+                config.device,
+                if config.device == "auto" { ", no usable CUDA device found" } else { "" }
+            );
+        }
         let task = open(&TaskContext { config: &config, run_root: dir.root(), device: &device })?;
         let descriptor = T::descriptor();
         let varmap = task.init(noise::stream_seed(config.seed, Stream::Init), &device)?;

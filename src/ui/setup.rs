@@ -11,8 +11,8 @@ use crate::app::data_check::DataCheckState;
 use crate::app::setup::{SetupState, StageOp};
 use crate::app::AppCommand;
 use crate::config::{
-    BoxUnits, ConfigIssue, DatasetKind, EarlyStoppingConfig, MetricMode, ModelPreset, ObjectLossMode, ResizeMode,
-    ScheduleKind, ShapesVariant, StageConfig, Trainable, TrainableGroup, METRICS, PRESETS,
+    BoxUnits, ConfigIssue, DatasetKind, EarlyStoppingConfig, MetricMode, ModelPreset, ObjectLossMode, Precision,
+    ResizeMode, ScheduleKind, ShapesVariant, StageConfig, Trainable, TrainableGroup, METRICS, PRESETS,
 };
 use crate::data::DataReport;
 
@@ -59,6 +59,18 @@ pub fn setup_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &
                     .row(ui, "Name", "name", |ui| ui.add(TextEdit::singleline(&mut config.name).desired_width(180.0)));
                 fields.row(ui, "Seed", "seed", |ui| ui.add(DragValue::new(&mut config.seed)));
                 fields.row(ui, "Device", "device", |ui| device_ui(ui, &mut config.device));
+                fields.row(ui, "Precision", "precision", |ui| {
+                    combo_ui(
+                        ui,
+                        "precision",
+                        &mut config.precision,
+                        &[(Precision::F32, "f32"), (Precision::Bf16, "bf16")],
+                    )
+                    .on_hover_text(
+                        "bf16: autocast of the linear layers on CUDA (weights, gradients and optimizer state \
+                             stay f32); the CPU trains in f32",
+                    )
+                });
                 fields.row(ui, "Threads", "threads", |ui| {
                     ui.add(DragValue::new(&mut config.threads)).on_hover_text(
                         "CPU compute threads of the run; 0 = every core. A run started in this window uses at most \

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use rand_chacha::ChaCha8Rng;
 
 use self::validation::{ValidationSet, VALIDATION_IMAGES};
-use crate::config::{MetricMode, ObjectLossMode, RunConfig, StageConfig};
+use crate::config::{MetricMode, ObjectLossMode, Precision, RunConfig, StageConfig};
 use crate::data::{dataset_class_names, Batch, Dataset, DatasetBatches};
 use crate::eval::grid::render_grid;
 use crate::eval::sampler::{sample_images, EvalSet};
@@ -45,6 +45,14 @@ pub struct ShapesTask {
 }
 
 impl ShapesTask {
+    /// The training forward's autocast dtype (`precision`).
+    fn autocast(&self) -> Option<DType> {
+        match self.config.precision {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(DType::BF16),
+        }
+    }
+
     /// Draws a micro-batch's noise, timesteps and dropouts from the step's stream (in sample order) and
     /// applies them: the inputs of its loss.
     fn draw_inputs(&self, batch: &Batch, stage: &StageConfig, rng: &mut ChaCha8Rng) -> StepInputs {
@@ -246,7 +254,7 @@ impl Task for ShapesTask {
     /// The flow-matching loss of one micro-batch, with this step's noise, timesteps and dropouts.
     fn loss(&self, model: &Denoiser, batch: &Batch, stage: &StageConfig, rng: &mut ChaCha8Rng) -> Result<Tensor> {
         let inputs = self.draw_inputs(batch, stage, rng);
-        inputs.loss(model, 0..batch.size, &self.device)
+        model::with_autocast(self.autocast(), || inputs.loss(model, 0..batch.size, &self.device))
     }
 
     /// The loss of [`Self::loss`] in the shards of [`crate::train::shard_ranges`], each a mean over its own
@@ -260,11 +268,14 @@ impl Task for ShapesTask {
     ) -> Result<Vec<LossShard<'a>>> {
         let inputs = Arc::new(self.draw_inputs(batch, stage, rng));
         let ranges = crate::train::shard_ranges(batch.size, &self.device);
+        let autocast = self.autocast();
         Ok(ranges
             .into_iter()
             .map(|range| {
                 let inputs = Arc::clone(&inputs);
-                LossShard::new(inputs.share(&range), move || inputs.loss(model, range, &self.device))
+                LossShard::new(inputs.share(&range), move || {
+                    model::with_autocast(autocast, || inputs.loss(model, range, &self.device))
+                })
             })
             .collect())
     }

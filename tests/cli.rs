@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::tiny_two_stage;
-use wick::run::RunDir;
+use wick::run::{RunDir, TrainEvent};
 
 fn wick() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_wick"));
@@ -139,6 +139,52 @@ fn sample_with_device_cpu_redraws_a_cpu_runs_own_grid() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains("--features cuda"), "{stderr}");
     }
+}
+
+/// Two writers: while `wick train` trains a run, `wick resume` of it is refused naming the holder (pid and
+/// host) and writes nothing; once the holder is killed its lock is stale and is taken over.
+#[test]
+fn a_second_wick_on_a_training_run_is_refused_naming_the_holder_until_that_one_is_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_two_stage(100_000, 1);
+    let config_path = write_config(tmp.path(), &config.to_toml_string().unwrap());
+    let runs = tmp.path().join("runs");
+    let mut child = wick()
+        .args(["train", config_path.to_str().unwrap(), "--runs-dir", runs.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until it trains (a step logged); the deadline only catches a hang.
+    let waiting = Instant::now();
+    while metrics_lines(&runs) == 0 {
+        assert!(waiting.elapsed() < Duration::from_secs(600), "no step logged in 10 minutes");
+        assert!(child.try_wait().unwrap().is_none(), "the trainer ended early");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let dir = the_run(&runs);
+    let holder = wick::run::lock_holder(dir.root()).unwrap().expect("a training run is locked");
+    assert_eq!(holder.pid, child.id());
+    let events_before = dir.read_events().unwrap().len();
+    let out = run(&["resume", dir.root().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second writer must be refused");
+    assert!(stderr.contains(&format!("pid {} on host {}", child.id(), holder.host)), "{stderr}");
+    child.kill().unwrap(); // SIGKILL: the lock stays behind
+    child.wait().unwrap();
+    let events = dir.read_events().unwrap();
+    let after = &events[events_before.min(events.len())..];
+    assert!(
+        !after.iter().any(|e| matches!(e.event, TrainEvent::Started { .. } | TrainEvent::Failed { .. })),
+        "the refused resume wrote no start and no failure: {after:?}"
+    );
+    assert_eq!(wick::run::lock_holder(dir.root()).unwrap().map(|h| h.pid), Some(holder.pid), "left by the kill");
+    let lock = wick::run::RunLock::acquire(dir.root(), "train").expect("a killed holder's lock is taken over");
+    assert_eq!(lock.holder().pid, std::process::id());
+    drop(lock);
+    assert!(wick::run::lock_holder(dir.root()).unwrap().is_none());
+    let out = run(&["verify", dir.root().to_str().unwrap()]);
+    assert!(out.status.success(), "nothing saved was damaged: {}", String::from_utf8_lossy(&out.stdout));
 }
 
 /// Kills `wick train` with SIGKILL at several instants, resumes each time, and checks every logged loss

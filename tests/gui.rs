@@ -418,3 +418,59 @@ fn the_last_opened_run_comes_back_only_where_it_is_listed() {
     let extra = vec![elsewhere.root().to_path_buf()];
     assert_eq!(open_with(elsewhere.root(), extra), [elsewhere.root().to_path_buf()], "unless it was opened from there");
 }
+
+#[test]
+fn a_run_another_process_trains_is_shown_locked_without_resume_until_that_process_is_gone() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut config = common::tiny_two_stage(4, 2);
+    config.name = "held".into();
+    let dir = common::create_run(runs.path(), &config);
+    common::train_events(&dir, TrainOptions { stop_at_step: Some(3), ..Default::default() });
+    assert_eq!(dir.read_state().unwrap().status, RunStatus::Stopped);
+    // Another process of this host holds the run's lock (as a `wick resume` in a terminal would).
+    let mut other = std::process::Command::new("sleep").arg("600").spawn().unwrap();
+    let holder = wick::run::LockHolder {
+        pid: other.id(),
+        host: wick::run::lock::host_name(),
+        since: "2026-12-07T10:00:00Z".into(),
+        process_start_ticks: None,
+        purpose: "train".into(),
+    };
+    std::fs::write(dir.root().join(wick::run::lock::LOCK_FILE), serde_json::to_vec(&holder).unwrap()).unwrap();
+
+    let mut harness = harness(runs.path(), &ScriptedDialog::new());
+    step_until(&mut harness, Duration::from_secs(10), |h| h.state().runs.iter().any(|r| r.root == dir.root()));
+    assert_eq!(harness.state().runs[0].locked_by.as_ref().map(|h| h.pid), Some(other.id()));
+    harness.get_by_label_contains(&format!("Locked: trained by pid {}", other.id()));
+    assert!(harness.query_by_label("Resume run").is_none(), "a locked run cannot be resumed here");
+
+    // The holder is gone (killed): its lock is stale, and the run can be resumed.
+    other.kill().unwrap();
+    other.wait().unwrap();
+    step_until(&mut harness, Duration::from_secs(10), |h| h.state().runs.iter().any(|r| r.resumable()));
+    settle(&mut harness);
+    harness.get_by_label("Resume run").click();
+    settle(&mut harness);
+    step_until(&mut harness, Duration::from_secs(120), |h| !h.state().is_training());
+    assert_eq!(dir.read_state().unwrap().status, RunStatus::Finished);
+    assert!(wick::run::lock_holder(dir.root()).unwrap().is_none(), "the lock is released at the end");
+}
+
+#[test]
+fn a_run_trained_outside_the_window_is_followed_live() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut config = common::tiny_two_stage(4, 2);
+    config.name = "elsewhere".into();
+    let dir = common::create_run(runs.path(), &config);
+    common::train_events(&dir, TrainOptions { stop_at_step: Some(3), ..Default::default() });
+    let root = dir.root().to_path_buf();
+    let mut harness = harness(runs.path(), &ScriptedDialog::new());
+    step_until(&mut harness, Duration::from_secs(10), |h| h.state().runs.iter().any(|r| r.root == root));
+    harness.state_mut().commands.push(wick::app::AppCommand::SelectRun { root: root.clone(), add: false });
+    let losses = |h: &Harness<'_, WickApp>| h.state().stores.get(&root).map_or(0, |s| s.series["loss"].len());
+    step_until(&mut harness, Duration::from_secs(10), |h| losses(h) == 3);
+    // Another trainer (not the window's) finishes the run; the window follows it without being asked.
+    common::train_events(&dir, TrainOptions { resume: true, ..Default::default() });
+    step_until(&mut harness, Duration::from_secs(30), |h| losses(h) == 6);
+    assert_eq!(harness.state().stores[&root].state.as_ref().map(|s| s.status), Some(RunStatus::Finished));
+}

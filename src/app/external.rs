@@ -91,6 +91,7 @@ pub fn summarize_external(found: &FoundRun, external: bool) -> RunSummary {
         message: None,
         external,
         kind: found.kind,
+        locked_by: None,
     }
 }
 

@@ -302,6 +302,7 @@ impl WickApp {
         // Runs folder.
         while let Ok(result) = self.scanner.results.try_recv() {
             self.runs = result.runs;
+            self.follow_runs_written_elsewhere();
             if let Some((dir, why)) = result.errors.first() {
                 let text = format!("cannot read run {}: {why}", dir.display());
                 if self.status.as_ref().map(|s| &s.text) != Some(&text) {
@@ -546,6 +547,28 @@ impl WickApp {
         let config = self.setup.config.clone();
         let dir = self.setup.tasks.create_run(&self.runs_dir, &config)?;
         self.begin_session(dir, false)
+    }
+
+    /// Reloads, off the UI thread, each loaded Wick run whose state.json another process has rewritten since
+    /// (a run trained by `wick resume` in a terminal, or by another window): such a run is followed live.
+    fn follow_runs_written_elsewhere(&mut self) {
+        let live = self.session.as_ref().filter(|s| s.is_active()).map(|s| s.root.clone());
+        let stale: Vec<PathBuf> = self
+            .runs
+            .iter()
+            .filter(|run| run.kind == crate::interop::RunKind::Wick && Some(&run.root) != live.as_ref())
+            .filter(|run| !self.loading.contains(&run.root))
+            .filter(|run| {
+                self.stores.get(&run.root).and_then(|store| store.state.as_ref()).is_some_and(|state| {
+                    state.updated_unix_secs != run.updated_unix_secs || state.global_step != run.global_step
+                })
+            })
+            .map(|run| run.root.clone())
+            .collect();
+        for root in stale {
+            self.loading.insert(root.clone());
+            self.loader.load(root);
+        }
     }
 
     fn resume_run(&mut self, root: &Path) -> anyhow::Result<()> {

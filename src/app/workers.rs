@@ -39,12 +39,15 @@ pub struct RunSummary {
     pub external: bool,
     /// What wrote it: Wick, or another tool (TensorBoard, a Hugging Face Trainer).
     pub kind: crate::interop::RunKind,
+    /// Another process that trains it now (its lock): the window shows the run read-only.
+    pub locked_by: Option<crate::run::LockHolder>,
 }
 
 impl RunSummary {
-    /// Whether "Resume" makes sense: stopped or interrupted, or paused by a process that is gone.
+    /// Whether "Resume" makes sense: stopped or interrupted (or paused by a process that is gone), and no
+    /// other process holds the run's lock.
     pub fn resumable(&self) -> bool {
-        matches!(self.status, RunStatus::Stopped | RunStatus::Interrupted)
+        matches!(self.status, RunStatus::Stopped | RunStatus::Interrupted) && self.locked_by.is_none()
     }
 }
 
@@ -64,7 +67,16 @@ pub fn summarize_run(root: &Path, external: bool) -> anyhow::Result<RunSummary> 
         message: state.message.clone(),
         external,
         kind: crate::interop::RunKind::Wick,
+        locked_by: other_process_lock(root),
     })
+}
+
+/// The holder of a run's lock when it is another live process (or one this machine cannot check); a stale
+/// lock, or this process's own, is none.
+fn other_process_lock(root: &Path) -> Option<crate::run::LockHolder> {
+    use crate::run::lock::Liveness;
+    let holder = crate::run::lock_holder(root).ok().flatten()?;
+    matches!(holder.liveness(), Liveness::Running | Liveness::Unknown).then_some(holder)
 }
 
 /// What the scanner should look at.

@@ -63,6 +63,8 @@ pub struct TrainerHandle {
     recorder: Option<JoinHandle<()>>,
     /// Keeps log.txt attached while the trainer lives (dropped after the threads are joined).
     _log: crate::logging::RunLogGuard,
+    /// The run's lock, released after the threads are joined (the recorder writes until its end).
+    _lock: crate::run::RunLock,
 }
 
 /// Starts training the run in `run_dir` (its run.toml) on a new thread, with the built-in task its
@@ -79,6 +81,8 @@ pub fn start_task<T: Task>(
     options: TrainOptions,
     open: impl FnOnce(&TaskContext) -> Result<T> + Send + 'static,
 ) -> Result<TrainerHandle> {
+    // Before anything is written: one process trains a run at a time.
+    let lock = crate::run::RunLock::acquire(run_dir.root(), "train")?;
     let config = run_dir.config()?;
     crate::logging::ensure_run_logging();
     let log = crate::logging::attach_run_log(&run_dir.log_path())?;
@@ -98,6 +102,7 @@ pub fn start_task<T: Task>(
         trainer: Some(trainer),
         recorder: Some(recorder),
         _log: log,
+        _lock: lock,
     })
 }
 

@@ -65,6 +65,10 @@ fn run_row_ui(ui: &mut Ui, app: &WickApp, run: &RunSummary, training: bool, comm
             }
         }
     });
+    if let Some(holder) = &run.locked_by {
+        ui.label(RichText::new(format!("Locked: trained by {holder} — read-only here")).small())
+            .on_hover_text("Another Wick process holds this run's lock: it can be watched here, not resumed");
+    }
     if let Some(message) = run.message.as_ref().filter(|_| status == crate::run::RunStatus::Failed) {
         ui.label(RichText::new(message).color(ERROR_COLOR).small());
     }

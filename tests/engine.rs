@@ -392,3 +392,82 @@ fn a_bf16_run_on_a_machine_without_cuda_fails_at_the_start_saying_why() {
     }
     assert!(dir.checkpoints().unwrap().is_empty(), "nothing trained");
 }
+
+#[test]
+fn a_damaged_state_json_is_rebuilt_from_the_logs_and_the_run_resumes_exactly() {
+    let runs = tempfile::tempdir().unwrap();
+    let config = tiny_two_stage(4, 2);
+    let reference = create_run(runs.path(), &config);
+    train_events(&reference, TrainOptions::default());
+    let dir = create_run(runs.path(), &config);
+    train_events(&dir, TrainOptions { stop_at_step: Some(3), ..Default::default() });
+    let original = dir.read_state().unwrap();
+
+    // Empty: reading names the file; the rebuild from run.toml and the logs says what the file said.
+    std::fs::write(dir.state_path(), b"").unwrap();
+    let err = format!("{:#}", dir.read_state().unwrap_err());
+    assert!(err.contains("state.json"), "{err}");
+    let rebuilt = wick::run::recorder::rebuild_state(&dir, "was empty").unwrap();
+    assert_eq!(rebuilt.status, RunStatus::Stopped);
+    assert_eq!(
+        (rebuilt.global_step, &rebuilt.stages, &rebuilt.best, &rebuilt.last_checkpoint, rebuilt.total_steps),
+        (original.global_step, &original.stages, &original.best, &original.last_checkpoint, original.total_steps)
+    );
+    assert!(rebuilt.message.unwrap().contains("rebuilt"));
+    // The window lists it (rebuilt for display, the file left as it is) instead of an error.
+    let listed = wick::app::workers::summarize_run(dir.root(), false).unwrap();
+    assert_eq!((listed.status, listed.global_step), (RunStatus::Stopped, 3));
+    assert!(listed.message.as_deref().unwrap_or_default().contains("not rewritten"));
+    assert!(listed.resumable());
+    assert_eq!(std::fs::read(dir.state_path()).unwrap(), b"", "a reader does not write");
+
+    // Garbage: a resume rebuilds it, keeps the damaged file, and continues exactly.
+    std::fs::write(dir.state_path(), b"{ \"status\": \"runn").unwrap();
+    let events = train_events(&dir, TrainOptions { resume: true, ..Default::default() });
+    assert!(matches!(events.last(), Some(TrainEvent::Finished { step: 6, .. })), "{events:?}");
+    assert_eq!(dir.read_state().unwrap().status, RunStatus::Finished);
+    let kept: Vec<_> = std::fs::read_dir(dir.root())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("state.json.damaged-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "the damaged file is kept");
+    assert_eq!(std::fs::read(kept[0].path()).unwrap(), b"{ \"status\": \"runn");
+    let bits = |d: &wick::run::RunDir| {
+        d.read_metrics().unwrap().into_iter().map(|m| (m.step, m.loss.map(f64::to_bits))).collect::<Vec<_>>()
+    };
+    assert_eq!(bits(&dir), bits(&reference), "the same losses as an uninterrupted run");
+}
+
+#[test]
+fn a_checkpoint_from_a_newer_wick_is_refused_naming_its_trainer_json() {
+    use sha2::Digest;
+    let runs = tempfile::tempdir().unwrap();
+    let dir = create_run(runs.path(), &tiny_two_stage(4, 2));
+    train_events(&dir, TrainOptions { stop_at_step: Some(3), ..Default::default() });
+    let checkpoint = dir.checkpoints().unwrap().last().unwrap().dir.clone();
+    // What a later Wick with trainer format 2 would have sealed (manifest updated to match).
+    let path = checkpoint.join("trainer.json");
+    let mut trainer: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(trainer["format"], 1, "this Wick writes format 1");
+    trainer["format"] = 2.into();
+    let bytes = serde_json::to_vec_pretty(&trainer).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    let manifest_path = checkpoint.join("manifest.json");
+    let mut manifest: wick::run::checkpoint::Manifest =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let entry = manifest.files.get_mut("trainer.json").unwrap();
+    entry.bytes = bytes.len() as u64;
+    entry.sha256 = format!("{:x}", sha2::Sha256::digest(&bytes));
+    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    assert!(wick::run::verify_checkpoint(&checkpoint).is_empty(), "sealed as a newer Wick seals it");
+
+    let events = train_events(&dir, TrainOptions { resume: true, ..Default::default() });
+    match events.last() {
+        Some(TrainEvent::Failed { message, .. }) => {
+            assert!(message.contains("newer Wick") && message.contains(&path.display().to_string()), "{message}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "the checkpoint is left as it was");
+}

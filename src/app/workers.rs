@@ -54,7 +54,12 @@ impl RunSummary {
 /// Reads a run's summary (run.toml must exist; state.json is small).
 pub fn summarize_run(root: &Path, external: bool) -> anyhow::Result<RunSummary> {
     let dir = RunDir::open(root)?;
-    let state = dir.read_state()?;
+    // An unreadable state.json is rebuilt from the logs for display (the window only reads; a resume
+    // rewrites it).
+    let state = match dir.read_state() {
+        Ok(state) => state,
+        Err(e) => crate::run::recorder::rebuild_state(&dir, &format!("is unreadable ({e:#}), not rewritten here"))?,
+    };
     Ok(RunSummary {
         root: root.to_path_buf(),
         id: dir.id(),

@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::atomic::JsonlAppender;
 use super::dir::RunDir;
-use super::events::{EventRecord, TrainEvent};
+use super::events::{EvalRecord, EventRecord, MetricsRecord, TrainEvent};
 use super::state::{unix_now_secs, BestState, RunState, RunStatus};
 use crate::build_info::BuildInfo;
 use crate::interop::wick::TensorBoardMirror;
@@ -46,7 +46,22 @@ pub fn spawn_recorder(
     notify: Option<Notify>,
 ) -> Result<JoinHandle<()>> {
     let config = dir.config()?;
-    let state = dir.read_state()?;
+    let state = match dir.read_state() {
+        Ok(state) => state,
+        Err(e) => {
+            // Nothing is thrown away: the unreadable file is kept beside the rebuilt one.
+            let kept = dir.state_path().with_extension(format!("json.damaged-{}", unix_now_secs() as u64));
+            if dir.state_path().exists() {
+                std::fs::rename(dir.state_path(), &kept)
+                    .with_context(|| format!("cannot move the damaged {} aside", dir.state_path().display()))?;
+            }
+            let why = format!("was unreadable ({e:#}; kept as {})", kept.display());
+            let state = rebuild_state(&dir, &why)?;
+            dir.write_state(&state)?;
+            tracing::warn!("{}: state.json {why}; rebuilt from run.toml and the logs", dir.root().display());
+            state
+        }
+    };
     let metrics = JsonlAppender::open(&dir.metrics_path())?;
     let evals = JsonlAppender::open(&dir.evals_path())?;
     let events = JsonlAppender::open(&dir.events_path())?;
@@ -144,30 +159,20 @@ impl Recorder {
         match event {
             TrainEvent::Metrics(m) => {
                 self.metrics.append(m)?;
-                self.state.global_step = m.step;
-                self.state.last_loss = m.loss;
-                self.state.wall_secs = m.wall_secs;
+                apply_metrics(&mut self.state, m);
                 write_state = self.last_state_write.elapsed() >= STATE_WRITE_INTERVAL;
                 tracing::debug!(target: "wick::metrics", "{}", event.message());
             }
             TrainEvent::Eval(e) => {
                 self.evals.append(e)?;
                 self.evals.sync()?;
-                self.state.last_eval_step = Some(e.step);
-                // An evaluation after step s belongs to the stage whose steps end at or after s.
-                if let Some(entry) =
-                    self.state.stages.iter_mut().find(|entry| entry.start_step < e.step && e.step <= entry.end_step)
-                {
-                    entry.first_eval.get_or_insert_with(|| e.into());
-                    entry.last_eval = Some(e.into());
-                }
-                self.state.early_stopping = e.early_stopping.clone();
+                apply_eval(&mut self.state, e);
                 tracing::info!("{}", event.message());
             }
             other => {
                 self.events.append(&EventRecord { unix_secs: unix_now_secs(), event: other.clone() })?;
                 self.events.sync()?;
-                self.apply(other);
+                apply_event(&mut self.state, &self.planned_steps, other);
                 match other {
                     TrainEvent::Failed { .. } => tracing::error!("{}", other.message()),
                     TrainEvent::NanDetected { .. } | TrainEvent::Warning { .. } | TrainEvent::GateAlert { .. } => {
@@ -187,9 +192,29 @@ impl Recorder {
         }
         Ok(())
     }
+}
 
-    fn apply(&mut self, event: &TrainEvent) {
-        let state = &mut self.state;
+/// A metrics line's effect on the state.
+fn apply_metrics(state: &mut RunState, m: &MetricsRecord) {
+    state.global_step = m.step;
+    state.last_loss = m.loss;
+    state.wall_secs = m.wall_secs;
+}
+
+/// An evaluation's effect on the state.
+fn apply_eval(state: &mut RunState, e: &EvalRecord) {
+    state.last_eval_step = Some(e.step);
+    // An evaluation after step s belongs to the stage whose steps end at or after s.
+    if let Some(entry) = state.stages.iter_mut().find(|entry| entry.start_step < e.step && e.step <= entry.end_step) {
+        entry.first_eval.get_or_insert_with(|| e.into());
+        entry.last_eval = Some(e.into());
+    }
+    state.early_stopping = e.early_stopping.clone();
+}
+
+/// Any other event's effect on the state (stages `planned` steps long, as the config plans them).
+fn apply_event(state: &mut RunState, planned: &[u64], event: &TrainEvent) {
+    {
         match event {
             TrainEvent::Started { step, .. } => {
                 state.status = RunStatus::Running;
@@ -203,7 +228,7 @@ impl Recorder {
                 state.stage_index = *index;
                 state.early_stopping = None;
                 state.global_step = *step;
-                self.replan(*index, *step);
+                replan(state, planned, *index, *step);
             }
             TrainEvent::StageFinished { step, .. } => {
                 let index = state.stage_index;
@@ -211,7 +236,7 @@ impl Recorder {
                     entry.end_step = *step;
                     entry.finished = true;
                 }
-                self.replan(index + 1, *step);
+                replan(state, planned, index + 1, *step);
             }
             TrainEvent::CheckpointSaved { checkpoint, .. } => state.last_checkpoint = Some(checkpoint.clone()),
             TrainEvent::Paused { .. } => state.status = RunStatus::Paused,
@@ -247,18 +272,54 @@ impl Recorder {
             | TrainEvent::Warning { .. } => {}
         }
     }
+}
 
-    /// Lays stages `from..` (none of which has finished: stages run in order) out consecutively from
-    /// `start_step` with their planned lengths.
-    fn replan(&mut self, from: usize, start_step: u64) {
-        let mut start = start_step;
-        for (index, entry) in self.state.stages.iter_mut().enumerate().skip(from) {
-            let steps = self.planned_steps.get(index).copied().unwrap_or(0);
-            entry.start_step = start;
-            entry.end_step = start + steps;
-            entry.finished = false;
-            start = entry.end_step;
-        }
-        self.state.total_steps = self.state.stages.last().map_or(0, |e| e.end_step);
+/// Lays stages `from..` (none of which has finished: stages run in order) out consecutively from
+/// `start_step` with their `planned` lengths.
+fn replan(state: &mut RunState, planned: &[u64], from: usize, start_step: u64) {
+    let mut start = start_step;
+    for (index, entry) in state.stages.iter_mut().enumerate().skip(from) {
+        let steps = planned.get(index).copied().unwrap_or(0);
+        entry.start_step = start;
+        entry.end_step = start + steps;
+        entry.finished = false;
+        start = entry.end_step;
     }
+    state.total_steps = state.stages.last().map_or(0, |e| e.end_step);
+}
+
+/// A state.json rebuilt from the run's config and logs, for one that is unreadable (`why`): the events
+/// replayed as the recorder applied them, then the newest metrics line and every evaluation. A run that was
+/// training is `interrupted` (resumable); `message` says the state was rebuilt.
+pub fn rebuild_state(dir: &RunDir, why: &str) -> Result<RunState> {
+    let config = dir.config()?;
+    let planned: Vec<u64> = config.stages.iter().map(|s| s.steps).collect();
+    let created = std::fs::metadata(dir.config_path())
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0.0, |d| d.as_secs_f64());
+    let mut state = RunState {
+        total_steps: config.total_steps(),
+        stages: super::dir::planned_ledger(&config),
+        created_unix_secs: created,
+        ..RunState::default()
+    };
+    for record in dir.read_events()? {
+        apply_event(&mut state, &planned, &record.event);
+    }
+    if let Some(last) = dir.read_metrics_raw()?.last().filter(|m| m.step >= state.global_step) {
+        apply_metrics(&mut state, last);
+    }
+    for eval in super::atomic::read_jsonl::<EvalRecord>(&dir.evals_path())? {
+        apply_eval(&mut state, &eval);
+    }
+    if matches!(state.status, RunStatus::Running | RunStatus::Paused) {
+        state.status = RunStatus::Interrupted;
+    }
+    state.pid = None;
+    state.build = None;
+    state.message = Some(format!("state.json {why}; rebuilt from run.toml and the run's logs"));
+    state.updated_unix_secs = unix_now_secs();
+    Ok(state)
 }

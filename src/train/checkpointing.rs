@@ -11,9 +11,20 @@ use super::ema::Ema;
 use super::optimizer::AdamW;
 use crate::run::checkpoint::{read_manifest, read_verified, verify_checkpoint, CheckpointWriter};
 
+/// The trainer.json format this build writes and reads: a later Wick that changes what a resume needs
+/// raises it, so that an older Wick refuses its checkpoints instead of resuming them inexactly.
+pub const TRAINER_FORMAT: u32 = 1;
+
+fn first_trainer_format() -> u32 {
+    1
+}
+
 /// trainer.json: counters and streams needed to continue exactly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {
+    /// Its format ([`TRAINER_FORMAT`]; files written before the field existed are format 1).
+    #[serde(default = "first_trainer_format")]
+    pub format: u32,
     /// Steps applied (or skipped by the NaN guard) so far on the global axis.
     pub global_step: u64,
     /// Index of the stage the next step belongs to.
@@ -128,8 +139,18 @@ pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<LoadedCheckpoint> 
     let ema = if manifest.files.contains_key("ema.safetensors") { Some(load("ema.safetensors")?) } else { None };
     let optimizer = load("optimizer.safetensors")?;
     let state_bytes = read_verified(dir, &manifest, "trainer.json")?;
+    let path = dir.join("trainer.json");
+    let format = serde_json::from_slice::<serde_json::Value>(&state_bytes)
+        .ok()
+        .and_then(|v| v.get("format").and_then(serde_json::Value::as_u64));
+    if let Some(format) = format.filter(|f| *f > u64::from(TRAINER_FORMAT)) {
+        bail!(
+            "{} was written by a newer Wick (trainer format {format}; this Wick reads up to {TRAINER_FORMAT}) —              resume it with that Wick or a newer one",
+            path.display()
+        );
+    }
     let state = serde_json::from_slice(&state_bytes)
-        .with_context(|| format!("{} is not a valid trainer state", dir.join("trainer.json").display()))?;
+        .with_context(|| format!("{} is not a valid trainer state", path.display()))?;
     Ok(LoadedCheckpoint { weights, ema, optimizer, state })
 }
 

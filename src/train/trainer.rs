@@ -177,6 +177,7 @@ impl<T: Task> Trainer<T> {
             .unwrap_or(MetricMode::Min);
         let has_adapter = params.iter().any(|(n, _)| is_adapter_param(n));
         let state = TrainerState {
+            format: super::checkpointing::TRAINER_FORMAT,
             global_step: 0,
             stage_index: 0,
             stage: config.stages.first().map(|s| s.name.clone()).unwrap_or_default(),

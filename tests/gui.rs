@@ -439,7 +439,7 @@ fn a_run_another_process_trains_is_shown_locked_without_resume_until_that_proces
     std::fs::write(dir.root().join(wick::run::lock::LOCK_FILE), serde_json::to_vec(&holder).unwrap()).unwrap();
 
     let mut harness = harness(runs.path(), &ScriptedDialog::new());
-    step_until(&mut harness, Duration::from_secs(10), |h| h.state().runs.iter().any(|r| r.root == dir.root()));
+    step_until(&mut harness, Duration::from_secs(120), |h| h.state().runs.iter().any(|r| r.root == dir.root()));
     assert_eq!(harness.state().runs[0].locked_by.as_ref().map(|h| h.pid), Some(other.id()));
     harness.get_by_label_contains(&format!("Locked: trained by pid {}", other.id()));
     assert!(harness.query_by_label("Resume run").is_none(), "a locked run cannot be resumed here");
@@ -447,7 +447,7 @@ fn a_run_another_process_trains_is_shown_locked_without_resume_until_that_proces
     // The holder is gone (killed): its lock is stale, and the run can be resumed.
     other.kill().unwrap();
     other.wait().unwrap();
-    step_until(&mut harness, Duration::from_secs(10), |h| h.state().runs.iter().any(|r| r.resumable()));
+    step_until(&mut harness, Duration::from_secs(120), |h| h.state().runs.iter().any(|r| r.resumable()));
     settle(&mut harness);
     harness.get_by_label("Resume run").click();
     settle(&mut harness);
@@ -465,12 +465,12 @@ fn a_run_trained_outside_the_window_is_followed_live() {
     common::train_events(&dir, TrainOptions { stop_at_step: Some(3), ..Default::default() });
     let root = dir.root().to_path_buf();
     let mut harness = harness(runs.path(), &ScriptedDialog::new());
-    step_until(&mut harness, Duration::from_secs(10), |h| h.state().runs.iter().any(|r| r.root == root));
+    step_until(&mut harness, Duration::from_secs(120), |h| h.state().runs.iter().any(|r| r.root == root));
     harness.state_mut().commands.push(wick::app::AppCommand::SelectRun { root: root.clone(), add: false });
     let losses = |h: &Harness<'_, WickApp>| h.state().stores.get(&root).map_or(0, |s| s.series["loss"].len());
-    step_until(&mut harness, Duration::from_secs(10), |h| losses(h) == 3);
+    step_until(&mut harness, Duration::from_secs(120), |h| losses(h) == 3);
     // Another trainer (not the window's) finishes the run; the window follows it without being asked.
     common::train_events(&dir, TrainOptions { resume: true, ..Default::default() });
-    step_until(&mut harness, Duration::from_secs(30), |h| losses(h) == 6);
+    step_until(&mut harness, Duration::from_secs(120), |h| losses(h) == 6);
     assert_eq!(harness.state().stores[&root].state.as_ref().map(|s| s.status), Some(RunStatus::Finished));
 }

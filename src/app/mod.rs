@@ -559,9 +559,9 @@ impl WickApp {
             .filter(|run| run.kind == crate::interop::RunKind::Wick && Some(&run.root) != live.as_ref())
             .filter(|run| !self.loading.contains(&run.root))
             .filter(|run| {
-                self.stores.get(&run.root).and_then(|store| store.state.as_ref()).is_some_and(|state| {
-                    state.updated_unix_secs != run.updated_unix_secs || state.global_step != run.global_step
-                })
+                // Every rewrite of state.json stamps `updated_unix_secs`.
+                let loaded = self.stores.get(&run.root).and_then(|store| store.state.as_ref());
+                loaded.is_some_and(|state| state.updated_unix_secs != run.updated_unix_secs)
             })
             .map(|run| run.root.clone())
             .collect();

@@ -26,9 +26,13 @@
 //!                            IoU, + validation loss; chars: held-out loss, bits/char, exact-match)
 //!          every save_every / eval / stage end: atomic checkpoint with the task's samples (an image grid, or
 //!          text samples), drawn once per step
-//!          commands (pause, resume, stop, save-now) polled at step boundaries
+//!          commands (pause, resume, stop, save-now) polled at step boundaries; a non-finite step skips,
+//!          fails, or rolls back to the newest checkpoint at a lower rate (checkpoints.on_nan)
 //!    ══ unbounded channel (never blocks the trainer) ══▶ run::recorder thread: appends metrics.jsonl,
 //!          evals.jsonl, events.jsonl, rewrites state.json atomically, then forwards every event
+//!          ◀── recorder::RecordProgress: events recorded + the first failed write; a checkpoint is sealed
+//!              only once every event before it is on disk, a failed write stops the trainer
+//!          (every write of a run's files goes through run::disk: errors name the file; tests inject faults)
 //!    ══ unbounded channel + notify (ctx.request_repaint) ══▶ consumers: the CLI's progress bar, or the
 //!          window's app::session, drained ≤ 4 ms per frame into the run's app::store::RunStore
 //! A run on disk loads back through run::RunDir (task.json says its metrics; eval::report) into the same

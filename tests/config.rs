@@ -979,3 +979,28 @@ fn threads_beyond_any_machine_are_refused_with_the_fix() {
         assert_valid(&config);
     }
 }
+
+#[test]
+fn the_nan_policy_is_skip_fail_or_rollback_with_a_factor_in_zero_one_and_at_least_one_rollback() {
+    assert_eq!(valid().checkpoints.on_nan, wick::config::NanPolicy::Skip, "skip unless asked");
+    let (path, message) = parse_error("[checkpoints]\non_nan = \"explode\"\n");
+    assert_eq!(path, "checkpoints.on_nan");
+    assert!(message.contains("rollback"), "{message}");
+    let parsed = RunConfig::from_toml_str(
+        "[checkpoints]\non_nan = \"rollback\"\nrollback_lr_factor = 0.25\nmax_rollbacks = 4\n[[stages]]\nname = \"s\"\n",
+        "r.toml",
+    )
+    .expect("parses");
+    assert_eq!(parsed.checkpoints.on_nan, wick::config::NanPolicy::Rollback);
+    assert_eq!((parsed.checkpoints.rollback_lr_factor, parsed.checkpoints.max_rollbacks), (0.25, 4));
+    for factor in [0.0, -0.5, 1.5, f64::NAN] {
+        let mut config = valid();
+        config.checkpoints.rollback_lr_factor = factor;
+        only_issue(&config, "checkpoints.rollback_lr_factor");
+    }
+    let mut config = valid();
+    config.checkpoints.rollback_lr_factor = 1.0;
+    assert_valid(&config);
+    config.checkpoints.max_rollbacks = 0;
+    only_issue(&config, "checkpoints.max_rollbacks");
+}

@@ -446,11 +446,11 @@ fn a_checkpoint_from_a_newer_wick_is_refused_naming_its_trainer_json() {
     let dir = create_run(runs.path(), &tiny_two_stage(4, 2));
     train_events(&dir, TrainOptions { stop_at_step: Some(3), ..Default::default() });
     let checkpoint = dir.checkpoints().unwrap().last().unwrap().dir.clone();
-    // What a later Wick with trainer format 2 would have sealed (manifest updated to match).
+    // What a later Wick with a trainer format above this one's would have sealed (manifest updated to match).
     let path = checkpoint.join("trainer.json");
     let mut trainer: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    assert_eq!(trainer["format"], 1, "this Wick writes format 1");
-    trainer["format"] = 2.into();
+    assert_eq!(trainer["format"], 1, "a run without rollbacks is written as format 1, which any Wick resumes");
+    trainer["format"] = (wick::train::checkpointing::TRAINER_FORMAT + 1).into();
     let bytes = serde_json::to_vec_pretty(&trainer).unwrap();
     std::fs::write(&path, &bytes).unwrap();
     let manifest_path = checkpoint.join("manifest.json");

@@ -474,3 +474,31 @@ fn a_run_trained_outside_the_window_is_followed_live() {
     step_until(&mut harness, Duration::from_secs(120), |h| losses(h) == 6);
     assert_eq!(harness.state().stores[&root].state.as_ref().map(|s| s.status), Some(RunStatus::Finished));
 }
+
+#[test]
+fn damaged_log_lines_and_a_deleted_run_folder_are_said_above_the_plots() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut config = common::tiny_two_stage(4, 2);
+    config.name = "damaged".into();
+    let dir = common::create_run(runs.path(), &config);
+    common::train_events(&dir, TrainOptions::default());
+    let text = std::fs::read_to_string(dir.metrics_path()).unwrap();
+    let (first, rest) = text.split_once('\n').unwrap();
+    std::fs::write(dir.metrics_path(), format!("{first}\n{{\"step\": 2, \"lo\n{rest}")).unwrap();
+    let root = dir.root().to_path_buf();
+    let mut harness = harness(runs.path(), &ScriptedDialog::new());
+    step_until(&mut harness, Duration::from_secs(120), |h| h.state().runs.iter().any(|r| r.root == root));
+    harness.state_mut().commands.push(wick::app::AppCommand::SelectRun { root: root.clone(), add: false });
+    harness.state_mut().persisted.panel = Panel::Live;
+    let losses = |h: &Harness<'_, WickApp>| h.state().stores.get(&root).map_or(0, |s| s.series["loss"].len());
+    step_until(&mut harness, Duration::from_secs(120), |h| losses(h) == 6);
+    harness.get_by_label_contains("metrics.jsonl: 1 unreadable line skipped (line 2); the other 6 records are shown");
+
+    // The folder goes away while it is shown: said, the plots kept, nothing panics.
+    std::fs::remove_dir_all(&root).unwrap();
+    step_until(&mut harness, Duration::from_secs(120), |h| h.state().stores.get(&root).is_some_and(|s| s.vanished));
+    settle(&mut harness);
+    harness.get_by_label_contains("no longer exists (deleted or moved?)");
+    assert_eq!(losses(&harness), 6);
+    assert!(harness.state().runs.iter().all(|r| r.root != root), "no longer listed");
+}

@@ -303,6 +303,10 @@ impl WickApp {
         while let Ok(result) = self.scanner.results.try_recv() {
             self.runs = result.runs;
             self.follow_runs_written_elsewhere();
+            // A loaded run whose folder is gone (deleted, moved, a disk unmounted) keeps its plots, said so.
+            for (root, store) in &mut self.stores {
+                store.vanished = !root.exists();
+            }
             if let Some((dir, why)) = result.errors.first() {
                 let text = format!("cannot read run {}: {why}", dir.display());
                 if self.status.as_ref().map(|s| &s.text) != Some(&text) {

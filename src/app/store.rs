@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use crate::config::RunConfig;
-use crate::run::events::EvalRecord;
+use crate::run::atomic::read_jsonl_contents;
+use crate::run::dir::newest_per_step;
+use crate::run::events::{EvalRecord, EventRecord, MetricsRecord};
 use crate::run::{LedgerEntry, RunDir, RunState, RunStatus, TrainEvent};
 
 use super::envelope::{extend_blocks, BlockSummary};
@@ -162,6 +164,10 @@ pub struct RunStore {
     pub task: Option<crate::task::TaskDescriptor>,
     /// What wrote the run (an external run's store comes from [`super::external`]).
     pub kind: crate::interop::RunKind,
+    /// One sentence per log file that had unreadable lines (skipped, counted, named), shown above the plots.
+    pub damage_notes: Vec<String>,
+    /// The run's folder was gone at the last scan: what is shown is what was read before.
+    pub vanished: bool,
     last_wall_secs: f64,
 }
 
@@ -186,14 +192,24 @@ impl RunStore {
         } else if let Some(config) = &store.config {
             store.ledger = crate::run::dir::planned_ledger(config);
         }
-        for record in dir.read_metrics()? {
+        let metrics = read_jsonl_contents::<MetricsRecord>(&dir.metrics_path())?;
+        let evals = read_jsonl_contents::<EvalRecord>(&dir.evals_path())?;
+        let events = read_jsonl_contents::<EventRecord>(&dir.events_path())?;
+        store.damage_notes = [
+            metrics.damage_note(&dir.metrics_path()),
+            evals.damage_note(&dir.evals_path()),
+            events.damage_note(&dir.events_path()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for record in newest_per_step(metrics.records) {
             store.apply(&TrainEvent::Metrics(record));
         }
-        let evals: Vec<EvalRecord> = crate::run::atomic::read_jsonl(&dir.evals_path())?;
-        for record in evals {
+        for record in evals.records {
             store.apply(&TrainEvent::Eval(record));
         }
-        for record in dir.read_events()? {
+        for record in events.records {
             if !matches!(record.event, TrainEvent::Metrics(_) | TrainEvent::Eval(_)) {
                 store.apply(&record.event);
             }
@@ -261,7 +277,7 @@ impl RunStore {
                 let kind = match other {
                     TrainEvent::CheckpointSaved { .. } => Some(MarkerKind::Checkpoint),
                     TrainEvent::BestCheckpoint { .. } => Some(MarkerKind::Best),
-                    TrainEvent::NanDetected { .. } => Some(MarkerKind::Nan),
+                    TrainEvent::NanDetected { .. } | TrainEvent::RolledBack { .. } => Some(MarkerKind::Nan),
                     TrainEvent::GateAlert { .. } => Some(MarkerKind::GateAlert),
                     TrainEvent::EarlyStopped { .. } => Some(MarkerKind::EarlyStop),
                     TrainEvent::Stopped { .. } | TrainEvent::Finished { .. } | TrainEvent::Failed { .. } => {

@@ -51,6 +51,9 @@ pub fn toast_for(event: &TrainEvent, run_id: &str) -> Option<(String, bool)> {
     let text = |what: &str, message: &str| format!("{run_id}: {what} — {message}");
     match event {
         TrainEvent::NanDetected { message, step, .. } => Some((text(&format!("NaN at step {step}"), message), false)),
+        TrainEvent::RolledBack { message, step, .. } => {
+            Some((text(&format!("rolled back at step {step}"), message), false))
+        }
         TrainEvent::GateAlert { message, .. } => Some((text("gate alert", message), false)),
         TrainEvent::BestCheckpoint { checkpoint, .. } => {
             Some((format!("{run_id}: new best checkpoint {checkpoint} — {}", event.message()), false))

@@ -212,8 +212,43 @@ pub enum ModelPreset {
 pub struct CheckpointConfig {
     /// Newest checkpoints kept on disk (older ones are pruned; the best one is always kept). ≥ 1.
     pub keep_last: usize,
-    /// A run fails after this many consecutive steps with a non-finite loss or gradient. ≥ 1.
+    /// With `on_nan = "skip"`: a run fails after this many consecutive steps with a non-finite loss or
+    /// gradient. ≥ 1.
     pub max_bad_steps: u32,
+    /// What a step with a non-finite loss or gradient does (its update is never applied).
+    pub on_nan: NanPolicy,
+    /// With `on_nan = "rollback"`: each rollback multiplies the learning rate by this. In (0, 1].
+    pub rollback_lr_factor: f64,
+    /// With `on_nan = "rollback"`: the run fails at the non-finite step after this many rollbacks. ≥ 1.
+    pub max_rollbacks: u32,
+}
+
+/// What the trainer does when a step's loss or gradient is not finite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NanPolicy {
+    /// Skip the update and go on; fail after `max_bad_steps` such steps in a row.
+    #[default]
+    Skip,
+    /// Fail at once (the newest checkpoint stays the run's last word).
+    Fail,
+    /// Return to the newest checkpoint, multiply the learning rate by `rollback_lr_factor`, and go on; fail
+    /// after `max_rollbacks` rollbacks.
+    Rollback,
+}
+
+impl NanPolicy {
+    /// Every policy, in the order the window lists them.
+    pub const ALL: [NanPolicy; 3] = [NanPolicy::Skip, NanPolicy::Fail, NanPolicy::Rollback];
+
+    /// The name a config file uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            NanPolicy::Skip => "skip",
+            NanPolicy::Fail => "fail",
+            NanPolicy::Rollback => "rollback",
+        }
+    }
 }
 
 /// Evaluation settings shared by all stages (each stage sets its own `eval_every`).
@@ -435,7 +470,7 @@ impl Default for ModelConfig {
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
-        Self { keep_last: 3, max_bad_steps: 5 }
+        Self { keep_last: 3, max_bad_steps: 5, on_nan: NanPolicy::Skip, rollback_lr_factor: 0.5, max_rollbacks: 3 }
     }
 }
 

@@ -135,6 +135,22 @@ impl RunConfig {
                  fail the run; 5 is a good start",
             );
         }
+        let factor = self.checkpoints.rollback_lr_factor;
+        if !(factor > 0.0 && factor <= 1.0) {
+            issues.add(
+                "checkpoints.rollback_lr_factor",
+                format!(
+                    "must be in (0, 1], found {factor} — each rollback multiplies the learning rate by it; 0.5 halves it"
+                ),
+            );
+        }
+        if self.checkpoints.max_rollbacks == 0 {
+            issues.add(
+                "checkpoints.max_rollbacks",
+                "must be ≥ 1 — it is how many times a run returns to its newest checkpoint before a non-finite \
+                 step fails it; 3 is a good start",
+            );
+        }
         if shapes && !matches!(self.model.resolution, 32 | 64) {
             issues.add(
                 "model.resolution",

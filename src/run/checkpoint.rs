@@ -2,8 +2,6 @@
 //! file, written last) and renamed to `step-N/`; verified before use; pruned by `keep_last`.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -11,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::atomic::sync_dir;
+use super::disk::{write_error, write_synced};
 
 /// Name of the file that seals a checkpoint.
 pub const MANIFEST: &str = "manifest.json";
@@ -57,6 +56,8 @@ pub struct CheckpointWriter {
     tmp_dir: PathBuf,
     final_dir: PathBuf,
     files: BTreeMap<String, FileEntry>,
+    /// Renamed into place; until then, dropping the writer removes its temporary folder.
+    sealed: bool,
 }
 
 impl CheckpointWriter {
@@ -68,30 +69,29 @@ impl CheckpointWriter {
         if tmp_dir.exists() {
             std::fs::remove_dir_all(&tmp_dir).with_context(|| format!("cannot remove stale {}", tmp_dir.display()))?;
         }
-        std::fs::create_dir_all(&tmp_dir).with_context(|| format!("cannot create {}", tmp_dir.display()))?;
-        Ok(Self { step, tmp_dir, final_dir, files: BTreeMap::new() })
+        // Never `create_dir_all`: a run folder deleted while it trains must fail the save (and be said),
+        // not be quietly recreated holding one checkpoint.
+        if !checkpoints_dir.is_dir() {
+            std::fs::create_dir(checkpoints_dir).map_err(|e| write_error(e, checkpoints_dir, "creating"))?;
+        }
+        std::fs::create_dir(&tmp_dir).map_err(|e| write_error(e, &tmp_dir, "creating"))?;
+        Ok(Self { step, tmp_dir, final_dir, files: BTreeMap::new(), sealed: false })
     }
 
     /// Writes one file of the checkpoint and records its size and hash.
     pub fn write_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
-        let path = self.tmp_dir.join(name);
-        let mut file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        file.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))?;
-        file.sync_all().with_context(|| format!("cannot flush {}", path.display()))?;
+        write_synced(&self.tmp_dir.join(name), bytes)?;
         self.files.insert(name.to_string(), FileEntry { bytes: bytes.len() as u64, sha256: sha256_hex(bytes) });
         Ok(())
     }
 
     /// Seals the checkpoint: writes manifest.json last, then renames the directory into place.
     /// Returns the final directory and the total size of its files.
-    pub fn finish(self) -> Result<(PathBuf, u64)> {
-        let manifest = Manifest { format: 1, step: self.step, files: self.files };
+    pub fn finish(mut self) -> Result<(PathBuf, u64)> {
+        let manifest = Manifest { format: 1, step: self.step, files: std::mem::take(&mut self.files) };
         let bytes: u64 = manifest.files.values().map(|f| f.bytes).sum();
-        let path = self.tmp_dir.join(MANIFEST);
         let text = serde_json::to_vec_pretty(&manifest)?;
-        let mut file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        file.write_all(&text)?;
-        file.sync_all()?;
+        write_synced(&self.tmp_dir.join(MANIFEST), &text)?;
         sync_dir(&self.tmp_dir);
         if self.final_dir.exists() {
             // Same step saved again (e.g. stop right after a scheduled save): move the old one aside first so
@@ -110,7 +110,20 @@ impl CheckpointWriter {
         if let Some(parent) = self.final_dir.parent() {
             sync_dir(parent);
         }
-        Ok((self.final_dir, bytes))
+        self.sealed = true;
+        Ok((self.final_dir.clone(), bytes))
+    }
+}
+
+impl Drop for CheckpointWriter {
+    /// A checkpoint that failed half-way (a full disk) is removed: its files only take the space the disk
+    /// lacks, and no `step-N.tmp/` is left to puzzle over. The newest sealed checkpoint is untouched.
+    fn drop(&mut self) {
+        if !self.sealed && self.tmp_dir.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&self.tmp_dir) {
+                tracing::warn!("cannot remove the unfinished {}: {e}", self.tmp_dir.display());
+            }
+        }
     }
 }
 

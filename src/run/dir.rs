@@ -198,11 +198,7 @@ impl RunDir {
 
     /// Every metrics record; where a step was logged more than once (a resume re-ran it), the newest wins.
     pub fn read_metrics(&self) -> Result<Vec<MetricsRecord>> {
-        let mut by_step = std::collections::BTreeMap::new();
-        for record in read_jsonl::<MetricsRecord>(&self.metrics_path())? {
-            by_step.insert(record.step, record);
-        }
-        Ok(by_step.into_values().collect())
+        Ok(newest_per_step(read_jsonl::<MetricsRecord>(&self.metrics_path())?))
     }
 
     /// Every metrics record in file order, repeats included.
@@ -219,6 +215,16 @@ impl RunDir {
     pub fn checkpoints(&self) -> Result<Vec<CheckpointEntry>> {
         list_checkpoints(&self.checkpoints_dir())
     }
+}
+
+/// Metrics records with one per step: where a step was logged more than once (a resume or a rollback re-ran
+/// it), the one later in the file wins.
+pub fn newest_per_step(records: Vec<MetricsRecord>) -> Vec<MetricsRecord> {
+    let mut by_step = std::collections::BTreeMap::new();
+    for record in records {
+        by_step.insert(record.step, record);
+    }
+    by_step.into_values().collect()
 }
 
 /// The stage ledger as planned by the config, before any stage ran.

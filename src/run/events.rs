@@ -228,6 +228,28 @@ pub enum TrainEvent {
         /// What was non-finite.
         message: String,
     },
+    /// A non-finite step sent the run back to its newest checkpoint, at a lower learning rate
+    /// (`on_nan = "rollback"`).
+    RolledBack {
+        /// Global step of the non-finite step.
+        step: u64,
+        /// Global step training continues from: the checkpoint's.
+        to_step: u64,
+        /// The checkpoint returned to.
+        checkpoint: String,
+        /// Index of the stage training continues in.
+        stage_index: usize,
+        /// Name of that stage.
+        stage: String,
+        /// Global step at which that stage started.
+        stage_start_step: u64,
+        /// The learning-rate multiplier from now on (the product of every rollback's factor).
+        lr_scale: f64,
+        /// Rollbacks in this run so far, this one included.
+        rollbacks: u32,
+        /// Human-readable summary.
+        message: String,
+    },
     /// A recoverable problem worth a user's attention (e.g. a box normalised).
     Warning {
         /// Global step.
@@ -288,6 +310,7 @@ impl TrainEvent {
             | Self::CheckpointSaved { step, .. }
             | Self::CheckpointPruned { step, .. }
             | Self::NanDetected { step, .. }
+            | Self::RolledBack { step, .. }
             | Self::Warning { step, .. }
             | Self::Paused { step, .. }
             | Self::Resumed { step, .. }
@@ -335,6 +358,7 @@ impl TrainEvent {
             | Self::CheckpointSaved { message, .. }
             | Self::CheckpointPruned { message, .. }
             | Self::NanDetected { message, .. }
+            | Self::RolledBack { message, .. }
             | Self::Warning { message, .. }
             | Self::Paused { message, .. }
             | Self::Resumed { message, .. }

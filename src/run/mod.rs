@@ -14,6 +14,7 @@ pub mod atomic;
 pub mod checkpoint;
 pub mod data;
 pub mod dir;
+pub mod disk;
 pub mod events;
 pub mod lock;
 pub mod recorder;

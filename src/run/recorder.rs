@@ -19,6 +19,68 @@ use crate::interop::wick::TensorBoardMirror;
 /// Called after each forwarded event (the GUI passes `ctx.request_repaint`).
 pub type Notify = Arc<dyn Fn() + Send + Sync>;
 
+/// How far the recorder got, shared with the trainer. The trainer seals a checkpoint only once every event
+/// it sent before is on disk ([`RecordProgress::wait_for`]): a checkpoint is never ahead of the run's logs,
+/// so a resume from it re-creates every line a full disk kept from being written. A failed write is kept
+/// here too, and stops the trainer at its next step.
+#[derive(Default)]
+pub struct RecordProgress {
+    inner: std::sync::Mutex<Progress>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct Progress {
+    recorded: u64,
+    failure: Option<String>,
+    ended: bool,
+}
+
+impl RecordProgress {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The recorder handled one more event; `failure` when writing it failed (the first one is kept).
+    fn recorded(&self, failure: Option<String>) {
+        let mut progress = self.lock();
+        progress.recorded += 1;
+        if progress.failure.is_none() {
+            progress.failure = failure;
+        }
+        self.changed.notify_all();
+    }
+
+    /// The recorder's thread is ending.
+    fn end(&self) {
+        self.lock().ended = true;
+        self.changed.notify_all();
+    }
+
+    /// The first write that failed, said with its file.
+    pub fn failure(&self) -> Option<String> {
+        self.lock().failure.clone()
+    }
+
+    /// Blocks until the first `count` events are recorded; `Err` with the failure when a write failed, or
+    /// when the recorder is gone.
+    pub fn wait_for(&self, count: u64) -> std::result::Result<(), String> {
+        let mut progress = self.lock();
+        loop {
+            if let Some(failure) = &progress.failure {
+                return Err(failure.clone());
+            }
+            if progress.recorded >= count {
+                return Ok(());
+            }
+            if progress.ended {
+                return Err("the recorder ended before recording every event".to_string());
+            }
+            progress = self.changed.wait(progress).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+}
+
 /// Least time between two state.json rewrites caused by metrics alone.
 const STATE_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -43,6 +105,7 @@ pub fn spawn_recorder(
     dir: RunDir,
     input: Receiver<TrainEvent>,
     output: Sender<TrainEvent>,
+    progress: Arc<RecordProgress>,
     notify: Option<Notify>,
 ) -> Result<JoinHandle<()>> {
     let config = dir.config()?;
@@ -84,9 +147,12 @@ pub fn spawn_recorder(
             let mut ended = false;
             for event in input.iter() {
                 ended |= event.is_terminal();
-                if let Err(e) = recorder.record(&event) {
+                let failure = recorder.record(&event).err().map(|e| {
                     tracing::error!("cannot record {:?} in {}: {e:#}", event.message(), recorder.dir.root().display());
-                }
+                    format!("{e:#}")
+                });
+                // The trainer stops at its next step (the first failure is the one it reports).
+                progress.recorded(failure);
                 // The watcher may be gone (CLI exited, window closed): recording goes on regardless.
                 let _ = output.send(event);
                 if let Some(notify) = &notify {
@@ -108,6 +174,7 @@ pub fn spawn_recorder(
                     notify();
                 }
             }
+            progress.end();
         })
         .context("cannot start the recorder thread")
 }
@@ -175,7 +242,10 @@ impl Recorder {
                 apply_event(&mut self.state, &self.planned_steps, other);
                 match other {
                     TrainEvent::Failed { .. } => tracing::error!("{}", other.message()),
-                    TrainEvent::NanDetected { .. } | TrainEvent::Warning { .. } | TrainEvent::GateAlert { .. } => {
+                    TrainEvent::NanDetected { .. }
+                    | TrainEvent::RolledBack { .. }
+                    | TrainEvent::Warning { .. }
+                    | TrainEvent::GateAlert { .. } => {
                         tracing::warn!("{}", other.message())
                     }
                     _ => tracing::info!("{}", other.message()),
@@ -237,6 +307,13 @@ fn apply_event(state: &mut RunState, planned: &[u64], event: &TrainEvent) {
                     entry.finished = true;
                 }
                 replan(state, planned, index + 1, *step);
+            }
+            TrainEvent::RolledBack { to_step, stage_index, stage, stage_start_step, .. } => {
+                state.global_step = *to_step;
+                state.stage = stage.clone();
+                state.stage_index = *stage_index;
+                // The stage returned to (and every later one) runs again, as planned from its start.
+                replan(state, planned, *stage_index, *stage_start_step);
             }
             TrainEvent::CheckpointSaved { checkpoint, .. } => state.last_checkpoint = Some(checkpoint.clone()),
             TrainEvent::Paused { .. } => state.status = RunStatus::Paused,

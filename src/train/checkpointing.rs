@@ -13,10 +13,29 @@ use crate::run::checkpoint::{read_manifest, read_verified, verify_checkpoint, Ch
 
 /// The trainer.json format this build writes and reads: a later Wick that changes what a resume needs
 /// raises it, so that an older Wick refuses its checkpoints instead of resuming them inexactly.
-pub const TRAINER_FORMAT: u32 = 1;
+/// Format 2 added the rollback learning-rate scale: a state with a scale other than 1 is written as format 2
+/// (an older Wick would resume it at the full rate), any other as format 1.
+pub const TRAINER_FORMAT: u32 = 2;
 
 fn first_trainer_format() -> u32 {
     1
+}
+
+fn unit_scale() -> f64 {
+    1.0
+}
+
+/// One return to an earlier checkpoint after a non-finite step (`on_nan = "rollback"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollback {
+    /// Global step of the non-finite step.
+    pub at_step: u64,
+    /// Global step of the checkpoint returned to.
+    pub to_step: u64,
+    /// What was non-finite.
+    pub what: String,
+    /// The learning-rate multiplier after it.
+    pub lr_scale: f64,
 }
 
 /// trainer.json: counters and streams needed to continue exactly.
@@ -63,6 +82,24 @@ pub struct TrainerState {
     /// Gate alert state.
     #[serde(default)]
     pub gate_monitor: Option<crate::eval::GateMonitor>,
+    /// Every stage's learning rate is multiplied by this: 1 until a rollback lowered it.
+    #[serde(default = "unit_scale")]
+    pub lr_scale: f64,
+    /// The rollbacks so far, oldest first.
+    #[serde(default)]
+    pub rollbacks: Vec<Rollback>,
+}
+
+impl TrainerState {
+    /// The oldest trainer.json format that resumes this state exactly (what [`TrainerState::format`] is set
+    /// to when saving), so checkpoints an older Wick can resume stay readable by it.
+    pub fn needed_format(&self) -> u32 {
+        if self.lr_scale != 1.0 {
+            2
+        } else {
+            1
+        }
+    }
 }
 
 /// Names and variables of every parameter, sorted by name.
@@ -104,7 +141,8 @@ pub fn save_checkpoint(
     }
     let opt = optimizer.state_tensors()?;
     writer.write_file("optimizer.safetensors", &safetensors_bytes(&opt)?)?;
-    writer.write_file("trainer.json", &serde_json::to_vec_pretty(state)?)?;
+    let state = TrainerState { format: state.needed_format(), ..state.clone() };
+    writer.write_file("trainer.json", &serde_json::to_vec_pretty(&state)?)?;
     for (name, bytes) in extra_files {
         writer.write_file(name, bytes)?;
     }
@@ -145,7 +183,8 @@ pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<LoadedCheckpoint> 
         .and_then(|v| v.get("format").and_then(serde_json::Value::as_u64));
     if let Some(format) = format.filter(|f| *f > u64::from(TRAINER_FORMAT)) {
         bail!(
-            "{} was written by a newer Wick (trainer format {format}; this Wick reads up to {TRAINER_FORMAT}) —              resume it with that Wick or a newer one",
+            "{} was written by a newer Wick (trainer format {format}; this Wick reads up to {TRAINER_FORMAT}) — \
+             resume it with that Wick or a newer one",
             path.display()
         );
     }

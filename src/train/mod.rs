@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use anyhow::{Context, Result};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
-use crate::run::recorder::{spawn_recorder, Notify};
+use crate::run::recorder::{spawn_recorder, Notify, RecordProgress};
 use crate::run::{RunDir, TrainEvent};
 
 pub use step::shard_ranges;
@@ -89,11 +89,15 @@ pub fn start_task<T: Task>(
     let (event_tx, event_rx) = unbounded();
     let (out_tx, out_rx) = unbounded();
     let (command_tx, command_rx) = unbounded();
-    let recorder = spawn_recorder(run_dir.clone(), event_rx, out_tx, options.notify.clone())?;
+    // The recorder's first failed write (a full disk, a deleted folder) stops the trainer: a run whose
+    // logs cannot be written is not trained on blind.
+    let recorded = std::sync::Arc::new(RecordProgress::default());
+    let recorder = spawn_recorder(run_dir.clone(), event_rx, out_tx, recorded.clone(), options.notify.clone())?;
     let dir = run_dir.clone();
+    let channels = trainer::TrainerChannels { events: event_tx, commands: command_rx, recorded };
     let trainer = std::thread::Builder::new()
         .name(format!("trainer-{}", run_dir.id()))
-        .spawn(move || trainer::run_guarded(config, dir, options, Box::new(open), event_tx, command_rx))
+        .spawn(move || trainer::run_guarded(config, dir, options, Box::new(open), channels))
         .context("cannot start the trainer thread")?;
     Ok(TrainerHandle {
         events: out_rx,

@@ -21,11 +21,12 @@ use super::optimizer::AdamW;
 use super::policy;
 use super::step::{apply_step, GradAccumulator, StepOutcome, UpdateSettings, Updated};
 use super::{TrainCommand, TrainOptions};
-use crate::config::{is_adapter_param, MetricMode, RunConfig, StageConfig};
+use crate::config::{is_adapter_param, MetricMode, NanPolicy, RunConfig, StageConfig};
 use crate::data::Prefetcher;
 use crate::eval::{BestTracker, EarlyStopDecision, EarlyStopping, GateMonitor};
 use crate::run::checkpoint::{checkpoint_name, newest_intact_checkpoint};
 use crate::run::events::EvalRecord;
+use crate::run::recorder::RecordProgress;
 use crate::run::state::EarlyStopState;
 use crate::run::{MetricsRecord, RunDir, TrainEvent};
 use crate::task::{BatchSource, EvalContext, Samples, Task, TaskContext, TaskDescriptor};
@@ -64,25 +65,32 @@ pub fn select_device(choice: &str) -> Result<Device> {
 /// and errors like the rest of the run).
 pub type TaskOpener<T> = Box<dyn FnOnce(&TaskContext) -> Result<T> + Send>;
 
+/// What the trainer talks through: events out, commands in, and the recorder's write failures in.
+pub(super) struct TrainerChannels {
+    pub events: Sender<TrainEvent>,
+    pub commands: Receiver<TrainCommand>,
+    /// How far the recorder got, and its first failed write.
+    pub recorded: Arc<RecordProgress>,
+}
+
 /// Runs the trainer, turning any error or panic into a `failed` event with its reason.
 pub(super) fn run_guarded<T: Task>(
     config: RunConfig,
     dir: RunDir,
     options: TrainOptions,
     open: TaskOpener<T>,
-    events: Sender<TrainEvent>,
-    commands: Receiver<TrainCommand>,
+    channels: TrainerChannels,
 ) {
+    let events = channels.events.clone();
     let log_path = dir.log_path();
     crate::logging::bind_thread_to_run_log(&log_path);
     let step = Arc::new(AtomicU64::new(0));
     let threads = config.threads;
     let outcome = {
-        let events = events.clone();
         let step = step.clone();
         std::panic::catch_unwind(AssertUnwindSafe(move || -> Result<()> {
             let body = move || -> Result<()> {
-                let mut trainer = Trainer::new(config, dir, options, open, events, commands, step)?;
+                let mut trainer = Trainer::new(config, dir, options, open, channels, step)?;
                 trainer.run()
             };
             if threads > 0 {
@@ -122,7 +130,10 @@ pub(super) fn run_guarded<T: Task>(
 
 /// Why the stage loop ended before finishing.
 enum Interrupt {
+    /// Stop with a checkpoint (a command, `stop_at_step`).
     Stop(String),
+    /// Return to the newest checkpoint: the step `at_step` was non-finite (`what`), `on_nan = "rollback"`.
+    RollBack { at_step: u64, what: String },
 }
 
 struct Trainer<T: Task> {
@@ -131,6 +142,9 @@ struct Trainer<T: Task> {
     options: TrainOptions,
     events: Sender<TrainEvent>,
     commands: Receiver<TrainCommand>,
+    recorded: Arc<RecordProgress>,
+    /// Events sent to the recorder so far.
+    emitted: std::cell::Cell<u64>,
     progress: Arc<AtomicU64>,
     device: Device,
     task: T,
@@ -145,6 +159,8 @@ struct Trainer<T: Task> {
     last_log: (Instant, u64),
     /// Samples an evaluation drew at this step, for the checkpoint saved at the same step.
     pending_samples: Option<(u64, Option<Samples>)>,
+    /// Steps still to be poisoned by the NaN fault injection (each entry fires once).
+    nan_injections_left: Vec<u64>,
 }
 
 impl<T: Task> Trainer<T> {
@@ -153,10 +169,11 @@ impl<T: Task> Trainer<T> {
         dir: RunDir,
         options: TrainOptions,
         open: TaskOpener<T>,
-        events: Sender<TrainEvent>,
-        commands: Receiver<TrainCommand>,
+        channels: TrainerChannels,
         progress: Arc<AtomicU64>,
     ) -> Result<Self> {
+        let TrainerChannels { events, commands, recorded } = channels;
+        let nan_injections_left = options.inject_nan_at_steps.clone();
         let device = select_device(&config.device)?;
         if config.precision == crate::config::Precision::Bf16 && device.is_cpu() {
             bail!(
@@ -196,6 +213,8 @@ impl<T: Task> Trainer<T> {
             best: Some(BestTracker::new(config.eval.best_metric.clone(), best_mode)),
             early_stopping: None,
             gate_monitor: has_adapter.then(|| GateMonitor::new(config.eval.gates.clone())),
+            lr_scale: 1.0,
+            rollbacks: Vec::new(),
         };
         Ok(Self {
             config,
@@ -203,6 +222,8 @@ impl<T: Task> Trainer<T> {
             options,
             events,
             commands,
+            recorded,
+            emitted: std::cell::Cell::new(0),
             progress,
             device,
             task,
@@ -216,12 +237,14 @@ impl<T: Task> Trainer<T> {
             last_saved_step: None,
             last_log: (Instant::now(), 0),
             pending_samples: None,
+            nan_injections_left,
         })
     }
 
     fn emit(&self, event: TrainEvent) {
         // The recorder only goes away when the process is ending; nothing useful can be done then.
         let _ = self.events.send(event);
+        self.emitted.set(self.emitted.get() + 1);
     }
 
     fn wall_secs(&self) -> f64 {
@@ -255,10 +278,14 @@ impl<T: Task> Trainer<T> {
             },
         });
         while self.state.stage_index < self.config.stages.len() {
-            if let Some(Interrupt::Stop(reason)) = self.run_stage()? {
-                self.save()?;
-                self.emit(TrainEvent::Stopped { step: self.state.global_step, message: reason });
-                return Ok(());
+            match self.run_stage()? {
+                Some(Interrupt::Stop(reason)) => {
+                    self.save()?;
+                    self.emit(TrainEvent::Stopped { step: self.state.global_step, message: reason });
+                    return Ok(());
+                }
+                Some(Interrupt::RollBack { at_step, what }) => self.roll_back(at_step, &what)?,
+                None => {}
             }
         }
         self.save()?;
@@ -296,6 +323,74 @@ impl<T: Task> Trainer<T> {
         Ok(Some(entry.name))
     }
 
+    /// Returns to the newest intact checkpoint after the non-finite step `at_step`, with the learning rate
+    /// multiplied by `rollback_lr_factor`; fails once `max_rollbacks` rollbacks did not cure it. The wall
+    /// clock and the rollback history survive the return; everything else is the checkpoint's.
+    fn roll_back(&mut self, at_step: u64, what: &str) -> Result<()> {
+        let policy = self.config.checkpoints.clone();
+        let history = self.state.rollbacks.clone();
+        let describe = |history: &[super::checkpointing::Rollback]| -> String {
+            history
+                .iter()
+                .map(|r| format!("step {} → {} at lr × {}", r.at_step, r.to_step, r.lr_scale))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if history.len() as u32 >= policy.max_rollbacks {
+            bail!(
+                "step {at_step}: {what}, after {} rollbacks ({}) — the run keeps producing non-finite values, so \
+                 it stopped (checkpoints.max_rollbacks = {}); lower the learning rate or check the data",
+                history.len(),
+                describe(&history),
+                policy.max_rollbacks
+            );
+        }
+        if newest_intact_checkpoint(&self.dir.checkpoints_dir())?.is_none() {
+            bail!(
+                "step {at_step}: {what}; on_nan = \"rollback\" has no checkpoint to return to (none was saved yet) \
+                 — save earlier (save_every) or use on_nan = \"skip\""
+            );
+        }
+        let lr_scale = self.state.lr_scale * policy.rollback_lr_factor;
+        let wall_secs = self.wall_secs();
+        let checkpoint = self.restore()?.context("the checkpoint to roll back to went away")?;
+        self.wall_at_session_start = wall_secs;
+        self.state.wall_secs = wall_secs;
+        self.state.lr_scale = lr_scale;
+        self.state.rollbacks = history;
+        self.state.rollbacks.push(super::checkpointing::Rollback {
+            at_step,
+            to_step: self.state.global_step,
+            what: what.to_string(),
+            lr_scale,
+        });
+        self.state.consecutive_bad_steps = 0;
+        self.pending_samples = None;
+        self.progress.store(self.state.global_step, Ordering::Relaxed);
+        let count = self.state.rollbacks.len() as u32;
+        self.emit(TrainEvent::RolledBack {
+            step: at_step,
+            to_step: self.state.global_step,
+            checkpoint: checkpoint.clone(),
+            stage_index: self.state.stage_index,
+            stage: self.state.stage.clone(),
+            stage_start_step: self.state.stage_start_step,
+            lr_scale,
+            rollbacks: count,
+            message: format!(
+                "step {at_step}: {what}; rolled back to {checkpoint} (step {}) with the learning rate × {lr_scale} \
+                 (rollback {count} of {} allowed)",
+                self.state.global_step, policy.max_rollbacks
+            ),
+        });
+        Ok(())
+    }
+
+    /// The learning rate of the current step of `stage`, after any rollback's scale.
+    fn lr(&self, stage: &StageConfig) -> f64 {
+        stage.lr_at(self.state.step_in_stage) * self.state.lr_scale
+    }
+
     fn trainable_names(&self, stage: &StageConfig) -> HashSet<String> {
         self.params.iter().filter(|(n, _)| stage.trainable.matches(n)).map(|(n, _)| n.clone()).collect()
     }
@@ -326,8 +421,8 @@ impl<T: Task> Trainer<T> {
             if let Some(interrupt) = self.poll_commands()? {
                 return Ok(Some(interrupt));
             }
+            let lr = self.lr(&stage);
             let outcome = self.train_step(&model, &stage, &trainable_vars, &mut prefetcher)?;
-            let lr = stage.lr_at(self.state.step_in_stage);
             self.state.global_step += 1;
             self.state.step_in_stage += 1;
             self.state.data_cursor += (stage.batch_size * stage.grad_accum) as u64;
@@ -344,15 +439,34 @@ impl<T: Task> Trainer<T> {
                     self.state.consecutive_bad_steps += 1;
                     let consecutive = self.state.consecutive_bad_steps;
                     let limit = self.config.checkpoints.max_bad_steps;
+                    let policy = self.config.checkpoints.on_nan;
+                    let step = self.state.global_step;
+                    let consequence = match policy {
+                        NanPolicy::Skip => {
+                            format!("the update was skipped ({consecutive} of {limit} allowed in a row)")
+                        }
+                        NanPolicy::Fail => "the update was not applied and the run stops (on_nan = \"fail\")".into(),
+                        NanPolicy::Rollback => {
+                            "the update was not applied; rolling back (on_nan = \"rollback\")".into()
+                        }
+                    };
                     self.emit(TrainEvent::NanDetected {
-                        step: self.state.global_step,
+                        step,
                         stage: stage.name.clone(),
                         consecutive,
-                        message: format!(
-                            "step {}: {what}; the update was skipped ({consecutive} of {limit} allowed in a row)",
-                            self.state.global_step
-                        ),
+                        message: format!("step {step}: {what}; {consequence}"),
                     });
+                    match policy {
+                        NanPolicy::Skip => {}
+                        NanPolicy::Fail => bail!(
+                            "step {step}: {what} — on_nan = \"fail\" stopped the run; nothing non-finite was saved, \
+                             so it can be resumed from its newest checkpoint"
+                        ),
+                        NanPolicy::Rollback => {
+                            drop(prefetcher);
+                            return Ok(Some(Interrupt::RollBack { at_step: step, what }));
+                        }
+                    }
                     if consecutive >= limit {
                         bail!(
                             "{consecutive} consecutive steps had a non-finite loss or gradient (last at step {}: {what}); \
@@ -499,6 +613,9 @@ impl<T: Task> Trainer<T> {
     fn poll_commands(&mut self) -> Result<Option<Interrupt>> {
         let mut paused = false;
         loop {
+            if let Some(failure) = self.recorded.failure() {
+                bail!("the run's files can no longer be written, so training stopped: {failure}");
+            }
             let command = if paused {
                 match self.commands.recv_timeout(Duration::from_millis(200)) {
                     Ok(c) => c,
@@ -557,14 +674,16 @@ impl<T: Task> Trainer<T> {
                 self.emit(TrainEvent::Warning { step: step_number, message: warning });
             }
             let mut shards = self.task.loss_shards(model, &batch, stage, &mut rng)?;
-            if micro == 0 && self.options.inject_nan_at_steps.contains(&step_number) && !shards.is_empty() {
+            let injected = self.nan_injections_left.iter().position(|s| *s == step_number);
+            if let (0, Some(index), false) = (micro, injected, shards.is_empty()) {
+                self.nan_injections_left.remove(index);
                 let first = shards.remove(0);
                 shards.insert(0, first.poisoned()); // fault injection for tests
             }
             accumulated.add(micro, shards, stage.grad_accum, trainable)?;
         }
         let settings = UpdateSettings {
-            lr: stage.lr_at(self.state.step_in_stage),
+            lr: self.lr(stage),
             weight_decay: stage.weight_decay,
             grad_clip: stage.grad_clip,
             ema_decay: stage.ema_decay,
@@ -647,6 +766,14 @@ impl<T: Task> Trainer<T> {
         if self.last_saved_step == Some(self.state.global_step) {
             return Ok(());
         }
+        // Every event sent so far is on disk before the checkpoint is: a checkpoint never gets ahead of the
+        // logs, so a resume from it re-creates whatever a full disk kept from being written.
+        self.recorded.wait_for(self.emitted.get()).map_err(|failure| {
+            anyhow::anyhow!(
+                "the run's files can no longer be written, so training stopped before saving step {}: {failure}",
+                self.state.global_step
+            )
+        })?;
         self.state.wall_secs = self.wall_secs();
         let files = match &samples {
             Some(samples) => samples.files()?,

@@ -171,6 +171,16 @@ pub fn live_ui(ui: &mut Ui, app: &mut WickApp, commands: &mut Vec<AppCommand>) {
         return;
     }
     let stores: Vec<&RunStore> = runs.iter().filter_map(|r| app.stores.get(r)).collect();
+    for store in stores.iter().filter(|s| s.vanished) {
+        let text = format!(
+            "{} no longer exists (deleted or moved?): the plots show what was read before it went",
+            store.root.display()
+        );
+        ui.colored_label(ui.visuals().error_fg_color, text);
+    }
+    for note in stores.iter().flat_map(|s| &s.damage_notes) {
+        ui.colored_label(ui.visuals().warn_fg_color, format!("Damaged log: {note}"));
+    }
     let specs = plot_specs(&stores, &settings);
 
     // Prepare every envelope (mutable phase), then draw from the cache (shared phase).

@@ -11,8 +11,8 @@ use crate::app::data_check::DataCheckState;
 use crate::app::setup::{SetupState, StageOp};
 use crate::app::AppCommand;
 use crate::config::{
-    BoxUnits, ConfigIssue, DatasetKind, EarlyStoppingConfig, MetricMode, ModelPreset, ObjectLossMode, Precision,
-    ResizeMode, ScheduleKind, ShapesVariant, StageConfig, Trainable, TrainableGroup, METRICS, PRESETS,
+    BoxUnits, ConfigIssue, DatasetKind, EarlyStoppingConfig, MetricMode, ModelPreset, NanPolicy, ObjectLossMode,
+    Precision, ResizeMode, ScheduleKind, ShapesVariant, StageConfig, Trainable, TrainableGroup, METRICS, PRESETS,
 };
 use crate::data::DataReport;
 
@@ -207,9 +207,32 @@ pub fn setup_ui(ui: &mut Ui, setup: &mut SetupState, training: bool, commands: &
                 fields.row(ui, "Keep last", "checkpoints.keep_last", |ui| {
                     ui.add(DragValue::new(&mut config.checkpoints.keep_last))
                 });
-                fields.row(ui, "Max bad steps", "checkpoints.max_bad_steps", |ui| {
-                    ui.add(DragValue::new(&mut config.checkpoints.max_bad_steps))
+                fields.row(ui, "On NaN", "checkpoints.on_nan", |ui| {
+                    let choices: Vec<(NanPolicy, &str)> = NanPolicy::ALL.iter().map(|p| (*p, p.name())).collect();
+                    combo_ui(ui, "on_nan", &mut config.checkpoints.on_nan, &choices).on_hover_text(
+                        "what a step with a non-finite loss or gradient does: skip its update (fail after \
+                         Max bad steps in a row), fail the run, or roll back to the newest checkpoint at a \
+                         lower learning rate",
+                    )
                 });
+                match config.checkpoints.on_nan {
+                    NanPolicy::Skip => {
+                        fields.row(ui, "Max bad steps", "checkpoints.max_bad_steps", |ui| {
+                            ui.add(DragValue::new(&mut config.checkpoints.max_bad_steps))
+                        });
+                    }
+                    NanPolicy::Rollback => {
+                        fields.row(ui, "Rollback lr factor", "checkpoints.rollback_lr_factor", |ui| {
+                            ui.add(
+                                DragValue::new(&mut config.checkpoints.rollback_lr_factor).speed(0.01).max_decimals(3),
+                            )
+                        });
+                        fields.row(ui, "Max rollbacks", "checkpoints.max_rollbacks", |ui| {
+                            ui.add(DragValue::new(&mut config.checkpoints.max_rollbacks))
+                        });
+                    }
+                    NanPolicy::Fail => {}
+                }
                 fields.row(ui, "Best metric", "eval.best_metric", |ui| {
                     metric_ui(ui, "best_metric", &mut config.eval.best_metric, &metric_names)
                 });

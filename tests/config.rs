@@ -607,6 +607,26 @@ fn syntax_error_gives_line_and_column() {
 }
 
 #[test]
+fn a_syntax_error_in_a_very_long_line_shows_the_part_around_it() {
+    // Found by tests/fuzz.rs: the caret was padded with a format width, which panics past 65,535 columns.
+    let text = format!("name = \"ok\"\n{} seed\n", "a".repeat(100_000));
+    let (path, message) = parse_error(&text);
+    assert_eq!(path, "(syntax)");
+    assert!(message.starts_with("line 2, column "), "{message}");
+    assert!(message.len() < 1000, "the whole line is shown: {} bytes", message.len());
+    let lines: Vec<&str> = message.lines().collect();
+    let excerpt = lines[1].split(" | ").nth(1).unwrap();
+    let caret = lines[2].split(" | ").nth(1).unwrap();
+    assert!(excerpt.starts_with('…'), "{excerpt}");
+    assert_eq!(caret.trim_start(), "^");
+    let column: usize = message["line 2, column ".len()..].split(':').next().unwrap().parse().unwrap();
+    let source_line = text.lines().nth(1).unwrap();
+    let caret_at = caret.chars().count() - 1;
+    assert_eq!(excerpt.chars().nth(caret_at), source_line.chars().nth(column - 1), "caret under column {column}");
+    assert_eq!(source_line.chars().nth(column - 1), Some('s'), "toml points at the word after the key");
+}
+
+#[test]
 fn parse_error_display_has_origin_path_and_message() {
     let err = RunConfig::from_toml_str("[[stages]]\nsteps = \"ten\"\n", "demo.toml").expect_err("fails");
     let text = err.to_string();

@@ -84,10 +84,8 @@ pub fn read_run_images(root: &Path) -> Result<RunImages, String> {
         let data = read_log_dir(&dir);
         for (tag, images) in data.images {
             for logged in images {
-                let decoded = image::load_from_memory(&logged.png)
-                    .map_err(|e| {
-                        format!("{}: the image of {tag} at step {} does not decode: {e}", dir.display(), logged.step)
-                    })?
+                let decoded = crate::data::scan::decode_image(&logged.png)
+                    .map_err(|e| format!("{}: the image of {tag} at step {}: {e}", dir.display(), logged.step))?
                     .to_rgba8();
                 let size = [decoded.width() as usize, decoded.height() as usize];
                 let pixels = egui::ColorImage::from_rgba_unmultiplied(size, decoded.as_raw());

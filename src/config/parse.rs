@@ -15,11 +15,12 @@ pub(crate) fn describe_syntax_error(text: &str, error: &toml::de::Error) -> (Str
         Some(span) => {
             let (line, column) = line_column(text, span.start);
             let source_line = text.lines().nth(line - 1).unwrap_or("");
+            let (excerpt, caret_column) = excerpt_around(source_line, column);
             let gutter = line.to_string();
             format!(
-                "line {line}, column {column}: {message}\n  {gutter} | {source_line}\n  {pad} | {caret:>column$}",
+                "line {line}, column {column}: {message}\n  {gutter} | {excerpt}\n  {pad} | {spaces}^",
                 pad = " ".repeat(gutter.len()),
-                caret = "^",
+                spaces = " ".repeat(caret_column - 1),
             )
         }
         None => message.to_string(),
@@ -91,6 +92,23 @@ fn format_path(segments: &[&Segment]) -> String {
     } else {
         path
     }
+}
+
+/// Characters of a long source line shown either side of an error's column.
+const EXCERPT_CHARS: usize = 60;
+
+/// The part of `line` shown under an error at 1-based `column` (all of it when short; else up to
+/// [`EXCERPT_CHARS`] characters either side, `…` where cut) and the caret's column in that excerpt.
+fn excerpt_around(line: &str, column: usize) -> (String, usize) {
+    let chars: Vec<char> = line.chars().collect();
+    let from = column.saturating_sub(1 + EXCERPT_CHARS);
+    let to = (column + EXCERPT_CHARS).min(chars.len());
+    let mut excerpt: String = if from > 0 { "…".to_string() } else { String::new() };
+    excerpt.extend(chars.get(from..to).unwrap_or_default());
+    if to < chars.len() {
+        excerpt.push('…');
+    }
+    (excerpt, column - from + usize::from(from > 0))
 }
 
 /// 1-based line and column (in characters) of a byte offset.

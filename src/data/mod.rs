@@ -22,7 +22,7 @@ mod boxes;
 pub mod check;
 mod dataset;
 pub mod folder;
-mod layouts;
+pub mod layouts;
 mod prefetch;
 pub mod scan;
 mod shapes;

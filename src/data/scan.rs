@@ -137,18 +137,55 @@ pub fn has_image_extension(rel_path: &str) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str()))
 }
 
-/// Decodes an image file's bytes (format from the content, not the extension).
+/// Largest width or height of an image Wick decodes (a dataset image, a logged sample): a file declaring more
+/// is refused from its header, before anything is allocated for its pixels.
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+
+/// Most pixels of an image Wick decodes: 32 Mi (a 5792 × 5792 image), checked from the header before
+/// decoding. Decoders allocate up to 8 bytes a pixel in one block (16-bit RGBA, or WebP's ARGB buffer beside
+/// its output), so this bounds one image's largest allocation by [`MAX_DECODE_BYTES`].
+pub const MAX_IMAGE_PIXELS: u64 = 32 << 20;
+
+/// Most memory one image's decoder may allocate in one block: 256 MiB (see [`MAX_IMAGE_PIXELS`]); also
+/// given to the decoder as its allocation limit.
+pub const MAX_DECODE_BYTES: u64 = 256 << 20;
+
+/// Decodes an image file's bytes (format from the content, not the extension), within [`MAX_IMAGE_SIDE`],
+/// [`MAX_IMAGE_PIXELS`] and [`MAX_DECODE_BYTES`].
 pub fn decode_image(bytes: &[u8]) -> std::result::Result<image::DynamicImage, String> {
     if bytes.is_empty() {
         return Err("empty file (0 bytes)".to_string());
     }
-    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| format!("cannot read: {e}"))?;
-    if reader.format().is_none() {
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| format!("cannot read: {e}"))
+    };
+    let mut decoder = reader()?;
+    if decoder.format().is_none() {
         return Err("not an image: the content matches no known image format".to_string());
     }
-    reader.decode().map_err(|e| format!("does not decode: {e}"))
+    // The header alone, before any decoder allocates for the pixels: some (WebP's) allocate beyond the
+    // decoder's own allocation limit.
+    let (width, height) = reader()?.into_dimensions().map_err(|e| format!("does not decode: {e}"))?;
+    let too_large = |why: String| {
+        format!(
+            "too large to decode: {why}; Wick decodes images up to {MAX_IMAGE_SIDE} px a side and {} Mpx",
+            MAX_IMAGE_PIXELS >> 20
+        )
+    };
+    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE || u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS {
+        return Err(too_large(format!("the header declares {width} × {height} px")));
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    decoder.limits(limits);
+    decoder.decode().map_err(|e| match e {
+        image::ImageError::Limits(e) => too_large(e.to_string()),
+        e => format!("does not decode: {e}"),
+    })
 }
 
 /// Reads and decodes one file.
